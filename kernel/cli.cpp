@@ -1,0 +1,315 @@
+#include "cli.hpp"
+
+#include <iomanip>
+#include <ostream>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "config.hpp"
+#include "exit_codes.hpp"
+#include "kernel.hpp"
+
+namespace ember::kernel {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+struct GlobalOptions {
+  std::vector<std::string> plugin_paths;
+  std::string site_file;
+  bool no_default_plugins = false;
+  bool no_env_path = false;
+  std::string log_level;
+};
+
+// Builds the kernel the way every command needs it: site file, then command-line paths, then the defaults.
+Result<std::unique_ptr<Kernel>> make_kernel(const GlobalOptions& global) {
+  KernelSettings settings;
+  if (!global.site_file.empty()) {
+    auto site = load_site(global.site_file);
+    if (!site) {
+      return fail(std::move(site.error()));
+    }
+    settings.plugin_paths = site->plugin_paths;
+    settings.log = site->log;
+    settings.subs.site = site->name;
+    if (!site->workspace.empty()) {
+      settings.workspace = site->workspace;
+      settings.subs.workspace = site->workspace.string();
+    }
+  }
+  for (const auto& p : global.plugin_paths) {
+    settings.plugin_paths.emplace_back(p);
+  }
+  settings.use_default_paths = !global.no_default_plugins;
+  settings.use_env_path = !global.no_env_path;
+  if (settings.log.rules.empty() && global.log_level.empty()) {
+    settings.log.level = LogLevel::warn;  // the CLI prints results; logs only say what went wrong
+  }
+  if (!global.log_level.empty()) {
+    auto level = parse_level(global.log_level);
+    if (!level) {
+      return fail(Errc::invalid_argument, "--log-level: " + level.error().message);
+    }
+    settings.log.level = *level;
+  }
+  auto kernel = std::make_unique<Kernel>(std::move(settings));
+  kernel->load_plugins();
+  return kernel;
+}
+
+int exit_code_for(const Error& error) {
+  switch (error.code) {
+    case Errc::invalid_config:
+    case Errc::invalid_option:
+      return exit_code::invalid_config;
+    case Errc::invalid_argument:
+      return exit_code::usage;
+    case Errc::io_error:
+      return exit_code::io_error;
+    case Errc::not_found:
+    case Errc::open_failed:
+    case Errc::not_a_plugin:
+    case Errc::abi_mismatch:
+    case Errc::invalid_descriptor:
+    case Errc::build_mismatch:
+    case Errc::duplicate_name:
+    case Errc::create_failed:
+      return exit_code::plugin_error;
+    default:
+      return exit_code::internal;
+  }
+}
+
+json option_json(const OptionInfo& option) {
+  json j = {{"name", option.name},
+            {"type", std::string(to_string(option.type))},
+            {"required", !option.default_text.has_value()},
+            {"doc", option.doc}};
+  if (option.default_text) {
+    j["default"] = *option.default_text;
+  }
+  return j;
+}
+
+json component_json(const ComponentInfo& component) {
+  json options = json::array();
+  for (const auto& o : component.options) {
+    options.push_back(option_json(o));
+  }
+  return {{"type", component.type},
+          {"kind", std::string(to_string(component.kind))},
+          {"name", component.name},
+          {"description", component.description},
+          {"options", options}};
+}
+
+json plugins_json(const Kernel& kernel, ComponentRegistry& registry) {
+  json paths = json::array();
+  for (const auto& p : kernel.search_paths()) {
+    paths.push_back(p.string());
+  }
+  json plugins = json::array();
+  for (const auto& plugin : registry.plugins()) {
+    json components = json::array();
+    for (const auto& c : plugin.components) {
+      components.push_back(component_json(c));
+    }
+    plugins.push_back({{"path", plugin.path.string()},
+                       {"name", plugin.name},
+                       {"version", plugin.version},
+                       {"description", plugin.description},
+                       {"license", plugin.license},
+                       {"components", components}});
+  }
+  json refused = json::array();
+  for (const auto& r : kernel.refusals()) {
+    refused.push_back({{"path", r.path.string()},
+                       {"code", std::string(to_string(r.error.code))},
+                       {"message", r.error.message}});
+  }
+  return {{"abi_version", abi_version},
+          {"build_id", EMBER_BUILD_ID},
+          {"search_paths", paths},
+          {"plugins", plugins},
+          {"refused", refused}};
+}
+
+int list_plugins(Kernel& kernel, bool as_json, std::ostream& out) {
+  auto& registry = kernel.registry();
+  if (as_json) {
+    out << plugins_json(kernel, registry).dump(2) << "\n";
+  } else {
+    out << "Search path (in order):\n";
+    for (const auto& p : kernel.search_paths()) {
+      out << "  " << p.string() << "\n";
+    }
+    out << "\nPlugins (" << registry.plugins().size() << "):\n";
+    for (const auto& plugin : registry.plugins()) {
+      out << "  " << plugin.name << " " << plugin.version << "  " << plugin.path.string() << "\n";
+      for (const auto& c : plugin.components) {
+        out << "    " << std::left << std::setw(28) << c.type << " " << c.description << "\n";
+      }
+    }
+    if (!kernel.refusals().empty()) {
+      out << "\nRefused (" << kernel.refusals().size() << "):\n";
+      for (const auto& r : kernel.refusals()) {
+        out << "  [" << to_string(r.error.code) << "] " << r.error.message << "\n";
+      }
+    }
+  }
+  return kernel.refusals().empty() ? exit_code::ok : exit_code::plugin_error;
+}
+
+int describe(Kernel& kernel, const std::string& type, bool as_json, std::ostream& out, std::ostream& err) {
+  auto& registry = kernel.registry();
+  const auto* component = registry.find(type);
+  if (component == nullptr) {
+    std::string known;
+    for (const auto& t : registry.types()) {
+      known += (known.empty() ? "" : ", ") + t;
+    }
+    err << "ember: no component of type '" << type << "' (known: " << (known.empty() ? "none" : known)
+        << ")\n";
+    return exit_code::plugin_error;
+  }
+  const auto* plugin = registry.provider(type);
+  if (as_json) {
+    json j = component_json(*component);
+    j["plugin"] = {{"name", plugin->name}, {"version", plugin->version}, {"path", plugin->path.string()}};
+    out << j.dump(2) << "\n";
+    return exit_code::ok;
+  }
+  out << component->type << " - " << component->description << "\n";
+  out << "  plugin: " << plugin->name << " " << plugin->version << " (" << plugin->path.string() << ")\n";
+  if (component->options.empty()) {
+    out << "  options: none\n";
+    return exit_code::ok;
+  }
+  out << "  options:\n";
+  for (const auto& o : component->options) {
+    out << "    " << std::left << std::setw(22) << o.name << " " << std::setw(12) << to_string(o.type) << " "
+        << std::setw(22) << (o.default_text ? "default " + *o.default_text : std::string("required")) << " "
+        << o.doc << "\n";
+  }
+  return exit_code::ok;
+}
+
+int validate(Kernel& kernel, const std::vector<std::string>& paths, std::ostream& out, std::ostream& err) {
+  int code = exit_code::ok;
+  for (const auto& path : paths) {
+    std::error_code ec;
+    fs::path file = fs::is_directory(path, ec) ? fs::path(path) / "job.toml" : fs::path(path);
+    auto text = read_text_file(file);
+    if (!text) {
+      err << "ember: " << text.error().message << "\n";
+      code = std::max(code, exit_code_for(text.error()));
+      continue;
+    }
+    if (looks_like_site(*text)) {
+      auto site = parse_site(*text, file.string(), file.parent_path());
+      if (!site) {
+        err << site.error().message << "\n";
+        code = std::max(code, exit_code::invalid_config);
+        continue;
+      }
+      out << "ok: " << file.string() << " (site '" << site->name << "', " << site->plugin_paths.size()
+          << " plugin paths)\n";
+      continue;
+    }
+    auto job = parse_job(*text, file.string(), kernel.registry());
+    if (!job) {
+      err << job.error().message << "\n";
+      code = std::max(code, exit_code::invalid_config);
+      continue;
+    }
+    out << "ok: " << file.string() << " (job '" << job->name << "', " << job->components.size()
+        << " components)\n";
+  }
+  return code;
+}
+
+}  // namespace
+
+int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& err) {
+  CLI::App app{"ember: a runtime for federated-learning jobs, built from plugins", "ember"};
+  app.require_subcommand(1);
+  GlobalOptions global;
+  app.add_option("--plugin-path", global.plugin_paths, "Also search this folder for plugins (repeatable)");
+  app.add_option("--site", global.site_file, "Site config (plugin paths, workspace, logging)");
+  app.add_flag("--no-default-plugins", global.no_default_plugins,
+               "Do not search the build tree or the install prefix");
+  app.add_flag("--no-env-plugin-path", global.no_env_path, "Ignore EMBER_PLUGIN_PATH");
+  app.add_option("--log-level", global.log_level, "Default log level (trace, debug, info, warn, error, off)");
+
+  auto* plugins_cmd = app.add_subcommand("plugins", "List the plugins found, their components, and refusals");
+  bool plugins_json_flag = false;
+  plugins_cmd->add_flag("--json", plugins_json_flag, "Print JSON");
+  auto* describe_cmd = plugins_cmd->add_subcommand("describe", "Print a component's options");
+  std::string describe_type;
+  bool describe_json = false;
+  describe_cmd->add_option("type", describe_type, "Component type, e.g. pipe.socket")->required();
+  describe_cmd->add_flag("--json", describe_json, "Print JSON");
+
+  auto* validate_cmd =
+      app.add_subcommand("validate", "Check job or site configs against the plugins present");
+  std::vector<std::string> validate_paths;
+  validate_cmd->add_option("paths", validate_paths, "Job folders, job.toml or site.toml files")->required();
+
+  auto* version_cmd = app.add_subcommand("version", "Print the version, ABI version and build id");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    out << app.help();
+    return exit_code::ok;
+  } catch (const CLI::CallForAllHelp&) {
+    out << app.help("", CLI::AppFormatMode::All);
+    return exit_code::ok;
+  } catch (const CLI::ParseError& e) {
+    // Help of a subcommand arrives here too, as a parse "error" with exit code 0.
+    if (e.get_exit_code() == 0) {
+      const CLI::App* target = &app;
+      for (auto* sub : {describe_cmd, plugins_cmd, validate_cmd, version_cmd}) {
+        if (sub->parsed()) {
+          target = sub;
+          break;
+        }
+      }
+      out << target->help();
+      return exit_code::ok;
+    }
+    err << "ember: " << e.what() << "\nRun 'ember --help' for usage.\n";
+    return exit_code::usage;
+  }
+
+  if (version_cmd->parsed()) {
+    out << "ember " EMBER_SDK_VERSION " (abi " << abi_version << ", build " EMBER_BUILD_ID ")\n";
+    return exit_code::ok;
+  }
+  try {
+    auto kernel = make_kernel(global);
+    if (!kernel) {
+      err << "ember: " << kernel.error().message << "\n";
+      return exit_code_for(kernel.error());
+    }
+    if (describe_cmd->parsed()) {
+      return describe(**kernel, describe_type, describe_json, out, err);
+    }
+    if (plugins_cmd->parsed()) {
+      return list_plugins(**kernel, plugins_json_flag, out);
+    }
+    if (validate_cmd->parsed()) {
+      return validate(**kernel, validate_paths, out, err);
+    }
+  } catch (const std::exception& e) {
+    err << "ember: internal error: " << e.what() << "\n";
+    return exit_code::internal;
+  }
+  return exit_code::usage;
+}
+
+}  // namespace ember::kernel

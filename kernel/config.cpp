@@ -1,0 +1,461 @@
+#include "config.hpp"
+
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <toml++/toml.h>
+
+#include "duration.hpp"
+#include "registry.hpp"
+
+namespace ember::kernel {
+
+namespace fs = std::filesystem;
+
+std::string Location::str() const {
+  if (line == 0) {
+    return file;
+  }
+  return file + ":" + std::to_string(line) + ":" + std::to_string(column);
+}
+
+const ComponentConfig* JobConfig::component(std::string_view id) const {
+  for (const auto& c : components) {
+    if (c.id == id) {
+      return &c;
+    }
+  }
+  return nullptr;
+}
+
+namespace {
+
+// Collects every problem of one file, each prefixed by file:line:column and the key.
+class Problems {
+ public:
+  explicit Problems(std::string file) : file_(std::move(file)) {}
+
+  Location at(const toml::node& node) const {
+    const auto& src = node.source();
+    return {file_, src.begin.line, src.begin.column};
+  }
+  void add(const toml::node& node, const std::string& key, const std::string& message) {
+    add(at(node), key, message);
+  }
+  void add(const Location& where, const std::string& key, const std::string& message) {
+    lines_.push_back(where.str() + ": " + (key.empty() ? "" : key + ": ") + message);
+  }
+  bool empty() const { return lines_.empty(); }
+  Error error() const {
+    std::string text;
+    for (const auto& line : lines_) {
+      text += (text.empty() ? "" : "\n") + line;
+    }
+    return Error{Errc::invalid_config, text};
+  }
+  const std::string& file() const { return file_; }
+
+ private:
+  std::string file_;
+  std::vector<std::string> lines_;
+};
+
+bool valid_id(std::string_view id) {
+  if (id.empty() || id.size() > 64) {
+    return false;
+  }
+  for (char c : id) {
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+          c == '-')) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// Reports keys of `table` outside `known`.
+void reject_unknown(const toml::table& table, std::initializer_list<std::string_view> known,
+                    const std::string& prefix, Problems& problems) {
+  for (const auto& [key, node] : table) {
+    bool found = false;
+    for (auto k : known) {
+      found = found || k == key.str();
+    }
+    if (!found) {
+      std::string expected;
+      for (auto k : known) {
+        expected += (expected.empty() ? "" : ", ") + std::string(k);
+      }
+      problems.add(node, prefix + std::string(key.str()), "unknown key (expected one of: " + expected + ")");
+    }
+  }
+}
+
+const toml::table* sub_table(const toml::table& parent, std::string_view key, const std::string& path,
+                             Problems& problems) {
+  const auto* node = parent.get(key);
+  if (node == nullptr) {
+    return nullptr;
+  }
+  if (!node->is_table()) {
+    problems.add(*node, path, "expected a table");
+    return nullptr;
+  }
+  return node->as_table();
+}
+
+void check_schema_version(const toml::table& root, Problems& problems) {
+  const auto* node = root.get("schema_version");
+  if (node == nullptr) {
+    problems.add(
+        Location{problems.file(), 1, 1}, "schema_version",
+        "missing: the file must start with 'schema_version = " + std::to_string(config_schema_version) + "'");
+    return;
+  }
+  if (!node->is_integer() || node->as_integer()->get() != config_schema_version) {
+    problems.add(
+        *node, "schema_version",
+        "unsupported schema version (this ember reads " + std::to_string(config_schema_version) + ")");
+  }
+}
+
+std::optional<std::string> string_value(const toml::table& table, std::string_view key,
+                                        const std::string& path, Problems& problems) {
+  const auto* node = table.get(key);
+  if (node == nullptr) {
+    return std::nullopt;
+  }
+  if (!node->is_string()) {
+    problems.add(*node, path, "expected a string");
+    return std::nullopt;
+  }
+  return node->as_string()->get();
+}
+
+void read_log(const toml::table& root, LogSettings& log, Problems& problems) {
+  const auto* table = sub_table(root, "log", "log", problems);
+  if (table == nullptr) {
+    return;
+  }
+  reject_unknown(*table, {"level", "levels"}, "log.", problems);
+  if (auto level = string_value(*table, "level", "log.level", problems)) {
+    if (auto parsed = parse_level(*level)) {
+      log.level = *parsed;
+    } else {
+      problems.add(*table->get("level"), "log.level", parsed.error().message);
+    }
+  }
+  if (const auto* levels = sub_table(*table, "levels", "log.levels", problems)) {
+    for (const auto& [pattern, node] : *levels) {
+      std::string key = "log.levels.\"" + std::string(pattern.str()) + "\"";
+      if (!node.is_string()) {
+        problems.add(node, key, "expected a level string");
+        continue;
+      }
+      if (auto parsed = parse_level(node.as_string()->get())) {
+        log.rules.push_back({std::string(pattern.str()), *parsed});
+      } else {
+        problems.add(node, key, parsed.error().message);
+      }
+    }
+  }
+}
+
+void read_timeouts(const toml::table& root, Timeouts& t, Problems& problems) {
+  const auto* table = sub_table(root, "timeouts", "timeouts", problems);
+  if (table == nullptr) {
+    return;
+  }
+  struct Field {
+    std::string_view key;
+    std::chrono::milliseconds* value;
+  };
+  const Field fields[] = {{"launch", &t.launch},
+                          {"heartbeat_interval", &t.heartbeat_interval},
+                          {"heartbeat_timeout", &t.heartbeat_timeout},
+                          {"task_wait", &t.task_wait},
+                          {"result_wait", &t.result_wait},
+                          {"shutdown_grace", &t.shutdown_grace},
+                          {"stream_idle", &t.stream_idle}};
+  reject_unknown(*table,
+                 {"launch", "heartbeat_interval", "heartbeat_timeout", "task_wait", "result_wait",
+                  "shutdown_grace", "stream_idle"},
+                 "timeouts.", problems);
+  for (const auto& field : fields) {
+    const auto* node = table->get(field.key);
+    if (node == nullptr) {
+      continue;
+    }
+    std::string key = "timeouts." + std::string(field.key);
+    auto value = option_from_toml(*node, OptionType::duration, Substitutions{});
+    if (!value) {
+      problems.add(*node, key, value.error().message);
+      continue;
+    }
+    auto ms = std::get<std::chrono::milliseconds>(*value);
+    if (ms.count() <= 0) {
+      problems.add(*node, key, "must be longer than zero");
+      continue;
+    }
+    *field.value = ms;
+  }
+  // Invariants between timeouts, reported at the section they concern.
+  if (t.heartbeat_interval >= t.heartbeat_timeout) {
+    problems.add(*table, "timeouts.heartbeat_interval",
+                 "must be shorter than heartbeat_timeout (" + format_duration(t.heartbeat_interval) +
+                     " >= " + format_duration(t.heartbeat_timeout) + ")");
+  }
+  if (t.stream_idle < t.heartbeat_interval) {
+    problems.add(*table, "timeouts.stream_idle",
+                 "must be at least heartbeat_interval (" + format_duration(t.stream_idle) + " < " +
+                     format_duration(t.heartbeat_interval) + ")");
+  }
+}
+
+void read_session(const toml::table& root, SessionSettings& session, Problems& problems) {
+  const auto* table = sub_table(root, "session", "session", problems);
+  if (table == nullptr) {
+    return;
+  }
+  reject_unknown(*table, {"max_resends"}, "session.", problems);
+  if (const auto* node = table->get("max_resends")) {
+    if (!node->is_integer()) {
+      problems.add(*node, "session.max_resends", "expected an integer");
+    } else if (auto v = node->as_integer()->get(); v < 0 || v > 100) {
+      problems.add(*node, "session.max_resends", "must be between 0 and 100 (resends are bounded)");
+    } else {
+      session.max_resends = v;
+    }
+  }
+}
+
+void read_component(const std::string& id, const toml::node& node, const ComponentRegistry& registry,
+                    const Substitutions& subs, JobConfig& job, Problems& problems) {
+  std::string path = "components." + id;
+  if (!valid_id(id)) {
+    problems.add(node, path, "invalid component id (want [A-Za-z0-9_-]{1,64})");
+    return;
+  }
+  const auto* table = node.as_table();
+  if (table == nullptr) {
+    problems.add(node, path, "expected a table with a 'type' key");
+    return;
+  }
+  const auto* type_node = table->get("type");
+  if (type_node == nullptr) {
+    problems.add(node, path, "missing 'type' (e.g. type = \"pipe.socket\")");
+    return;
+  }
+  if (!type_node->is_string()) {
+    problems.add(*type_node, path + ".type", "expected a string such as \"pipe.socket\"");
+    return;
+  }
+  std::string type = type_node->as_string()->get();
+  const auto* info = registry.find(type);
+  if (info == nullptr) {
+    std::string known;
+    for (const auto& t : registry.types()) {
+      known += (known.empty() ? "" : ", ") + t;
+    }
+    problems.add(*type_node, path + ".type",
+                 "unknown component type '" + type + "' (known: " + (known.empty() ? "none" : known) + ")");
+    return;
+  }
+  ComponentConfig component{id, type, problems.at(node), Options{}};
+  bool ok = true;
+  for (const auto& [key, value] : *table) {
+    if (key.str() == "type") {
+      continue;
+    }
+    std::string option_path = path + "." + std::string(key.str());
+    const auto* spec = info->find_option(key.str());
+    if (spec == nullptr) {
+      std::string known;
+      for (const auto& o : info->options) {
+        known += (known.empty() ? "" : ", ") + o.name;
+      }
+      problems.add(value, option_path,
+                   "unknown option of " + type + " (options: " + (known.empty() ? "none" : known) + ")");
+      ok = false;
+      continue;
+    }
+    auto converted = option_from_toml(value, spec->type, subs);
+    if (!converted) {
+      problems.add(value, option_path, converted.error().message);
+      ok = false;
+      continue;
+    }
+    component.options.set(spec->name, std::move(*converted));
+  }
+  if (!ok) {
+    return;
+  }
+  auto resolved = registry.resolve_options(*info, component.options);
+  if (!resolved) {
+    problems.add(node, path, resolved.error().message);
+    return;
+  }
+  component.options = std::move(*resolved);
+  job.components.push_back(std::move(component));
+}
+
+Result<toml::table> parse_toml(std::string_view text, const std::string& name) {
+  try {
+    return toml::parse(text, std::string_view(name));
+  } catch (const toml::parse_error& e) {
+    const auto& src = e.source();
+    Location where{name, src.begin.line, src.begin.column};
+    return fail(Errc::invalid_config, where.str() + ": invalid TOML: " + std::string(e.description()));
+  }
+}
+
+}  // namespace
+
+Result<JobConfig> parse_job(std::string_view text, const std::string& name,
+                            const ComponentRegistry& registry) {
+  auto parsed = parse_toml(text, name);
+  if (!parsed) {
+    return fail(std::move(parsed.error()));
+  }
+  const toml::table& root = *parsed;
+  Problems problems(name);
+  JobConfig job;
+  job.file = name;
+  check_schema_version(root, problems);
+  reject_unknown(root, {"schema_version", "job", "timeouts", "session", "log", "components"}, "", problems);
+  if (const auto* table = sub_table(root, "job", "job", problems)) {
+    reject_unknown(*table, {"name", "description"}, "job.", problems);
+    if (auto job_name = string_value(*table, "name", "job.name", problems)) {
+      if (valid_id(*job_name)) {
+        job.name = *job_name;
+      } else {
+        problems.add(*table->get("name"), "job.name", "invalid job name (want [A-Za-z0-9_-]{1,64})");
+      }
+    }
+    job.description = string_value(*table, "description", "job.description", problems).value_or("");
+  }
+  if (job.name.empty()) {
+    // A job folder names the job when job.name is absent.
+    auto stem = fs::path(name).parent_path().filename().string();
+    job.name = valid_id(stem) ? stem : "job";
+  }
+  read_timeouts(root, job.timeouts, problems);
+  read_session(root, job.session, problems);
+  read_log(root, job.log, problems);
+  Substitutions subs = registry.substitutions();
+  subs.job_id = job.name;
+  if (const auto* components = sub_table(root, "components", "components", problems)) {
+    for (const auto& [key, node] : *components) {
+      read_component(std::string(key.str()), node, registry, subs, job, problems);
+    }
+  }
+  if (!problems.empty()) {
+    return fail(problems.error());
+  }
+  return job;
+}
+
+Result<std::string> read_text_file(const fs::path& file, std::size_t max_bytes) {
+  std::error_code ec;
+  if (!fs::is_regular_file(file, ec)) {
+    return fail(Errc::not_found, file.string() + ": no such file");
+  }
+  auto size = fs::file_size(file, ec);
+  if (ec) {
+    return fail(Errc::io_error, file.string() + ": " + ec.message());
+  }
+  if (size > max_bytes) {
+    return fail(Errc::invalid_config, file.string() + ": file is " + std::to_string(size) +
+                                          " bytes, more than the limit of " + std::to_string(max_bytes));
+  }
+  std::ifstream in(file, std::ios::binary);
+  if (!in) {
+    return fail(Errc::io_error, file.string() + ": cannot open for reading");
+  }
+  std::ostringstream content;
+  content << in.rdbuf();
+  return content.str();
+}
+
+Result<JobConfig> load_job(const fs::path& path, const ComponentRegistry& registry) {
+  std::error_code ec;
+  fs::path file = fs::is_directory(path, ec) ? path / "job.toml" : path;
+  auto text = read_text_file(file);
+  if (!text) {
+    return fail(std::move(text.error()));
+  }
+  return parse_job(*text, file.string(), registry);
+}
+
+Result<SiteConfig> parse_site(std::string_view text, const std::string& name, const fs::path& base) {
+  auto parsed = parse_toml(text, name);
+  if (!parsed) {
+    return fail(std::move(parsed.error()));
+  }
+  const toml::table& root = *parsed;
+  Problems problems(name);
+  SiteConfig site;
+  site.file = name;
+  check_schema_version(root, problems);
+  reject_unknown(root, {"schema_version", "site", "plugins", "log"}, "", problems);
+  Substitutions subs;
+  if (const auto* table = sub_table(root, "site", "site", problems)) {
+    reject_unknown(*table, {"name", "workspace"}, "site.", problems);
+    if (auto site_name = string_value(*table, "name", "site.name", problems)) {
+      if (valid_id(*site_name)) {
+        site.name = *site_name;
+      } else {
+        problems.add(*table->get("name"), "site.name", "invalid site name (want [A-Za-z0-9_-]{1,64})");
+      }
+    }
+    subs.site = site.name;
+    if (const auto* node = table->get("workspace")) {
+      auto value = option_from_toml(*node, OptionType::string, subs);
+      if (value) {
+        site.workspace = base / std::get<std::string>(*value);
+      } else {
+        problems.add(*node, "site.workspace", value.error().message);
+      }
+    }
+  } else {
+    problems.add(Location{name, 1, 1}, "site", "missing [site] table");
+  }
+  if (const auto* table = sub_table(root, "plugins", "plugins", problems)) {
+    reject_unknown(*table, {"paths"}, "plugins.", problems);
+    if (const auto* node = table->get("paths")) {
+      auto value = option_from_toml(*node, OptionType::string_list, subs);
+      if (value) {
+        for (const auto& p : std::get<std::vector<std::string>>(*value)) {
+          site.plugin_paths.push_back(base / p);
+        }
+      } else {
+        problems.add(*node, "plugins.paths", value.error().message);
+      }
+    }
+  }
+  read_log(root, site.log, problems);
+  if (!problems.empty()) {
+    return fail(problems.error());
+  }
+  return site;
+}
+
+Result<SiteConfig> load_site(const fs::path& file) {
+  auto text = read_text_file(file);
+  if (!text) {
+    return fail(std::move(text.error()));
+  }
+  return parse_site(*text, file.string(), file.parent_path());
+}
+
+bool looks_like_site(std::string_view text) {
+  try {
+    auto root = toml::parse(text);
+    return root.get("site") != nullptr;
+  } catch (const toml::parse_error&) {
+    return false;
+  }
+}
+
+}  // namespace ember::kernel

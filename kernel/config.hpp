@@ -1,0 +1,101 @@
+#pragma once
+// Job and site configuration: TOML files checked against their schema and against the plugins present.
+// Every problem names file:line:column and the key; loading reports all problems of a file at once.
+
+#include <chrono>
+#include <filesystem>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <ember/options.hpp>
+#include <ember/result.hpp>
+
+#include "logging.hpp"
+#include "option_values.hpp"
+
+namespace ember::kernel {
+
+class ComponentRegistry;
+
+/// The schema version this kernel reads.
+inline constexpr std::int64_t config_schema_version = 1;
+
+/// The named timeouts of a job (DESIGN §4). Transfers time out on lack of progress, never on total time.
+struct Timeouts {
+  std::chrono::milliseconds launch{std::chrono::seconds(60)};             ///< launch until HELLO
+  std::chrono::milliseconds heartbeat_interval{std::chrono::seconds(5)};  ///< between heartbeats
+  std::chrono::milliseconds heartbeat_timeout{std::chrono::seconds(30)};  ///< silence before PEER_GONE
+  std::chrono::milliseconds task_wait{std::chrono::minutes(5)};           ///< for a task to be accepted
+  std::chrono::milliseconds result_wait{std::chrono::hours(1)};           ///< for a task's result
+  std::chrono::milliseconds shutdown_grace{std::chrono::seconds(10)};     ///< SIGTERM to SIGKILL
+  std::chrono::milliseconds stream_idle{std::chrono::seconds(60)};        ///< no progress in a transfer
+};
+
+/// Session settings that are not timeouts.
+struct SessionSettings {
+  std::int64_t max_resends = 3;  ///< bounded resends of an unacknowledged message
+};
+
+/// Where a value came from.
+struct Location {
+  std::string file;
+  std::uint32_t line = 0;
+  std::uint32_t column = 0;
+
+  /// "file:line:column" (or just "file" when the position is unknown).
+  std::string str() const;
+};
+
+/// One component of a job, with options validated against its plugin's schema.
+struct ComponentConfig {
+  std::string id;    ///< the key under [components]
+  std::string type;  ///< "pipe.socket"
+  Location where;
+  Options options;  ///< validated, defaults filled in
+};
+
+/// A job: job.toml and the files it names.
+struct JobConfig {
+  std::filesystem::path file;
+  std::string name;
+  std::string description;
+  Timeouts timeouts;
+  SessionSettings session;
+  LogSettings log;
+  std::vector<ComponentConfig> components;
+
+  /// The component with this id, or null.
+  const ComponentConfig* component(std::string_view id) const;
+};
+
+/// A site: what belongs to the machine rather than to a job.
+struct SiteConfig {
+  std::filesystem::path file;
+  std::string name = "local";
+  std::filesystem::path workspace;                  ///< empty: the caller's choice
+  std::vector<std::filesystem::path> plugin_paths;  ///< resolved against the file's folder
+  LogSettings log;
+};
+
+/// Loads `path` (a job folder holding job.toml, or the file itself) and validates it against `registry`.
+Result<JobConfig> load_job(const std::filesystem::path& path, const ComponentRegistry& registry);
+
+/// Parses job TOML from memory; `name` stands for the file in messages.
+Result<JobConfig> parse_job(std::string_view text, const std::string& name,
+                            const ComponentRegistry& registry);
+
+/// Loads a site file.
+Result<SiteConfig> load_site(const std::filesystem::path& file);
+
+/// Parses site TOML from memory; relative plugin paths are resolved against `base`.
+Result<SiteConfig> parse_site(std::string_view text, const std::string& name,
+                              const std::filesystem::path& base);
+
+/// Whether a TOML text is a site file (it has a [site] table) rather than a job; false if it does not parse.
+bool looks_like_site(std::string_view text);
+
+/// Reads a whole (bounded) text file.
+Result<std::string> read_text_file(const std::filesystem::path& file, std::size_t max_bytes = 16 << 20);
+
+}  // namespace ember::kernel

@@ -1,0 +1,253 @@
+#include "option_values.hpp"
+
+#include <cmath>
+#include <limits>
+#include <sstream>
+
+#include <toml++/toml.h>
+
+#include "duration.hpp"
+
+namespace ember::kernel {
+
+Result<std::string> substitute(std::string_view text, const Substitutions& subs) {
+  std::string out;
+  out.reserve(text.size());
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (c == '}') {
+      if (i + 1 < text.size() && text[i + 1] == '}') {
+        out += '}';
+        ++i;
+        continue;
+      }
+      return fail(Errc::invalid_config,
+                  "unbalanced '}' at offset " + std::to_string(i) + " (write '}}' for a brace)");
+    }
+    if (c != '{') {
+      out += c;
+      continue;
+    }
+    if (i + 1 < text.size() && text[i + 1] == '{') {
+      out += '{';
+      ++i;
+      continue;
+    }
+    auto close = text.find('}', i);
+    if (close == std::string_view::npos) {
+      return fail(Errc::invalid_config,
+                  "unclosed '{' at offset " + std::to_string(i) + " (write '{{' for a brace)");
+    }
+    std::string_view name = text.substr(i + 1, close - i - 1);
+    if (name == "site") {
+      out += subs.site;
+    } else if (name == "job_id") {
+      out += subs.job_id;
+    } else if (name == "workspace") {
+      out += subs.workspace;
+    } else {
+      return fail(Errc::invalid_config, "unknown substitution '{" + std::string(name) +
+                                            "}' (known: {site}, {job_id}, {workspace})");
+    }
+    i = close;
+  }
+  return out;
+}
+
+namespace {
+
+std::string_view toml_type_name(const toml::node& node) {
+  switch (node.type()) {
+    case toml::node_type::string:
+      return "a string";
+    case toml::node_type::integer:
+      return "an integer";
+    case toml::node_type::floating_point:
+      return "a float";
+    case toml::node_type::boolean:
+      return "a boolean";
+    case toml::node_type::array:
+      return "an array";
+    case toml::node_type::table:
+      return "a table";
+    case toml::node_type::date:
+      return "a date";
+    case toml::node_type::time:
+      return "a time";
+    case toml::node_type::date_time:
+      return "a date-time";
+    case toml::node_type::none:
+      break;
+  }
+  return "nothing";
+}
+
+tl::unexpected<Error> wrong_type(const toml::node& node, OptionType type) {
+  return fail(Errc::invalid_option,
+              "expected " + std::string(to_string(type)) + ", found " + std::string(toml_type_name(node)));
+}
+
+}  // namespace
+
+Result<OptionValue> option_from_toml(const toml::node& node, OptionType type, const Substitutions& subs) {
+  switch (type) {
+    case OptionType::string: {
+      auto s = node.value<std::string>();
+      if (!node.is_string() || !s) {
+        return wrong_type(node, type);
+      }
+      auto text = substitute(*s, subs);
+      if (!text) {
+        return fail(Errc::invalid_option, text.error().message);
+      }
+      return OptionValue(std::move(*text));
+    }
+    case OptionType::integer:
+      if (!node.is_integer()) {
+        return wrong_type(node, type);
+      }
+      return OptionValue(node.as_integer()->get());
+    case OptionType::number: {
+      double v = 0;
+      if (node.is_floating_point()) {
+        v = node.as_floating_point()->get();
+      } else if (node.is_integer()) {
+        v = static_cast<double>(node.as_integer()->get());
+      } else {
+        return wrong_type(node, type);
+      }
+      if (!std::isfinite(v)) {
+        return fail(Errc::invalid_option, "expected a finite number");
+      }
+      return OptionValue(v);
+    }
+    case OptionType::boolean:
+      if (!node.is_boolean()) {
+        return wrong_type(node, type);
+      }
+      return OptionValue(node.as_boolean()->get());
+    case OptionType::duration: {
+      if (!node.is_string()) {
+        if (node.is_integer() || node.is_floating_point()) {
+          return fail(Errc::invalid_option, "expected a duration with a unit, such as \"30s\" or \"250ms\"");
+        }
+        return wrong_type(node, type);
+      }
+      auto d = parse_duration(node.as_string()->get());
+      if (!d) {
+        return fail(Errc::invalid_option, d.error().message);
+      }
+      return OptionValue(*d);
+    }
+    case OptionType::string_list: {
+      const auto* array = node.as_array();
+      if (array == nullptr) {
+        return wrong_type(node, type);
+      }
+      std::vector<std::string> items;
+      items.reserve(array->size());
+      for (std::size_t i = 0; i < array->size(); ++i) {
+        const auto* item = array->get(i);
+        if (!item->is_string()) {
+          return fail(Errc::invalid_option, "element " + std::to_string(i) + ": expected a string, found " +
+                                                std::string(toml_type_name(*item)));
+        }
+        auto text = substitute(item->as_string()->get(), subs);
+        if (!text) {
+          return fail(Errc::invalid_option, "element " + std::to_string(i) + ": " + text.error().message);
+        }
+        items.push_back(std::move(*text));
+      }
+      return OptionValue(std::move(items));
+    }
+  }
+  return fail(Errc::invalid_option, "unknown option type " + std::to_string(static_cast<unsigned>(type)));
+}
+
+Result<OptionValue> option_from_text(std::string_view text, OptionType type, const Substitutions& subs) {
+  std::string doc = "v = ";
+  bool bare_word = (type == OptionType::string || type == OptionType::duration) && !text.empty() &&
+                   text.front() != '"' && text.front() != '\'';
+  if (bare_word) {
+    // Bare defaults such as 30s or info: quote them, escaping what TOML's basic strings need.
+    doc += '"';
+    for (char c : text) {
+      if (c == '"' || c == '\\') {
+        doc += '\\';
+      }
+      doc += c;
+    }
+    doc += '"';
+  } else {
+    doc += text;
+  }
+  try {
+    auto table = toml::parse(std::string_view(doc), std::string_view("<default>"));
+    const auto* node = table.get("v");
+    if (node == nullptr || table.size() != 1) {
+      return fail(Errc::invalid_option, "default '" + std::string(text) + "' is not a single value");
+    }
+    return option_from_toml(*node, type, subs);
+  } catch (const toml::parse_error& e) {
+    return fail(Errc::invalid_option,
+                "default '" + std::string(text) + "' is not a valid value: " + std::string(e.description()));
+  }
+}
+
+bool holds_type(const OptionValue& value, OptionType type) noexcept {
+  switch (type) {
+    case OptionType::string:
+      return std::holds_alternative<std::string>(value);
+    case OptionType::integer:
+      return std::holds_alternative<std::int64_t>(value);
+    case OptionType::number:
+      return std::holds_alternative<double>(value);
+    case OptionType::boolean:
+      return std::holds_alternative<bool>(value);
+    case OptionType::duration:
+      return std::holds_alternative<std::chrono::milliseconds>(value);
+    case OptionType::string_list:
+      return std::holds_alternative<std::vector<std::string>>(value);
+  }
+  return false;
+}
+
+namespace {
+
+std::string quote(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+    }
+    out += c;
+  }
+  return out + "\"";
+}
+
+}  // namespace
+
+std::string option_to_text(const OptionValue& value) {
+  struct Visitor {
+    std::string operator()(const std::string& s) const { return quote(s); }
+    std::string operator()(std::int64_t v) const { return std::to_string(v); }
+    std::string operator()(double v) const {
+      std::ostringstream out;
+      out.precision(std::numeric_limits<double>::max_digits10);
+      out << v;
+      return out.str();
+    }
+    std::string operator()(bool v) const { return v ? "true" : "false"; }
+    std::string operator()(std::chrono::milliseconds v) const { return quote(format_duration(v)); }
+    std::string operator()(const std::vector<std::string>& v) const {
+      std::string out = "[";
+      for (std::size_t i = 0; i < v.size(); ++i) {
+        out += (i == 0 ? "" : ", ") + quote(v[i]);
+      }
+      return out + "]";
+    }
+  };
+  return std::visit(Visitor{}, value);
+}
+
+}  // namespace ember::kernel

@@ -1,0 +1,64 @@
+#pragma once
+// The registry of component factories, keyed by "kind.name", and the creation of components.
+
+#include <deque>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <stop_token>
+#include <string>
+#include <string_view>
+
+#include <ember/component.hpp>
+#include <ember/event_bus.hpp>
+
+#include "logging.hpp"
+#include "option_values.hpp"
+#include "plugin_loader.hpp"
+
+namespace ember::kernel {
+
+/// Holds every accepted plugin and creates components from them.
+class ComponentRegistry final : public Registry {
+ public:
+  ComponentRegistry(LogHub& logs, EventBus& events, std::filesystem::path workspace, Substitutions subs);
+  ~ComponentRegistry() override;
+
+  /// Accepts a plugin, or refuses it whole when its name or one of its component types is taken.
+  Result<void> add(PluginInfo plugin);
+
+  /// Accepted plugins, in the order they were added.
+  const std::deque<PluginInfo>& plugins() const noexcept { return plugins_; }
+  /// The component of `type`, or null.
+  const ComponentInfo* find(std::string_view type) const;
+  /// The plugin that provides `type`, or null.
+  const PluginInfo* provider(std::string_view type) const;
+  /// Every registered type, sorted.
+  std::vector<std::string> types() const;
+
+  /// Checks `given` against the schema of `component` and fills in defaults: unknown names, wrong types
+  /// and missing required options are errors naming the option.
+  Result<Options> resolve_options(const ComponentInfo& component, const Options& given) const;
+
+  Result<std::shared_ptr<Component>> create(std::string_view type, const Options& options,
+                                            std::string_view instance = {}) override;
+  bool contains(std::string_view type) const override { return find(type) != nullptr; }
+
+  /// The substitutions applied to string options.
+  const Substitutions& substitutions() const noexcept { return subs_; }
+  /// Asks every component created so far (and later) to stop.
+  void request_stop() noexcept { stop_.request_stop(); }
+
+ private:
+  LogHub& logs_;
+  EventBus& events_;
+  std::filesystem::path workspace_;
+  Substitutions subs_;
+  std::stop_source stop_;
+  std::deque<PluginInfo> plugins_;  // a deque keeps ComponentInfo addresses stable as plugins are added
+  std::map<std::string, const ComponentInfo*, std::less<>> by_type_;
+  std::map<std::string, const PluginInfo*, std::less<>> by_plugin_name_;
+  std::map<std::string, const PluginInfo*, std::less<>> provider_of_;
+};
+
+}  // namespace ember::kernel

@@ -1,0 +1,136 @@
+#pragma once
+// The base of every component, the kinds a plugin can provide, and the context the kernel hands a component.
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <stop_token>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include <ember/abi.hpp>
+#include <ember/event_bus.hpp>
+#include <ember/logger.hpp>
+#include <ember/options.hpp>
+#include <ember/result.hpp>
+
+namespace ember {
+
+/// The kinds of component a plugin can provide; the first half of a type name ("pipe.socket").
+enum class Kind : std::uint32_t {
+  pipe = 1,       ///< carries frames between a client job and its trainer
+  launcher = 2,   ///< starts, watches and stops a process tree or a container
+  applet = 3,     ///< runs a third-party FL system's programs inside a job
+  converter = 4,  ///< turns wire tensors into a framework's tensors and back
+  workflow = 5,   ///< server-side round logic
+  executor = 6,   ///< client-side task runner
+};
+
+/// The TOML-facing name of a kind ("pipe").
+constexpr std::string_view to_string(Kind kind) noexcept {
+  switch (kind) {
+    case Kind::pipe:
+      return "pipe";
+    case Kind::launcher:
+      return "launcher";
+    case Kind::applet:
+      return "applet";
+    case Kind::converter:
+      return "converter";
+    case Kind::workflow:
+      return "workflow";
+    case Kind::executor:
+      return "executor";
+  }
+  return "unknown";
+}
+
+/// The base of every component. Created by its plugin's factory, owned by the kernel through a
+/// shared_ptr that also keeps the plugin's library loaded.
+class EMBER_API Component {
+ public:
+  virtual ~Component() = default;
+  Component() = default;
+  Component(const Component&) = delete;
+  Component& operator=(const Component&) = delete;
+};
+
+class Registry;
+
+/// What the kernel hands a component when it creates it.
+class ComponentContext {
+ public:
+  ComponentContext(std::string type, std::string instance, std::shared_ptr<Logger> logger, Options options,
+                   std::filesystem::path workspace, EventBus& events, Registry& registry,
+                   std::stop_token stop)
+      : type_(std::move(type)),
+        instance_(std::move(instance)),
+        logger_(std::move(logger)),
+        options_(std::move(options)),
+        workspace_(std::move(workspace)),
+        events_(&events),
+        registry_(&registry),
+        stop_(std::move(stop)) {}
+
+  /// The component's type name, e.g. "pipe.socket".
+  const std::string& type() const noexcept { return type_; }
+  /// The instance name from the config (the key under [components]), or the type when created ad hoc.
+  const std::string& instance() const noexcept { return instance_; }
+  /// The component's logger, category `plugin.<kind>.<name>`.
+  Logger& logger() const noexcept { return *logger_; }
+  /// A shared handle on the logger, for objects that outlive the context.
+  const std::shared_ptr<Logger>& logger_ptr() const noexcept { return logger_; }
+  /// The validated options.
+  const Options& options() const noexcept { return options_; }
+  /// The folder this component may write to (the job's or site's workspace).
+  const std::filesystem::path& workspace() const noexcept { return workspace_; }
+  /// The kernel's event bus.
+  EventBus& events() const noexcept { return *events_; }
+  /// The registry, to create other components (an executor creating its pipe).
+  Registry& registry() const noexcept { return *registry_; }
+  /// Requested when the kernel shuts the component's job down; long waits poll or register on it.
+  const std::stop_token& stop_token() const noexcept { return stop_; }
+
+ private:
+  std::string type_;
+  std::string instance_;
+  std::shared_ptr<Logger> logger_;
+  Options options_;
+  std::filesystem::path workspace_;
+  EventBus* events_;
+  Registry* registry_;
+  std::stop_token stop_;
+};
+
+/// Creates components by type name. Implemented by the kernel; a component reaches it through its context.
+class EMBER_API Registry {
+ public:
+  virtual ~Registry() = default;
+
+  /// Creates a component of `type` ("pipe.socket"), validating `options` against its schema (declared
+  /// defaults fill what is missing). The component keeps its plugin loaded for as long as it lives.
+  virtual Result<std::shared_ptr<Component>> create(std::string_view type, const Options& options,
+                                                    std::string_view instance = {}) = 0;
+
+  /// Whether a component of this type is registered.
+  virtual bool contains(std::string_view type) const = 0;
+
+  /// Creates a component and checks that it implements interface T (Pipe, Launcher, ...).
+  template <class T>
+  Result<std::shared_ptr<T>> create_as(std::string_view type, const Options& options,
+                                       std::string_view instance = {}) {
+    auto made = create(type, options, instance);
+    if (!made) {
+      return fail(std::move(made.error()));
+    }
+    auto typed = std::dynamic_pointer_cast<T>(*made);
+    if (!typed) {
+      return fail(Errc::invalid_argument,
+                  "component '" + std::string(type) + "' does not implement the requested interface");
+    }
+    return typed;
+  }
+};
+
+}  // namespace ember

@@ -1,0 +1,99 @@
+#pragma once
+// Results and errors: every fallible SDK and kernel call returns ember::Result<T>.
+
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include <tl/expected.hpp>
+
+namespace ember {
+
+/// What went wrong, as a stable code; the message says where and why.
+enum class Errc {
+  not_found,           ///< a file, plugin, component or key that was asked for does not exist
+  open_failed,         ///< the dynamic loader refused a file (its message is kept)
+  not_a_plugin,        ///< a shared library without the ember descriptor symbol
+  abi_mismatch,        ///< a plugin built against another SDK ABI version
+  invalid_descriptor,  ///< a plugin whose descriptor is malformed (size, names, options)
+  build_mismatch,      ///< a plugin built by an incompatible compiler or standard library
+  duplicate_name,      ///< a plugin or component name that an earlier plugin already provides
+  invalid_option,      ///< a component option that is unknown, mistyped or out of range
+  create_failed,       ///< a component factory that failed or threw
+  invalid_config,      ///< a config file that is not valid TOML or breaks the schema
+  io_error,            ///< an operating-system call failed
+  timeout,             ///< a bounded wait ran out
+  closed,              ///< the other end or the object is closed
+  cancelled,           ///< the stop token was triggered
+  invalid_argument,    ///< a caller passed a value the callee cannot accept
+  unsupported,         ///< the component does not support what was asked
+  internal,            ///< a broken invariant inside ember
+};
+
+/// A short, stable name of an error code ("abi_mismatch"), for logs and JSON.
+constexpr std::string_view to_string(Errc code) noexcept {
+  switch (code) {
+    case Errc::not_found:
+      return "not_found";
+    case Errc::open_failed:
+      return "open_failed";
+    case Errc::not_a_plugin:
+      return "not_a_plugin";
+    case Errc::abi_mismatch:
+      return "abi_mismatch";
+    case Errc::invalid_descriptor:
+      return "invalid_descriptor";
+    case Errc::build_mismatch:
+      return "build_mismatch";
+    case Errc::duplicate_name:
+      return "duplicate_name";
+    case Errc::invalid_option:
+      return "invalid_option";
+    case Errc::create_failed:
+      return "create_failed";
+    case Errc::invalid_config:
+      return "invalid_config";
+    case Errc::io_error:
+      return "io_error";
+    case Errc::timeout:
+      return "timeout";
+    case Errc::closed:
+      return "closed";
+    case Errc::cancelled:
+      return "cancelled";
+    case Errc::invalid_argument:
+      return "invalid_argument";
+    case Errc::unsupported:
+      return "unsupported";
+    case Errc::internal:
+      return "internal";
+  }
+  return "unknown";
+}
+
+/// An error: a code for programs and a message for people, which names the file, key or peer and the cause.
+struct Error {
+  Errc code = Errc::internal;
+  std::string message;
+};
+
+/// The result of a fallible call: a value or an Error (tl::expected, the one alias the SDK uses).
+template <class T>
+using Result = tl::expected<T, Error>;
+
+/// Builds the error side of a Result: `return ember::fail(Errc::not_found, "...")`.
+inline tl::unexpected<Error> fail(Errc code, std::string message) {
+  return tl::unexpected<Error>(Error{code, std::move(message)});
+}
+
+/// Re-raises an existing error in a Result of another type.
+inline tl::unexpected<Error> fail(Error error) {
+  return tl::unexpected<Error>(std::move(error));
+}
+
+/// A successful Result<void>.
+inline Result<void> ok() {
+  return {};
+}
+
+}  // namespace ember
