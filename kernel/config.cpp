@@ -43,6 +43,10 @@ class Problems {
   void add(const toml::node& node, const std::string& key, const std::string& message) {
     add(at(node), key, message);
   }
+  void add(const toml::key& key_node, const std::string& key, const std::string& message) {
+    const auto& src = key_node.source();
+    add(Location{file_, src.begin.line, src.begin.column}, key, message);
+  }
   void add(const Location& where, const std::string& key, const std::string& message) {
     lines_.push_back(where.str() + ": " + (key.empty() ? "" : key + ": ") + message);
   }
@@ -87,7 +91,7 @@ void reject_unknown(const toml::table& table, std::initializer_list<std::string_
       for (auto k : known) {
         expected += (expected.empty() ? "" : ", ") + std::string(k);
       }
-      problems.add(node, prefix + std::string(key.str()), "unknown key (expected one of: " + expected + ")");
+      problems.add(key, prefix + std::string(key.str()), "unknown key (expected one of: " + expected + ")");
     }
   }
 }
@@ -275,7 +279,7 @@ void read_component(const std::string& id, const toml::node& node, const Compone
       for (const auto& o : info->options) {
         known += (known.empty() ? "" : ", ") + o.name;
       }
-      problems.add(value, option_path,
+      problems.add(key, option_path,
                    "unknown option of " + type + " (options: " + (known.empty() ? "none" : known) + ")");
       ok = false;
       continue;

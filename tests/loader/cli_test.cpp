@@ -1,0 +1,175 @@
+// The ember command line, in-process through run_cli and as the real binary.
+
+#include "cli.hpp"
+
+#include <sstream>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "exit_codes.hpp"
+#include "support.hpp"
+
+namespace ember::kernel {
+namespace {
+
+using nlohmann::json;
+using ::testing::HasSubstr;
+
+struct CliRun {
+  int code;
+  std::string out;
+  std::string err;
+};
+
+CliRun cli(std::vector<std::string> args) {
+  args.insert(args.begin(), "ember");
+  std::vector<const char*> argv;
+  for (const auto& a : args) {
+    argv.push_back(a.c_str());
+  }
+  std::ostringstream out;
+  std::ostringstream err;
+  int code = run_cli(static_cast<int>(argv.size()), argv.data(), out, err);
+  return {code, out.str(), err.str()};
+}
+
+std::vector<std::string> only(const std::filesystem::path& dir) {
+  return {"--no-default-plugins", "--no-env-plugin-path", "--plugin-path", dir.string()};
+}
+
+std::vector<std::string> with(std::vector<std::string> a, const std::vector<std::string>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+TEST(Cli, PluginsJsonListsReferencePluginsWithOptions) {
+  auto run = cli(with(only(test::build_root() / "plugins"), {"plugins", "--json"}));
+  ASSERT_EQ(run.code, exit_code::ok) << run.err;
+  auto doc = json::parse(run.out);
+  EXPECT_EQ(doc["abi_version"], abi_version);
+  ASSERT_EQ(doc["plugins"].size(), 4u);
+  EXPECT_TRUE(doc["refused"].empty());
+  std::map<std::string, json> by_type;
+  for (const auto& p : doc["plugins"]) {
+    for (const auto& c : p["components"]) {
+      by_type[c["type"]] = c;
+    }
+  }
+  ASSERT_TRUE(by_type.count("pipe.memory"));
+  const auto& capacity = by_type["pipe.memory"]["options"][0];
+  EXPECT_EQ(capacity["name"], "capacity");
+  EXPECT_EQ(capacity["type"], "integer");
+  EXPECT_EQ(capacity["default"], "64");
+  EXPECT_EQ(capacity["required"], false);
+  EXPECT_EQ(by_type["launcher.fake"]["kind"], "launcher");
+  EXPECT_TRUE(by_type.count("applet.echo") && by_type.count("converter.identity"));
+}
+
+TEST(Cli, PluginsJsonNamesEachRefusedFixtureAndItsCause) {
+  auto run = cli(with(only(EMBER_FIXTURE_DIR), {"plugins", "--json"}));
+  EXPECT_EQ(run.code, exit_code::plugin_error);
+  auto doc = json::parse(run.out);
+  std::map<std::string, std::string> refused;
+  for (const auto& r : doc["refused"]) {
+    std::string path = r["path"];
+    EXPECT_THAT(std::string(r["message"]), HasSubstr(path));
+    refused[std::filesystem::path(path).filename().string()] = r["code"];
+  }
+  EXPECT_EQ(refused["fixture-wrong-abi.so"], "abi_mismatch");
+  EXPECT_EQ(refused["fixture-wrong-size.so"], "invalid_descriptor");
+  EXPECT_EQ(refused["fixture-bad-build-id.so"], "build_mismatch");
+  EXPECT_EQ(refused["fixture-no-entry.so"], "not_a_plugin");
+  EXPECT_EQ(refused["fixture-undefined-symbol.so"], "open_failed");
+  EXPECT_EQ(refused["fixture-dup-b.so"], "duplicate_name");
+  EXPECT_EQ(refused["fixture-not-elf.so"], "open_failed");
+  EXPECT_EQ(refused.size(), 9u);
+}
+
+TEST(Cli, PluginsHumanOutputShowsRefusals) {
+  auto run = cli(with(only(EMBER_FIXTURE_DIR), {"plugins"}));
+  EXPECT_EQ(run.code, exit_code::plugin_error);
+  EXPECT_THAT(run.out, HasSubstr("Refused (9):"));
+  EXPECT_THAT(run.out, HasSubstr("[abi_mismatch]"));
+  EXPECT_THAT(run.out, HasSubstr("applet.fixture_throws"));
+}
+
+TEST(Cli, DescribePrintsOptionsWithTypesDefaultsAndDocs) {
+  auto run = cli(with(only(test::build_root() / "plugins"), {"plugins", "describe", "launcher.fake"}));
+  ASSERT_EQ(run.code, exit_code::ok) << run.err;
+  EXPECT_THAT(run.out, HasSubstr("launcher.fake - "));
+  EXPECT_THAT(run.out, HasSubstr("run_time"));
+  EXPECT_THAT(run.out, HasSubstr("duration"));
+  EXPECT_THAT(run.out, HasSubstr("default 0ms"));
+  auto json_run =
+      cli(with(only(test::build_root() / "plugins"), {"plugins", "describe", "pipe.memory", "--json"}));
+  ASSERT_EQ(json_run.code, exit_code::ok);
+  EXPECT_EQ(json::parse(json_run.out)["plugin"]["name"], "memory-pipe");
+  auto missing = cli(with(only(test::build_root() / "plugins"), {"plugins", "describe", "pipe.nope"}));
+  EXPECT_EQ(missing.code, exit_code::plugin_error);
+  EXPECT_THAT(missing.err, HasSubstr("no component of type 'pipe.nope' (known: applet.echo"));
+}
+
+TEST(Cli, ValidateAcceptsGoodAndRejectsBadWithPositions) {
+  test::TempDir dir;
+  dir.write("good/job.toml", "schema_version = 1\n[components.p]\ntype = \"pipe.memory\"\n");
+  auto bad = dir.write("bad.toml", "schema_version = 1\n[components.p]\ntype = \"pipe.memory\"\nsize = 3\n");
+  auto run = cli(with(only(test::build_root() / "plugins"), {"validate", (dir.path() / "good").string()}));
+  EXPECT_EQ(run.code, exit_code::ok) << run.err;
+  EXPECT_THAT(run.out, HasSubstr("ok: "));
+  auto failed = cli(with(only(test::build_root() / "plugins"), {"validate", bad.string()}));
+  EXPECT_EQ(failed.code, exit_code::invalid_config);
+  EXPECT_THAT(failed.err, HasSubstr(bad.string() + ":4:1: components.p.size: unknown option of pipe.memory"));
+  auto missing =
+      cli(with(only(test::build_root() / "plugins"), {"validate", (dir.path() / "nope").string()}));
+  EXPECT_EQ(missing.code, exit_code::plugin_error);  // not_found
+}
+
+TEST(Cli, UsageErrorsAndHelp) {
+  EXPECT_EQ(cli({}).code, exit_code::usage);
+  EXPECT_EQ(cli({"plugins", "--bogus"}).code, exit_code::usage);
+  auto help = cli({"--help"});
+  EXPECT_EQ(help.code, exit_code::ok);
+  EXPECT_THAT(help.out, HasSubstr("validate"));
+  auto sub_help = cli({"plugins", "describe", "--help"});
+  EXPECT_EQ(sub_help.code, exit_code::ok);
+  EXPECT_THAT(sub_help.out, HasSubstr("Component type"));
+  EXPECT_EQ(cli({"--log-level", "loud", "plugins"}).code, exit_code::usage);
+}
+
+TEST(Cli, SiteFileAddsPluginPaths) {
+  test::TempDir dir;
+  auto site = dir.write("site.toml", "schema_version = 1\n[site]\nname = \"s1\"\n[plugins]\npaths = [\"" +
+                                         (test::build_root() / "plugins").string() + "\"]\n");
+  auto run =
+      cli({"--no-default-plugins", "--no-env-plugin-path", "--site", site.string(), "plugins", "--json"});
+  ASSERT_EQ(run.code, exit_code::ok) << run.err;
+  EXPECT_EQ(json::parse(run.out)["plugins"].size(), 4u);
+  auto bad_site = dir.write("bad.toml", "schema_version = 1\n[site]\nname = 3\n");
+  auto failed = cli({"--site", bad_site.string(), "plugins"});
+  EXPECT_EQ(failed.code, exit_code::invalid_config);
+  EXPECT_THAT(failed.err, HasSubstr(bad_site.string() + ":3:8: site.name: expected a string"));
+}
+
+TEST(EmberBinary, ListsBuildTreePluginsByDefault) {
+  auto run = test::run_program({EMBER_EXE, "plugins", "--json"});
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  auto doc = json::parse(run.out);
+  EXPECT_EQ(doc["search_paths"].back(), (test::build_root() / "plugins").string());
+  EXPECT_EQ(doc["plugins"].size(), 4u);
+  auto version = test::run_program({EMBER_EXE, "version"});
+  EXPECT_EQ(version.exit_code, 0);
+  EXPECT_THAT(version.out, HasSubstr("abi " + std::to_string(abi_version)));
+}
+
+TEST(EmberBinary, EmberLogEnablesDebugPerCategory) {
+  setenv("EMBER_LOG", "kernel=debug", 1);
+  auto run = test::run_program({EMBER_EXE, "plugins", "--json"});
+  unsetenv("EMBER_LOG");
+  EXPECT_EQ(run.exit_code, 0);
+  EXPECT_THAT(run.err, HasSubstr("[kernel] loaded 4 of 4 plugin files"));
+}
+
+}  // namespace
+}  // namespace ember::kernel

@@ -1,0 +1,79 @@
+#include "option_values.hpp"
+
+#include <gtest/gtest.h>
+#include <toml++/toml.h>
+
+namespace ember::kernel {
+namespace {
+
+using namespace std::chrono_literals;
+
+const Substitutions subs{"site-1", "job-7", "/ws"};
+
+TEST(Substitute, ReplacesTheThreeNamesAndKeepsEscapedBraces) {
+  EXPECT_EQ(*substitute("{workspace}/{site}/{job_id}", subs), "/ws/site-1/job-7");
+  EXPECT_EQ(*substitute("{{literal}} and {site}", subs), "{literal} and site-1");
+  EXPECT_EQ(*substitute("no braces", subs), "no braces");
+}
+
+TEST(Substitute, RejectsUnknownAndUnbalanced) {
+  auto unknown = substitute("{home}/x", subs);
+  ASSERT_FALSE(unknown);
+  EXPECT_NE(unknown.error().message.find("unknown substitution '{home}'"), std::string::npos);
+  EXPECT_FALSE(substitute("{site", subs));
+  EXPECT_FALSE(substitute("site}", subs));
+}
+
+TEST(OptionFromText, ParsesEveryType) {
+  EXPECT_EQ(std::get<std::string>(*option_from_text("\"a {site}\"", OptionType::string, subs)), "a site-1");
+  EXPECT_EQ(std::get<std::string>(*option_from_text("bare", OptionType::string, subs)), "bare");
+  EXPECT_EQ(std::get<std::int64_t>(*option_from_text("64", OptionType::integer, subs)), 64);
+  EXPECT_DOUBLE_EQ(std::get<double>(*option_from_text("0.5", OptionType::number, subs)), 0.5);
+  EXPECT_DOUBLE_EQ(std::get<double>(*option_from_text("3", OptionType::number, subs)), 3.0);
+  EXPECT_EQ(std::get<bool>(*option_from_text("true", OptionType::boolean, subs)), true);
+  EXPECT_EQ(std::get<std::chrono::milliseconds>(*option_from_text("30s", OptionType::duration, subs)), 30s);
+  EXPECT_EQ(std::get<std::chrono::milliseconds>(*option_from_text("\"5m\"", OptionType::duration, subs)),
+            5min);
+  auto list = option_from_text("[\"a\", \"{job_id}\"]", OptionType::string_list, subs);
+  EXPECT_EQ(std::get<std::vector<std::string>>(*list), (std::vector<std::string>{"a", "job-7"}));
+}
+
+TEST(OptionFromText, RejectsMismatches) {
+  EXPECT_FALSE(option_from_text("\"64\"", OptionType::integer, subs));
+  EXPECT_FALSE(option_from_text("soon", OptionType::duration, subs));
+  EXPECT_FALSE(option_from_text("30", OptionType::duration, subs));
+  EXPECT_FALSE(option_from_text("yes", OptionType::boolean, subs));
+  EXPECT_FALSE(option_from_text("[1, 2]", OptionType::string_list, subs));
+  EXPECT_FALSE(option_from_text("nan", OptionType::number, subs));
+  EXPECT_FALSE(option_from_text("1\nw = 2", OptionType::integer, subs));
+}
+
+TEST(OptionFromToml, NamesBothTypesInTheError) {
+  auto table = toml::parse("v = 12");
+  auto value = option_from_toml(*table.get("v"), OptionType::string, subs);
+  ASSERT_FALSE(value);
+  EXPECT_EQ(value.error().code, Errc::invalid_option);
+  EXPECT_EQ(value.error().message, "expected string, found an integer");
+  auto duration = option_from_toml(*table.get("v"), OptionType::duration, subs);
+  EXPECT_NE(duration.error().message.find("with a unit"), std::string::npos);
+}
+
+TEST(OptionToText, RendersAsTomlAndRoundTrips) {
+  const std::pair<OptionValue, OptionType> cases[] = {
+      {OptionValue(std::string("a\"b")), OptionType::string},
+      {OptionValue(std::int64_t{-5}), OptionType::integer},
+      {OptionValue(0.1), OptionType::number},
+      {OptionValue(false), OptionType::boolean},
+      {OptionValue(std::chrono::milliseconds(1500)), OptionType::duration},
+      {OptionValue(std::vector<std::string>{"x", "y"}), OptionType::string_list},
+  };
+  for (const auto& [value, type] : cases) {
+    auto text = option_to_text(value);
+    auto back = option_from_text(text, type, Substitutions{});
+    ASSERT_TRUE(back) << text << ": " << back.error().message;
+    EXPECT_EQ(*back, value) << text;
+  }
+}
+
+}  // namespace
+}  // namespace ember::kernel
