@@ -25,13 +25,25 @@ struct GlobalOptions {
   std::string log_level;
 };
 
+// A config file that cannot be read is an I/O problem, not a missing plugin.
+Error as_read_error(Error error) {
+  if (error.code == Errc::not_found) {
+    error.code = Errc::io_error;
+  }
+  return error;
+}
+
+std::string plural(std::size_t n, const std::string& word) {
+  return std::to_string(n) + " " + word + (n == 1 ? "" : "s");
+}
+
 // Builds the kernel the way every command needs it: site file, then command-line paths, then the defaults.
 Result<std::unique_ptr<Kernel>> make_kernel(const GlobalOptions& global) {
   KernelSettings settings;
   if (!global.site_file.empty()) {
     auto site = load_site(global.site_file);
     if (!site) {
-      return fail(std::move(site.error()));
+      return fail(as_read_error(std::move(site.error())));
     }
     settings.plugin_paths = site->plugin_paths;
     settings.log = site->log;
@@ -46,7 +58,7 @@ Result<std::unique_ptr<Kernel>> make_kernel(const GlobalOptions& global) {
   }
   settings.use_default_paths = !global.no_default_plugins;
   settings.use_env_path = !global.no_env_path;
-  if (settings.log.rules.empty() && global.log_level.empty()) {
+  if (!settings.log.level_set && global.log_level.empty()) {
     settings.log.level = LogLevel::warn;  // the CLI prints results; logs only say what went wrong
   }
   if (!global.log_level.empty()) {
@@ -206,7 +218,7 @@ int validate(Kernel& kernel, const std::vector<std::string>& paths, std::ostream
     auto text = read_text_file(file);
     if (!text) {
       err << "ember: " << text.error().message << "\n";
-      code = std::max(code, exit_code_for(text.error()));
+      code = std::max(code, exit_code_for(as_read_error(text.error())));
       continue;
     }
     if (looks_like_site(*text)) {
@@ -216,8 +228,8 @@ int validate(Kernel& kernel, const std::vector<std::string>& paths, std::ostream
         code = std::max(code, exit_code::invalid_config);
         continue;
       }
-      out << "ok: " << file.string() << " (site '" << site->name << "', " << site->plugin_paths.size()
-          << " plugin paths)\n";
+      out << "ok: " << file.string() << " (site '" << site->name << "', "
+          << plural(site->plugin_paths.size(), "plugin path") << ")\n";
       continue;
     }
     auto job = parse_job(*text, file.string(), kernel.registry());
@@ -226,8 +238,8 @@ int validate(Kernel& kernel, const std::vector<std::string>& paths, std::ostream
       code = std::max(code, exit_code::invalid_config);
       continue;
     }
-    out << "ok: " << file.string() << " (job '" << job->name << "', " << job->components.size()
-        << " components)\n";
+    out << "ok: " << file.string() << " (job '" << job->name << "', "
+        << plural(job->components.size(), "component") << ")\n";
   }
   return code;
 }
@@ -243,7 +255,8 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
   app.add_flag("--no-default-plugins", global.no_default_plugins,
                "Do not search the build tree or the install prefix");
   app.add_flag("--no-env-plugin-path", global.no_env_path, "Ignore EMBER_PLUGIN_PATH");
-  app.add_option("--log-level", global.log_level, "Default log level (trace, debug, info, warn, error, off)");
+  app.add_option("--log-level", global.log_level,
+                 "Default log level (trace, debug, info, warn, error, critical, off)");
 
   auto* plugins_cmd = app.add_subcommand("plugins", "List the plugins found, their components, and refusals");
   bool plugins_json_flag = false;

@@ -1,8 +1,10 @@
 #include "config.hpp"
 
+#include <algorithm>
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 #include <toml++/toml.h>
 
@@ -146,12 +148,25 @@ void read_log(const toml::table& root, LogSettings& log, Problems& problems) {
   if (auto level = string_value(*table, "level", "log.level", problems)) {
     if (auto parsed = parse_level(*level)) {
       log.level = *parsed;
+      log.level_set = true;
     } else {
       problems.add(*table->get("level"), "log.level", parsed.error().message);
     }
   }
   if (const auto* levels = sub_table(*table, "levels", "log.levels", problems)) {
+    // toml++ iterates keys sorted; later rules win, so keep the order they were written in.
+    std::vector<std::pair<const toml::key*, const toml::node*>> ordered;
     for (const auto& [pattern, node] : *levels) {
+      ordered.emplace_back(&pattern, &node);
+    }
+    std::sort(ordered.begin(), ordered.end(), [](const auto& a, const auto& b) {
+      const auto& sa = a.first->source().begin;
+      const auto& sb = b.first->source().begin;
+      return std::tie(sa.line, sa.column) < std::tie(sb.line, sb.column);
+    });
+    for (const auto& [pattern_ptr, node_ptr] : ordered) {
+      const auto& pattern = *pattern_ptr;
+      const auto& node = *node_ptr;
       std::string key = "log.levels.\"" + std::string(pattern.str()) + "\"";
       if (!node.is_string()) {
         problems.add(node, key, "expected a level string");
@@ -295,7 +310,7 @@ void read_component(const std::string& id, const toml::node& node, const Compone
   if (!ok) {
     return;
   }
-  auto resolved = registry.resolve_options(*info, component.options);
+  auto resolved = registry.resolve_options(*info, component.options, subs);
   if (!resolved) {
     problems.add(node, path, resolved.error().message);
     return;
@@ -403,7 +418,8 @@ Result<SiteConfig> parse_site(std::string_view text, const std::string& name, co
   site.file = name;
   check_schema_version(root, problems);
   reject_unknown(root, {"schema_version", "site", "plugins", "log"}, "", problems);
-  Substitutions subs;
+  // A site file is read before any job exists: only {site} means something in it.
+  Substitutions subs{"local", std::nullopt, std::nullopt};
   if (const auto* table = sub_table(root, "site", "site", problems)) {
     reject_unknown(*table, {"name", "workspace"}, "site.", problems);
     if (auto site_name = string_value(*table, "name", "site.name", problems)) {

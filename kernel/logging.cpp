@@ -88,6 +88,7 @@ Result<LogSettings> parse_log_spec(std::string_view spec, LogSettings base) {
       }
       if (eq == std::string_view::npos) {
         base.level = *level;
+        base.level_set = true;
       } else if (eq == 0) {
         return fail(Errc::invalid_argument, "EMBER_LOG: empty pattern in '" + std::string(item) + "'");
       } else {

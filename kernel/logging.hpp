@@ -32,7 +32,8 @@ struct LogRule {
 /// Where logs go and how verbose they are.
 struct LogSettings {
   LogLevel level = LogLevel::info;  ///< for categories no rule matches
-  std::vector<LogRule> rules;       ///< later rules win over earlier ones
+  bool level_set = false;      ///< whether a config or EMBER_LOG chose `level` (else callers pick theirs)
+  std::vector<LogRule> rules;  ///< later rules win over earlier ones
 };
 
 /// Parses "trace", "debug", "info", "warn", "error", "critical" or "off".

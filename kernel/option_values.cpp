@@ -39,16 +39,21 @@ Result<std::string> substitute(std::string_view text, const Substitutions& subs)
                   "unclosed '{' at offset " + std::to_string(i) + " (write '{{' for a brace)");
     }
     std::string_view name = text.substr(i + 1, close - i - 1);
+    const std::optional<std::string>* value = nullptr;
     if (name == "site") {
-      out += subs.site;
+      value = &subs.site;
     } else if (name == "job_id") {
-      out += subs.job_id;
+      value = &subs.job_id;
     } else if (name == "workspace") {
-      out += subs.workspace;
+      value = &subs.workspace;
     } else {
       return fail(Errc::invalid_config, "unknown substitution '{" + std::string(name) +
                                             "}' (known: {site}, {job_id}, {workspace})");
     }
+    if (!value->has_value()) {
+      return fail(Errc::invalid_config, "substitution '{" + std::string(name) + "}' is not available here");
+    }
+    out += **value;
     i = close;
   }
   return out;

@@ -1,6 +1,7 @@
 #pragma once
 // Turning TOML values and schema defaults into validated component options.
 
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -16,11 +17,12 @@ class node;
 namespace ember::kernel {
 
 /// The values of the only substitutions a config may use: `{site}`, `{job_id}`, `{workspace}`.
-/// `{{` and `}}` stand for literal braces.
+/// `{{` and `}}` stand for literal braces. A value left empty is not available where the text is read
+/// (a site file knows its site but no job), and using it there is an error.
 struct Substitutions {
-  std::string site = "local";
-  std::string job_id = "job";
-  std::string workspace = ".";
+  std::optional<std::string> site = "local";
+  std::optional<std::string> job_id = "job";
+  std::optional<std::string> workspace = ".";
 };
 
 /// Replaces the substitutions in `text`; an unknown `{name}` or an unbalanced brace is an error.

@@ -50,8 +50,8 @@ std::vector<std::string> ComponentRegistry::types() const {
   return out;
 }
 
-Result<Options> ComponentRegistry::resolve_options(const ComponentInfo& component,
-                                                   const Options& given) const {
+Result<Options> ComponentRegistry::resolve_options(const ComponentInfo& component, const Options& given,
+                                                   const Substitutions& subs) const {
   for (const auto& [name, value] : given.values()) {
     const auto* spec = component.find_option(name);
     if (spec == nullptr) {
@@ -70,7 +70,7 @@ Result<Options> ComponentRegistry::resolve_options(const ComponentInfo& componen
     if (!spec.default_text) {
       return fail(Errc::invalid_option, component.type + ": required option '" + spec.name + "' is missing");
     }
-    auto value = option_from_text(*spec.default_text, spec.type, subs_);
+    auto value = option_from_text(*spec.default_text, spec.type, subs);
     if (!value) {
       return fail(Errc::invalid_option,
                   component.type + ": default of option '" + spec.name + "': " + value.error().message);
@@ -87,7 +87,7 @@ Result<std::shared_ptr<Component>> ComponentRegistry::create(std::string_view ty
     return fail(Errc::not_found, "no component of type '" + std::string(type) +
                                      "' is registered (run 'ember plugins' to list what was found)");
   }
-  auto resolved = resolve_options(*component, options);
+  auto resolved = resolve_options(*component, options, subs_);
   if (!resolved) {
     return fail(std::move(resolved.error()));
   }

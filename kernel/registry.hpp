@@ -38,7 +38,9 @@ class ComponentRegistry final : public Registry {
 
   /// Checks `given` against the schema of `component` and fills in defaults: unknown names, wrong types
   /// and missing required options are errors naming the option.
-  Result<Options> resolve_options(const ComponentInfo& component, const Options& given) const;
+  /// String defaults are substituted with `subs`.
+  Result<Options> resolve_options(const ComponentInfo& component, const Options& given,
+                                  const Substitutions& subs) const;
 
   Result<std::shared_ptr<Component>> create(std::string_view type, const Options& options,
                                             std::string_view instance = {}) override;

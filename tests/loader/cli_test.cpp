@@ -123,7 +123,7 @@ TEST(Cli, ValidateAcceptsGoodAndRejectsBadWithPositions) {
   EXPECT_THAT(failed.err, HasSubstr(bad.string() + ":4:1: components.p.size: unknown option of pipe.memory"));
   auto missing =
       cli(with(only(test::build_root() / "plugins"), {"validate", (dir.path() / "nope").string()}));
-  EXPECT_EQ(missing.code, exit_code::plugin_error);  // not_found
+  EXPECT_EQ(missing.code, exit_code::io_error);
 }
 
 TEST(Cli, UsageErrorsAndHelp) {

@@ -189,3 +189,31 @@ TEST(SiteConfig, RejectsUnknownKeysAndNeedsASiteTable) {
 
 }  // namespace
 }  // namespace ember::kernel
+
+namespace ember::kernel {
+namespace {
+
+TEST(SiteConfig, OnlySiteIsSubstitutedInASiteFile) {
+  auto site = parse_site("schema_version = 1\n[site]\nname = \"s\"\n[plugins]\npaths = [\"/opt/{job_id}\"]\n",
+                         "s.toml", "/");
+  ASSERT_FALSE(site);
+  EXPECT_THAT(
+      site.error().message,
+      ::testing::HasSubstr("s.toml:5:9: plugins.paths: element 0: substitution '{job_id}' is not available"));
+}
+
+TEST(LogConfig, RulesKeepTheOrderTheyWereWrittenIn) {
+  auto kernel = test::static_kernel();
+  auto job = parse_job(
+      "schema_version = 1\n[log]\nlevel = \"error\"\n[log.levels]\n\"plugin.pipe.memory\" = "
+      "\"trace\"\n\"*\" = \"warn\"\n",
+      "j/job.toml", kernel->registry());
+  ASSERT_TRUE(job) << job.error().message;
+  ASSERT_EQ(job->log.rules.size(), 2u);
+  EXPECT_EQ(job->log.rules[0].pattern, "plugin.pipe.memory");
+  EXPECT_EQ(job->log.rules[1].pattern, "*");
+  EXPECT_TRUE(job->log.level_set);
+}
+
+}  // namespace
+}  // namespace ember::kernel

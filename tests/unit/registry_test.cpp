@@ -37,22 +37,23 @@ TEST(Registry, ResolveOptionsFillsDefaultsAndRejectsUnknownOrMistyped) {
   const auto* pipe = kernel->registry().find("pipe.memory");
   Options given;
   given.set("capacity", std::int64_t{3});
-  auto resolved = kernel->registry().resolve_options(*pipe, given);
+  auto resolved = kernel->registry().resolve_options(*pipe, given, kernel->registry().substitutions());
   ASSERT_TRUE(resolved);
   EXPECT_EQ(resolved->integer("capacity"), 3);
   EXPECT_EQ(resolved->integer("max_frame_bytes"), 67108864);
 
   Options unknown;
   unknown.set("colour", std::string("red"));
-  auto bad = kernel->registry().resolve_options(*pipe, unknown);
+  auto bad = kernel->registry().resolve_options(*pipe, unknown, kernel->registry().substitutions());
   ASSERT_FALSE(bad);
   EXPECT_EQ(bad.error().code, Errc::invalid_option);
   EXPECT_THAT(bad.error().message, HasSubstr("unknown option 'colour'"));
 
   Options mistyped;
   mistyped.set("capacity", std::string("3"));
-  EXPECT_THAT(kernel->registry().resolve_options(*pipe, mistyped).error().message,
-              HasSubstr("option 'capacity' must be of type integer"));
+  EXPECT_THAT(
+      kernel->registry().resolve_options(*pipe, mistyped, kernel->registry().substitutions()).error().message,
+      HasSubstr("option 'capacity' must be of type integer"));
 }
 
 TEST(Registry, CreateAsChecksTheInterface) {

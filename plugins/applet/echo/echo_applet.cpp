@@ -2,6 +2,7 @@
 // optional prefix. A reference plugin and an SDK example of the Applet interface.
 
 #include <mutex>
+#include <stdexcept>
 
 #include <ember/applet.hpp>
 #include <ember/plugin.hpp>

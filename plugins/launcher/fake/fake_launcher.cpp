@@ -5,6 +5,7 @@
 #include <condition_variable>
 #include <csignal>
 #include <mutex>
+#include <stdexcept>
 
 #include <ember/launcher.hpp>
 #include <ember/plugin.hpp>

@@ -4,6 +4,7 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <stdexcept>
 
 #include <ember/pipe.hpp>
 #include <ember/plugin.hpp>

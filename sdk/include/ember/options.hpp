@@ -18,7 +18,7 @@ enum class OptionType : std::uint32_t {
   integer = 2,      ///< TOML integer (64-bit signed)
   number = 3,       ///< TOML float or integer, as double
   boolean = 4,      ///< TOML boolean
-  duration = 5,     ///< TOML string such as "250ms", "30s", "5m", "1h" (or an integer of milliseconds)
+  duration = 5,     ///< TOML string such as "250ms", "30s", "5m", "1h" (a bare number is refused)
   string_list = 6,  ///< TOML array of strings, each substituted like a string
 };
 
