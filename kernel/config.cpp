@@ -438,7 +438,7 @@ Result<SiteConfig> parse_site(std::string_view text, const std::string& name, co
         problems.add(*node, "site.workspace", value.error().message);
       }
     }
-  } else {
+  } else if (root.get("site") == nullptr) {
     problems.add(Location{name, 1, 1}, "site", "missing [site] table");
   }
   if (const auto* table = sub_table(root, "plugins", "plugins", problems)) {

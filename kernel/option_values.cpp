@@ -1,6 +1,7 @@
 #include "option_values.hpp"
 
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <sstream>
 
@@ -219,13 +220,21 @@ bool holds_type(const OptionValue& value, OptionType type) noexcept {
 
 namespace {
 
+// A TOML basic string: quotes, backslashes and control characters escaped.
 std::string quote(const std::string& s) {
   std::string out = "\"";
   for (char c : s) {
+    auto u = static_cast<unsigned char>(c);
     if (c == '"' || c == '\\') {
       out += '\\';
+      out += c;
+    } else if (u < 0x20 || u == 0x7F) {
+      char escaped[8];
+      std::snprintf(escaped, sizeof escaped, "\\u%04X", u);
+      out += escaped;
+    } else {
+      out += c;
     }
-    out += c;
   }
   return out + "\"";
 }

@@ -61,6 +61,7 @@ TEST(OptionFromToml, NamesBothTypesInTheError) {
 TEST(OptionToText, RendersAsTomlAndRoundTrips) {
   const std::pair<OptionValue, OptionType> cases[] = {
       {OptionValue(std::string("a\"b")), OptionType::string},
+      {OptionValue(std::string("tab\there\nnewline\x01")), OptionType::string},
       {OptionValue(std::int64_t{-5}), OptionType::integer},
       {OptionValue(0.1), OptionType::number},
       {OptionValue(false), OptionType::boolean},
