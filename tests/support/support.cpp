@@ -62,8 +62,10 @@ std::unique_ptr<kernel::Kernel> static_kernel() {
   return k;
 }
 
-std::unique_ptr<kernel::Kernel> kernel_with_paths(std::vector<fs::path> paths) {
+std::unique_ptr<kernel::Kernel> kernel_with_paths(std::vector<fs::path> paths, const fs::path& workspace) {
   kernel::KernelSettings settings;
+  settings.workspace = workspace;
+  settings.subs.workspace = workspace.string();
   settings.plugin_paths = std::move(paths);
   settings.use_default_paths = false;
   settings.use_env_path = false;

@@ -29,8 +29,10 @@ class TempDir {
 /// A kernel that searches no folder and has the four reference plugins registered statically.
 std::unique_ptr<kernel::Kernel> static_kernel();
 
-/// A kernel that searches only `paths` (no environment, no defaults), plugins already loaded.
-std::unique_ptr<kernel::Kernel> kernel_with_paths(std::vector<std::filesystem::path> paths);
+/// A kernel that searches only `paths` (no environment, no defaults), plugins already loaded; components
+/// it creates get `workspace` (and `{workspace}` substitutes to it).
+std::unique_ptr<kernel::Kernel> kernel_with_paths(std::vector<std::filesystem::path> paths,
+                                                  const std::filesystem::path& workspace = ".");
 
 /// The build tree's folders, from the test environment.
 std::filesystem::path build_root();

@@ -63,8 +63,9 @@ class Channel {
 
 class MemoryEndpoint final : public ember::PipeEndpoint {
  public:
-  MemoryEndpoint(std::shared_ptr<Channel> out, std::shared_ptr<Channel> in, std::size_t max_frame)
-      : out_(std::move(out)), in_(std::move(in)), max_frame_(max_frame) {}
+  MemoryEndpoint(std::shared_ptr<Channel> out, std::shared_ptr<Channel> in, std::size_t max_frame,
+                 std::string peer)
+      : out_(std::move(out)), in_(std::move(in)), max_frame_(max_frame), peer_(std::move(peer)) {}
   ~MemoryEndpoint() override { close(); }
 
   ember::Result<void> send(std::span<const std::byte> frame, std::chrono::milliseconds timeout) override {
@@ -80,6 +81,8 @@ class MemoryEndpoint final : public ember::PipeEndpoint {
     return in_->pop(timeout);
   }
 
+  std::string describe() const override { return peer_; }
+
   void close() noexcept override {
     // Our frames already sent stay readable by the peer; the peer's sends to us fail from now on.
     out_->close();
@@ -90,6 +93,7 @@ class MemoryEndpoint final : public ember::PipeEndpoint {
   std::shared_ptr<Channel> out_;
   std::shared_ptr<Channel> in_;
   std::size_t max_frame_;
+  std::string peer_;
 };
 
 class MemoryPipe final : public ember::Pipe {
@@ -109,8 +113,8 @@ class MemoryPipe final : public ember::Pipe {
     to_job_ = std::make_shared<Channel>(static_cast<std::size_t>(capacity));
   }
 
-  ember::Result<std::unique_ptr<ember::PipeEndpoint>> open(ember::PipeSide side,
-                                                           std::chrono::milliseconds) override {
+  ember::Result<std::unique_ptr<ember::PipeEndpoint>> open(ember::PipeSide side, std::chrono::milliseconds,
+                                                           const ember::PeerAdmission&) override {
     std::lock_guard lock(mutex_);
     bool& opened = side == ember::PipeSide::job ? job_open_ : trainer_open_;
     if (opened) {
@@ -123,10 +127,10 @@ class MemoryPipe final : public ember::Pipe {
     logger_->debug(side == ember::PipeSide::job ? "job end opened" : "trainer end opened");
     if (side == ember::PipeSide::job) {
       return std::unique_ptr<ember::PipeEndpoint>(
-          std::make_unique<MemoryEndpoint>(to_trainer_, to_job_, max_frame_));
+          std::make_unique<MemoryEndpoint>(to_trainer_, to_job_, max_frame_, address() + " (trainer end)"));
     }
     return std::unique_ptr<ember::PipeEndpoint>(
-        std::make_unique<MemoryEndpoint>(to_job_, to_trainer_, max_frame_));
+        std::make_unique<MemoryEndpoint>(to_job_, to_trainer_, max_frame_, address() + " (job end)"));
   }
 
   std::string address() const override { return "memory:" + instance_; }

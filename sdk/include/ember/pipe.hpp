@@ -1,9 +1,11 @@
 #pragma once
-// Pipes: move encoded frames between a client job and the trainer it launched. They know nothing of the
-// session protocol on top; the kernel's session layer runs over any pipe.
+// Pipes: move frames between a client job and the trainer it launched. They know nothing of the session
+// protocol on top (the kernel's session layer runs over any pipe), and never look inside a frame except
+// through the admission check the session hands them.
 
 #include <chrono>
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -17,27 +19,41 @@ namespace ember {
 /// Which end of a pipe is being opened: the job end creates the endpoint, the trainer end attaches to it.
 enum class PipeSide { job, trainer };
 
+/// Decides, from the first frame a would-be peer sends (its HELLO), whether it may become this end's peer.
+/// Pipes that accept connections (a socket) call it for every candidate and drop the ones it refuses, so a
+/// stranger cannot take the place of the trainer; pipes without connections may ignore it. Must be quick.
+using PeerAdmission = std::function<bool(std::span<const std::byte> first_frame)>;
+
 /// One open end of a pipe. send() and receive() may be called from different threads; each is used by one
-/// thread at a time.
+/// thread at a time. Frames arrive whole and in the order they were sent, or not at all.
 class EMBER_API PipeEndpoint {
  public:
   virtual ~PipeEndpoint() = default;
 
-  /// Sends one frame whole; waits at most `timeout` for room. Errc::timeout or Errc::closed on failure.
+  /// Sends one frame whole; waits at most `timeout` for room (or, on a job end, for the peer to attach).
+  /// Errc::timeout or Errc::closed on failure; a frame is never half-sent on success.
   virtual Result<void> send(std::span<const std::byte> frame, std::chrono::milliseconds timeout) = 0;
   /// The next frame, or nullopt if none arrived within `timeout`. Errc::closed once the peer has closed
-  /// and every frame it sent has been received.
+  /// (or died) and every frame it sent has been received; Errc::malformed for input the pipe itself could
+  /// not take apart (the message names the file or offset).
   virtual Result<std::optional<std::vector<std::byte>>> receive(std::chrono::milliseconds timeout) = 0;
   /// Closes this end; never blocks on the peer. Idempotent.
   virtual void close() noexcept = 0;
+  /// Who is on the other side, for messages ("unix:/ws/pipe.sock peer pid 4242").
+  virtual std::string describe() const = 0;
 };
 
-/// A pipe component: configured from TOML, it opens endpoints.
+/// A pipe component, configured from TOML, opens endpoints. A pipe that reaches another process declares an
+/// option named `address`: the trainer end is created with `address` set to what the job end's address()
+/// returned, and attaches to it.
 class EMBER_API Pipe : public Component {
  public:
-  /// Opens one end; waits at most `timeout` for whatever the end needs (a peer to attach, a directory).
-  virtual Result<std::unique_ptr<PipeEndpoint>> open(PipeSide side, std::chrono::milliseconds timeout) = 0;
-  /// Where the trainer end attaches ("unix:/run/x.sock", "dir:/ws/pipe"), for the bootstrap file.
+  /// Opens one end. The job end returns at once, ready for a peer (which its first receive() or send()
+  /// waits for); the trainer end attaches within `timeout`. `admit` screens connecting peers (job end).
+  virtual Result<std::unique_ptr<PipeEndpoint>> open(PipeSide side, std::chrono::milliseconds timeout,
+                                                     const PeerAdmission& admit = {}) = 0;
+  /// Where the trainer end attaches ("unix:/ws/pipe.sock", "tcp:127.0.0.1:40123", "dir:/ws/pipe"), valid
+  /// once the job end is open.
   virtual std::string address() const = 0;
 };
 

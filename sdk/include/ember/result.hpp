@@ -27,6 +27,9 @@ enum class Errc {
   cancelled,           ///< the stop token was triggered
   invalid_argument,    ///< a caller passed a value the callee cannot accept
   unsupported,         ///< the component does not support what was asked
+  malformed,           ///< input that breaks its format: a frame, a file, a tensor header
+  peer_gone,           ///< the other end of a session stopped answering or went away
+  rejected,            ///< the peer refused what was sent (a HELLO token, a result)
   internal,            ///< a broken invariant inside ember
 };
 
@@ -65,6 +68,12 @@ constexpr std::string_view to_string(Errc code) noexcept {
       return "invalid_argument";
     case Errc::unsupported:
       return "unsupported";
+    case Errc::malformed:
+      return "malformed";
+    case Errc::peer_gone:
+      return "peer_gone";
+    case Errc::rejected:
+      return "rejected";
     case Errc::internal:
       return "internal";
   }
