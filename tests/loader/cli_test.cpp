@@ -49,7 +49,7 @@ TEST(Cli, PluginsJsonListsReferencePluginsWithOptions) {
   ASSERT_EQ(run.code, exit_code::ok) << run.err;
   auto doc = json::parse(run.out);
   EXPECT_EQ(doc["abi_version"], abi_version);
-  ASSERT_EQ(doc["plugins"].size(), 4u);
+  ASSERT_EQ(doc["plugins"].size(), 6u);
   EXPECT_TRUE(doc["refused"].empty());
   std::map<std::string, json> by_type;
   for (const auto& p : doc["plugins"]) {
@@ -145,7 +145,7 @@ TEST(Cli, SiteFileAddsPluginPaths) {
   auto run =
       cli({"--no-default-plugins", "--no-env-plugin-path", "--site", site.string(), "plugins", "--json"});
   ASSERT_EQ(run.code, exit_code::ok) << run.err;
-  EXPECT_EQ(json::parse(run.out)["plugins"].size(), 4u);
+  EXPECT_EQ(json::parse(run.out)["plugins"].size(), 6u);
   auto bad_site = dir.write("bad.toml", "schema_version = 1\n[site]\nname = 3\n");
   auto failed = cli({"--site", bad_site.string(), "plugins"});
   EXPECT_EQ(failed.code, exit_code::invalid_config);
@@ -157,7 +157,7 @@ TEST(EmberBinary, ListsBuildTreePluginsByDefault) {
   ASSERT_EQ(run.exit_code, 0) << run.err;
   auto doc = json::parse(run.out);
   EXPECT_EQ(doc["search_paths"].back(), (test::build_root() / "plugins").string());
-  EXPECT_EQ(doc["plugins"].size(), 4u);
+  EXPECT_EQ(doc["plugins"].size(), 6u);
   auto version = test::run_program({EMBER_EXE, "version"});
   EXPECT_EQ(version.exit_code, 0);
   EXPECT_THAT(version.out, HasSubstr("abi " + std::to_string(abi_version)));
@@ -168,7 +168,7 @@ TEST(EmberBinary, EmberLogEnablesDebugPerCategory) {
   auto run = test::run_program({EMBER_EXE, "plugins", "--json"});
   unsetenv("EMBER_LOG");
   EXPECT_EQ(run.exit_code, 0);
-  EXPECT_THAT(run.err, HasSubstr("[kernel] loaded 4 of 4 plugin files"));
+  EXPECT_THAT(run.err, HasSubstr("[kernel] loaded 6 of 6 plugin files"));
 }
 
 }  // namespace

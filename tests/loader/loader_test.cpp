@@ -119,7 +119,8 @@ TEST(Loader, ReferencePluginsLoadFromTheBuildTree) {
   auto kernel = test::kernel_with_paths({test::build_root() / "plugins"});
   EXPECT_TRUE(kernel->refusals().empty()) << kernel->refusals().front().error.message;
   EXPECT_EQ(kernel->registry().types(),
-            (std::vector<std::string>{"applet.echo", "converter.identity", "launcher.fake", "pipe.memory"}));
+            (std::vector<std::string>{"applet.echo", "converter.identity", "launcher.fake", "pipe.file",
+                                      "pipe.memory", "pipe.socket"}));
   for (const auto& plugin : kernel->registry().plugins()) {
     EXPECT_TRUE(plugin.library) << plugin.name;
     EXPECT_EQ(plugin.path.extension(), ".so");

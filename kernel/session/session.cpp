@@ -1,0 +1,918 @@
+#include "session/session.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+namespace ember::session {
+
+namespace {
+
+using namespace std::chrono_literals;
+
+using Clock = std::chrono::steady_clock;
+using wire::Op;
+
+// Ops that travel on the control lane: single-frame messages sent before the next bulk chunk.
+bool control_lane(Op op) {
+  switch (op) {
+    case Op::hello:
+    case Op::hello_accepted:
+    case Op::hello_rejected:
+    case Op::session_ready:
+    case Op::task_accepted:
+    case Op::task_failed:
+    case Op::result_accepted:
+    case Op::result_rejected:
+    case Op::heartbeat:
+    case Op::abort:
+    case Op::shutdown:
+    case Op::ack:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// A progress receipt is sent every this many chunks of a large message, so its sender knows the transfer
+// advances and does not resend it merely because the receiver is slow.
+constexpr std::uint32_t progress_every = 8;
+
+std::string ms(std::chrono::milliseconds d) {
+  return std::to_string(d.count()) + " ms";
+}
+
+bool constant_time_equal(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) {
+    return false;
+  }
+  unsigned char diff = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  }
+  return diff == 0;
+}
+
+const std::string* find_header(const wire::Headers& headers, std::string_view key) {
+  for (const auto& [k, v] : headers) {
+    if (k == key) {
+      return &v;
+    }
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+std::string_view to_string(State state) noexcept {
+  switch (state) {
+    case State::handshake:
+      return "handshake";
+    case State::ready:
+      return "ready";
+    case State::closed:
+      return "closed";
+    case State::peer_gone:
+      return "peer_gone";
+  }
+  return "unknown";
+}
+
+const std::string* Message::header(std::string_view key) const {
+  return find_header(headers, key);
+}
+
+Result<void> BytesSource::read(std::uint64_t offset, std::span<std::byte> out) const {
+  if (offset > bytes_.size() || out.size() > bytes_.size() - offset) {
+    return fail(Errc::invalid_argument, "read past the end of a payload");
+  }
+  std::memcpy(out.data(), bytes_.data() + offset, out.size());
+  return ok();
+}
+
+PeerAdmission admit_hello(std::string token, wire::Limits limits) {
+  return [token = std::move(token), limits](std::span<const std::byte> first) {
+    auto frame = wire::decode_frame(first, limits);
+    if (!frame || frame->header.op != Op::hello) {
+      return false;
+    }
+    const auto* offered = frame->header_value("token");
+    return offered != nullptr && constant_time_equal(*offered, token);
+  };
+}
+
+struct Session::Outgoing {
+  Op op = Op::log;
+  wire::MessageType type = wire::MessageType::request;
+  std::uint64_t msg_id = 0;
+  std::uint64_t req_id = 0;
+  std::string topic;
+  wire::Headers headers;
+  std::shared_ptr<const PayloadSource> payload;
+  std::uint64_t size = 0;
+  bool urgent = false;
+  // Progress of the current send.
+  std::uint64_t offset = 0;
+  std::uint32_t chunk = 0;
+  int sends = 0;
+  Clock::time_point deadline;   // resend when no receipt by then
+  std::uint64_t confirmed = 0;  // bytes the receiver said it holds (progress receipts)
+  bool done = false;
+  std::optional<Error> error;
+};
+
+class Session::Ticket {
+ public:
+  std::shared_ptr<Outgoing> out;
+};
+
+struct Session::Incoming {
+  Message msg;
+  std::unique_ptr<PayloadSink> sink;
+  std::uint64_t received = 0;
+  std::uint32_t next_chunk = 0;
+  bool duplicate = false;
+  bool refused = false;
+  std::uint32_t resume_asked = 0;  // the chunk a resume request was last sent for (0: none)
+  std::uint32_t last_index = 0;    // the chunk index seen last; a smaller one means the sender went back
+};
+
+Session::Session(Role role, std::unique_ptr<PipeEndpoint> pipe, Settings settings,
+                 std::shared_ptr<Logger> logger, EventBus* events)
+    : role_(role),
+      pipe_(std::move(pipe)),
+      settings_(std::move(settings)),
+      log_(std::move(logger)),
+      events_(events),
+      peer_(pipe_->describe()),
+      last_rx_(Clock::now()) {
+  reader_ = std::thread([this] { reader_loop(); });
+  writer_ = std::thread([this] { writer_loop(); });
+}
+
+Session::~Session() {
+  close();
+}
+
+State Session::state() const {
+  std::lock_guard lock(mutex_);
+  return state_;
+}
+
+std::optional<Error> Session::failure() const {
+  std::lock_guard lock(mutex_);
+  return failure_;
+}
+
+Session::Stats Session::stats() const {
+  std::lock_guard lock(mutex_);
+  return stats_;
+}
+
+void Session::set_sink_factory(SinkFactory factory) {
+  std::lock_guard lock(mutex_);
+  sink_factory_ = std::move(factory);
+}
+
+void Session::publish(const std::string& topic, std::map<std::string, std::string> fields) {
+  if (events_ != nullptr) {
+    fields.emplace("peer", peer_);
+    events_->publish(Event{topic, "session", std::move(fields)});
+  }
+}
+
+// Called with the mutex held: the pipe failed. After our close() or the peer's SHUTDOWN/ABORT that is the
+// expected end; otherwise the peer is gone.
+void Session::lost(Error error) {
+  if (closing_ || failure_) {
+    end(State::closed, failure_.value_or(Error{Errc::closed, "session closed"}));
+  } else {
+    end(State::peer_gone, std::move(error));
+  }
+}
+
+// Called with the mutex held. Moves the session to its end state, failing everything still pending.
+void Session::end(State state, Error error) {
+  if (state_ == State::closed || state_ == State::peer_gone) {
+    return;
+  }
+  state_ = state;
+  failure_ = std::move(error);
+  auto fail_all = [&](auto& container) {
+    for (auto& item : container) {
+      auto& out = [&]() -> Outgoing& {
+        if constexpr (std::is_same_v<std::decay_t<decltype(item)>, std::shared_ptr<Outgoing>>) {
+          return *item;
+        } else {
+          return *item.second;
+        }
+      }();
+      if (!out.done) {
+        out.done = true;
+        out.error = *failure_;
+      }
+    }
+    container.clear();
+  };
+  fail_all(bulk_);
+  fail_all(unacked_);
+  in_flight_ = 0;
+  changed_.notify_all();
+}
+
+void Session::send_control(Op op, wire::MessageType type, std::uint64_t req_id, wire::Headers headers) {
+  wire::FrameHeader header;
+  header.type = type;
+  header.op = op;
+  header.flags = wire::flags::first | wire::flags::last | wire::flags::control;
+  header.msg_id = next_id();
+  header.req_id = req_id;
+  std::vector<std::byte> frame;
+  if (wire::encode_frame(frame, header, {}, headers, {}, settings_.limits)) {
+    control_.push_back(std::move(frame));
+    control_pending_++;
+    changed_.notify_all();
+  }
+}
+
+Result<void> Session::write_frame(std::span<const std::byte> frame) {
+  auto sent = pipe_->send(frame, settings_.stream_idle);
+  if (!sent) {
+    return sent;
+  }
+  std::lock_guard lock(mutex_);
+  stats_.frames_sent++;
+  stats_.bytes_sent += frame.size();
+  return ok();
+}
+
+// Sends the next frame of `out` (the lock is released during the pipe write); true when it was the last.
+bool Session::send_next_chunk(Outgoing& out, std::unique_lock<std::mutex>& lock) {
+  wire::FrameHeader header;
+  header.type = out.type;
+  header.op = out.op;
+  header.msg_id = out.msg_id;
+  header.req_id = out.req_id;
+  header.total_len = out.size;
+  header.chunk_index = out.chunk;
+  auto len = static_cast<std::size_t>(std::min<std::uint64_t>(settings_.chunk_size, out.size - out.offset));
+  bool first = out.chunk == 0;
+  bool last = out.offset + len == out.size;
+  header.flags = static_cast<std::uint8_t>((first ? wire::flags::first : 0) | (last ? wire::flags::last : 0) |
+                                           (out.urgent ? wire::flags::control : 0));
+  auto payload = out.payload;
+  std::string topic = first ? out.topic : std::string();
+  wire::Headers headers = first ? out.headers : wire::Headers();
+  std::uint64_t offset = out.offset;
+  lock.unlock();
+  std::vector<std::byte> chunk(len);
+  Result<void> result = ok();
+  if (len > 0) {
+    result = payload->read(offset, chunk);
+  }
+  std::vector<std::byte> frame;
+  if (result) {
+    result = wire::encode_frame(frame, header, topic, headers, chunk, settings_.limits);
+  }
+  if (result) {
+    result = write_frame(frame);
+  }
+  lock.lock();
+  if (!result) {
+    if (result.error().code == Errc::invalid_argument || result.error().code == Errc::io_error) {
+      // This message cannot be sent (its source failed, or it breaks a limit): fail it, keep the session.
+      out.done = true;
+      out.error =
+          Error{result.error().code, "cannot send " + std::string(wire::to_string(out.op)) + " msg_id " +
+                                         std::to_string(out.msg_id) + ": " + result.error().message};
+      in_flight_ = in_flight_ > 0 ? in_flight_ - 1 : 0;
+      changed_.notify_all();
+      return true;
+    }
+    lost(Error{result.error().code == Errc::timeout ? Errc::timeout : Errc::peer_gone,
+               "sending to " + peer_ + " failed: " + result.error().message});
+    return true;
+  }
+  if (out.offset != offset || out.done) {
+    return false;  // rewound by a resume request (or acknowledged) while this chunk was on its way
+  }
+  out.offset += len;
+  out.chunk++;
+  return last;
+}
+
+void Session::writer_loop() {
+  std::unique_lock lock(mutex_);
+  auto next_heartbeat = Clock::now();
+  while (state_ != State::closed && state_ != State::peer_gone) {
+    auto now = Clock::now();
+    // Heartbeats begin with the handshake: a trainer's first frame must be its HELLO (pipes admit peers by
+    // it), and before the handshake nobody checks liveness anyway.
+    if (live_ && now >= next_heartbeat) {
+      send_control(Op::heartbeat, wire::MessageType::request, 0);
+      next_heartbeat = now + settings_.heartbeat_interval;
+    }
+    // Messages whose receipt did not come in time are sent again, a bounded number of times.
+    auto wake = live_ ? next_heartbeat : now + settings_.heartbeat_interval;
+    for (auto it = unacked_.begin(); it != unacked_.end();) {
+      auto& out = *it->second;
+      if (now < out.deadline) {
+        wake = std::min(wake, out.deadline);
+        ++it;
+        continue;
+      }
+      if (out.sends > settings_.max_resends) {
+        out.done = true;
+        out.error =
+            Error{Errc::timeout, "no receipt from " + peer_ + " for " + std::string(wire::to_string(out.op)) +
+                                     " msg_id " + std::to_string(out.msg_id) + " after " +
+                                     std::to_string(out.sends) + " sends"};
+        in_flight_ = in_flight_ > 0 ? in_flight_ - 1 : 0;
+        changed_.notify_all();
+      } else {
+        // Go back to what the receiver confirmed holding (from the start if nothing was confirmed).
+        out.chunk = static_cast<std::uint32_t>(out.confirmed / settings_.chunk_size);
+        out.offset = std::uint64_t{out.chunk} * settings_.chunk_size;
+        if (out.offset >= out.size) {
+          out.chunk = 0;
+          out.offset = 0;
+        }
+        stats_.resends++;
+        log_->debug("resending " + std::string(wire::to_string(out.op)) + " msg_id " +
+                    std::to_string(out.msg_id));
+        if (out.urgent) {
+          bulk_.push_front(it->second);
+        } else {
+          // Behind a message already under way, so its chunks stay contiguous.
+          auto pos = (!bulk_.empty() && bulk_.front()->chunk > 0) ? std::next(bulk_.begin()) : bulk_.begin();
+          bulk_.insert(pos, it->second);
+        }
+      }
+      it = unacked_.erase(it);
+    }
+    if (!control_.empty()) {
+      auto frame = std::move(control_.front());
+      control_.pop_front();
+      lock.unlock();
+      auto sent = write_frame(frame);
+      lock.lock();
+      control_pending_--;
+      if (!sent) {
+        lost(Error{Errc::peer_gone, "sending to " + peer_ + " failed: " + sent.error().message});
+      }
+      changed_.notify_all();
+      continue;
+    }
+    // A single-frame control-lane message goes before the next chunk of a large one.
+    auto pick = std::find_if(bulk_.begin(), bulk_.end(), [](const auto& o) { return o->urgent; });
+    if (pick == bulk_.end() && !bulk_.empty()) {
+      pick = bulk_.begin();
+    }
+    if (pick != bulk_.end()) {
+      auto out = *pick;
+      if (out->done) {  // acknowledged (or failed) while waiting for a resend
+        bulk_.erase(pick);
+        continue;
+      }
+      bool last = send_next_chunk(*out, lock);
+      if (state_ == State::closed || state_ == State::peer_gone) {
+        break;
+      }
+      if (last) {
+        bulk_.erase(std::find(bulk_.begin(), bulk_.end(), out));
+        if (!out->done) {
+          out->sends++;
+          out->deadline = Clock::now() + settings_.heartbeat_interval;
+          unacked_[out->msg_id] = out;
+        }
+      }
+      continue;
+    }
+    changed_.wait_until(lock, wake);
+  }
+}
+
+void Session::check_liveness(Clock::time_point now) {
+  if (!live_ || state_ == State::closed || state_ == State::peer_gone) {
+    return;
+  }
+  auto silent = std::chrono::duration_cast<std::chrono::milliseconds>(now - last_rx_);
+  if (silent > settings_.heartbeat_timeout) {
+    end(State::peer_gone,
+        Error{Errc::peer_gone, "PEER_GONE: nothing from " + peer_ + " for " + ms(silent) +
+                                   " (heartbeat_timeout " + ms(settings_.heartbeat_timeout) + ")"});
+  }
+}
+
+void Session::reader_loop() {
+  auto poll = std::clamp(settings_.heartbeat_interval / 4, std::chrono::milliseconds(1),
+                         std::chrono::milliseconds(50));
+  while (true) {
+    {
+      std::lock_guard lock(mutex_);
+      if (state_ == State::closed || state_ == State::peer_gone) {
+        break;
+      }
+    }
+    auto got = pipe_->receive(poll);
+    auto now = Clock::now();
+    if (!got) {
+      std::unique_lock lock(mutex_);
+      if (got.error().code == Errc::malformed) {
+        stats_.frames_rejected++;
+        lock.unlock();
+        log_->error("rejected input from " + peer_ + ": " + got.error().message);
+        publish("session.frame_rejected", {{"reason", got.error().message}});
+        continue;
+      }
+      lost(Error{Errc::peer_gone, "PEER_GONE: " + peer_ + ": " + got.error().message});
+      break;
+    }
+    if (got->has_value()) {
+      auto frame = wire::decode_frame(**got, settings_.limits);
+      if (!frame) {
+        {
+          std::lock_guard lock(mutex_);
+          stats_.frames_rejected++;
+          last_rx_ = now;  // damaged, but still a sign of life
+        }
+        log_->error("rejected frame from " + peer_ + ": " + frame.error().message);
+        publish("session.frame_rejected", {{"reason", frame.error().message}});
+      } else {
+        {
+          std::lock_guard lock(mutex_);
+          last_rx_ = now;
+          stats_.frames_received++;
+          stats_.bytes_received += (*got)->size();
+        }
+        handle_frame(*frame);
+      }
+    }
+    std::unique_lock lock(mutex_);
+    check_liveness(Clock::now());
+  }
+  announce_end();
+}
+
+// Logs and publishes PEER_GONE once, from the reader thread, whichever thread detected it.
+void Session::announce_end() {
+  std::string reason;
+  {
+    std::lock_guard lock(mutex_);
+    if (state_ != State::peer_gone || announced_) {
+      return;
+    }
+    announced_ = true;
+    reason = failure_ ? failure_->message : std::string("PEER_GONE");
+  }
+  log_->error(reason);
+  publish("session.peer_gone", {{"reason", reason}});
+}
+
+void Session::note_progress(Outgoing& out, const std::string& received) {
+  try {
+    out.confirmed = std::max<std::uint64_t>(out.confirmed, std::stoull(received));
+  } catch (const std::exception&) {
+  }
+}
+
+// Called with the mutex held: the receiver lost a chunk of `msg_id` and asks to resume at chunk `at`.
+void Session::resume_outgoing(std::uint64_t msg_id, const std::string& at, const std::string* received) {
+  std::uint32_t chunk = 0;
+  try {
+    chunk = static_cast<std::uint32_t>(std::stoul(at));
+  } catch (const std::exception&) {
+    return;
+  }
+  std::shared_ptr<Outgoing> out;
+  bool from_unacked = false;
+  if (auto it = unacked_.find(msg_id); it != unacked_.end()) {
+    out = it->second;
+    from_unacked = true;
+  } else {
+    for (auto& o : bulk_) {
+      if (o->msg_id == msg_id) {
+        out = o;
+      }
+    }
+  }
+  std::uint64_t offset = std::uint64_t{chunk} * settings_.chunk_size;
+  if (out) {
+    if (received != nullptr) {
+      note_progress(*out, *received);
+    }
+  }
+  if (!out || out->done || chunk == 0 || chunk > out->chunk || offset >= out->size) {
+    return;  // stale, or already rewound
+  }
+  if (++out->sends > settings_.max_resends + 1) {
+    out->done = true;
+    out->error =
+        Error{Errc::timeout, "too many chunks of " + std::string(wire::to_string(out->op)) + " msg_id " +
+                                 std::to_string(msg_id) + " lost on the way to " + peer_};
+    in_flight_ = in_flight_ > 0 ? in_flight_ - 1 : 0;
+    if (from_unacked) {
+      unacked_.erase(msg_id);
+    }
+    changed_.notify_all();
+    return;
+  }
+  stats_.resends++;
+  out->offset = offset;
+  out->chunk = chunk;
+  if (from_unacked) {
+    unacked_.erase(msg_id);
+    auto pos = (!bulk_.empty() && bulk_.front()->chunk > 0) ? std::next(bulk_.begin()) : bulk_.begin();
+    bulk_.insert(pos, out);
+  }
+  changed_.notify_all();
+}
+
+void Session::handle_frame(const wire::FrameView& frame) {
+  const auto& h = frame.header;
+  if (h.op == Op::heartbeat) {
+    std::lock_guard lock(mutex_);
+    stats_.heartbeats_received++;
+    return;
+  }
+  if (h.op == Op::ack) {
+    std::lock_guard lock(mutex_);
+    if (const auto* resume = frame.header_value("resume")) {
+      resume_outgoing(h.req_id, *resume, frame.header_value("received"));
+      return;
+    }
+    bool progress = frame.header_value("received") != nullptr;
+    auto it = unacked_.find(h.req_id);
+    if (it != unacked_.end()) {
+      if (progress) {
+        it->second->deadline = Clock::now() + settings_.heartbeat_interval;
+        note_progress(*it->second, *frame.header_value("received"));
+        return;
+      }
+      it->second->done = true;
+      unacked_.erase(it);
+      in_flight_ = in_flight_ > 0 ? in_flight_ - 1 : 0;
+      changed_.notify_all();
+      return;
+    }
+    if (!progress) {
+      // A receipt for a message queued for resending: it arrived after all.
+      for (auto& out : bulk_) {
+        if (out->msg_id == h.req_id && !out->done) {
+          out->done = true;
+          in_flight_ = in_flight_ > 0 ? in_flight_ - 1 : 0;
+          changed_.notify_all();
+        }
+      }
+    }
+    return;
+  }
+  bool first = (h.flags & wire::flags::first) != 0;
+  bool last = (h.flags & wire::flags::last) != 0;
+  bool single = first && last;
+  // A single-frame message may arrive between the chunks of a large one; it leaves that one alone.
+  std::unique_ptr<Incoming> single_holder;
+  std::unique_ptr<Incoming>* slot = &incoming_;
+  if (single) {
+    slot = &single_holder;
+  }
+  if (first) {
+    if (!single && incoming_) {
+      if (incoming_->msg.msg_id != h.msg_id) {
+        log_->debug("msg_id " + std::to_string(incoming_->msg.msg_id) + " abandoned mid-transfer; msg_id " +
+                    std::to_string(h.msg_id) + " begins");
+      }
+      if (incoming_->sink) {
+        incoming_->sink->reset();
+      }
+      incoming_.reset();
+    }
+    auto in = std::make_unique<Incoming>();
+    in->msg.op = h.op;
+    in->msg.type = h.type;
+    in->msg.msg_id = h.msg_id;
+    in->msg.req_id = h.req_id;
+    in->msg.topic = std::string(frame.topic);
+    in->msg.headers = frame.headers;
+    in->msg.payload_size = h.total_len;
+    SinkFactory factory;
+    {
+      std::lock_guard lock(mutex_);
+      in->duplicate = seen_.count(h.msg_id) != 0;
+      factory = sink_factory_;
+    }
+    if (!in->duplicate && h.total_len > 0) {
+      if (!single && factory) {
+        in->sink = factory(in->msg);
+      }
+      if (!in->sink) {
+        if (h.total_len > settings_.max_buffered_message) {
+          in->refused = true;
+          log_->error("refusing " + std::string(wire::to_string(h.op)) + " msg_id " +
+                      std::to_string(h.msg_id) + " from " + peer_ + ": " + std::to_string(h.total_len) +
+                      " bytes and no sink for payloads over max_buffered_message");
+        } else {
+          in->msg.payload.reserve(static_cast<std::size_t>(h.total_len));
+        }
+      }
+    }
+    *slot = std::move(in);
+  } else if (!incoming_ || incoming_->msg.msg_id != h.msg_id || incoming_->next_chunk != h.chunk_index) {
+    // A gap in the message under way: keep what arrived and ask the sender to resume at the first missing
+    // chunk, once per gap and again each time the sender has gone back. Repeated chunks are ignored.
+    if (incoming_ && incoming_->msg.msg_id == h.msg_id) {
+      if (h.chunk_index <= incoming_->last_index) {
+        incoming_->resume_asked = 0;
+      }
+      incoming_->last_index = h.chunk_index;
+    }
+    if (!incoming_ || incoming_->msg.msg_id != h.msg_id) {
+      // The last frame of a message delivered already (its receipt was lost): acknowledge it again.
+      std::lock_guard lock(mutex_);
+      if (last && seen_.count(h.msg_id) != 0) {
+        stats_.duplicates_dropped++;
+        send_control(Op::ack, wire::MessageType::reply, h.msg_id);
+      }
+      return;
+    }
+    if (h.chunk_index > incoming_->next_chunk && incoming_->resume_asked != incoming_->next_chunk) {
+      incoming_->resume_asked = incoming_->next_chunk;
+      log_->debug("gap in msg_id " + std::to_string(h.msg_id) + ": expected chunk " +
+                  std::to_string(incoming_->next_chunk) + ", got " + std::to_string(h.chunk_index));
+      std::lock_guard lock(mutex_);
+      send_control(Op::ack, wire::MessageType::reply, h.msg_id,
+                   {{"resume", std::to_string(incoming_->next_chunk)},
+                    {"received", std::to_string(incoming_->received)}});
+    }
+    return;
+  }
+  auto& in = **slot;
+  if (in.msg.op != h.op || in.received + frame.payload.size() > in.msg.payload_size) {
+    log_->error("inconsistent chunk " + std::to_string(h.chunk_index) + " of msg_id " +
+                std::to_string(h.msg_id) + " from " + peer_);
+    if (in.sink) {
+      in.sink->reset();
+    }
+    slot->reset();
+    return;
+  }
+  if (!in.duplicate && !in.refused && !frame.payload.empty()) {
+    if (in.sink) {
+      auto written = in.sink->write(in.received, frame.payload);
+      if (!written) {
+        log_->error("sink of msg_id " + std::to_string(h.msg_id) + " failed: " + written.error().message);
+        in.refused = true;
+      }
+    } else {
+      in.msg.payload.insert(in.msg.payload.end(), frame.payload.begin(), frame.payload.end());
+    }
+  }
+  in.received += frame.payload.size();
+  in.last_index = h.chunk_index;
+  in.next_chunk++;
+  if (!last) {
+    if (!in.duplicate && in.next_chunk % progress_every == 0) {
+      std::lock_guard lock(mutex_);
+      send_control(Op::ack, wire::MessageType::reply, h.msg_id, {{"received", std::to_string(in.received)}});
+    }
+    return;
+  }
+  std::unique_ptr<Incoming> done = std::move(*slot);
+  if (done->received != done->msg.payload_size) {
+    log_->error("msg_id " + std::to_string(h.msg_id) + " ended at " + std::to_string(done->received) +
+                " of " + std::to_string(done->msg.payload_size) + " bytes");
+    if (done->sink) {
+      done->sink->reset();
+    }
+    return;
+  }
+  if (done->refused) {
+    return;  // no receipt: the sender's send fails after its resends
+  }
+  if (done->sink && !done->duplicate) {
+    auto finished = done->sink->finish();
+    if (!finished) {
+      log_->error("sink of msg_id " + std::to_string(h.msg_id) + " failed: " + finished.error().message);
+      return;
+    }
+  }
+  std::lock_guard lock(mutex_);
+  send_control(Op::ack, wire::MessageType::reply, h.msg_id);
+  if (done->duplicate) {
+    stats_.duplicates_dropped++;
+    return;
+  }
+  seen_.insert(h.msg_id);
+  seen_order_.push_back(h.msg_id);
+  while (seen_order_.size() > settings_.dedupe_window) {
+    seen_.erase(seen_order_.front());
+    seen_order_.pop_front();
+  }
+  switch (h.op) {
+    case Op::hello:
+      if (role_ == Role::job) {
+        live_ = true;  // liveness starts with the trainer's HELLO; before it, the launch timeout rules
+      }
+      break;
+    case Op::hello_accepted:
+      if (role_ == Role::trainer) {
+        live_ = true;
+      }
+      break;
+    case Op::session_ready:
+      if (role_ == Role::trainer && state_ == State::handshake) {
+        state_ = State::ready;
+      }
+      break;
+    case Op::shutdown:
+    case Op::abort: {
+      const auto* reason = done->msg.header("reason");
+      failure_ =
+          Error{Errc::closed, "the peer sent " + std::string(wire::to_string(h.op)) +
+                                  (reason != nullptr && !reason->empty() ? ": " + *reason : std::string())};
+      break;
+    }
+    default:
+      break;
+  }
+  inbox_.push_back(std::move(done->msg));
+  changed_.notify_all();
+}
+
+Result<std::shared_ptr<Session::Ticket>> Session::post(Op op, std::string topic, wire::Headers headers,
+                                                       std::shared_ptr<const PayloadSource> payload,
+                                                       std::uint64_t req_id) {
+  if (op == Op::ack || op == Op::heartbeat) {
+    return fail(Errc::invalid_argument, "ACK and HEARTBEAT are sent by the session itself");
+  }
+  auto out = std::make_shared<Outgoing>();
+  out->op = op;
+  out->type = req_id != 0 ? wire::MessageType::reply : wire::MessageType::request;
+  out->req_id = req_id;
+  out->topic = std::move(topic);
+  out->headers = std::move(headers);
+  out->payload = std::move(payload);
+  out->size = out->payload ? out->payload->size() : 0;
+  out->urgent = control_lane(op) && out->size <= settings_.chunk_size;
+  if (out->size > settings_.limits.max_message) {
+    return fail(Errc::invalid_argument,
+                "payload of " + std::to_string(out->size) + " bytes exceeds max_message");
+  }
+  std::unique_lock lock(mutex_);
+  // Back-pressure: at most `window` messages in flight. Acks or the resend budget always end the wait.
+  changed_.wait(lock, [&] {
+    return in_flight_ < settings_.window || state_ == State::closed || state_ == State::peer_gone || closing_;
+  });
+  if (state_ == State::closed || state_ == State::peer_gone) {
+    return fail(*failure_);
+  }
+  if (closing_) {
+    return fail(Errc::closed, "the session is closing");
+  }
+  out->msg_id = next_id();
+  in_flight_++;
+  bulk_.push_back(out);
+  changed_.notify_all();
+  auto ticket = std::make_shared<Ticket>();
+  ticket->out = std::move(out);
+  return ticket;
+}
+
+Result<std::uint64_t> Session::wait(const std::shared_ptr<Ticket>& ticket) {
+  std::unique_lock lock(mutex_);
+  changed_.wait(lock, [&] { return ticket->out->done; });
+  if (ticket->out->error) {
+    return fail(*ticket->out->error);
+  }
+  return ticket->out->msg_id;
+}
+
+Result<std::uint64_t> Session::send(Op op, std::string topic, wire::Headers headers,
+                                    std::shared_ptr<const PayloadSource> payload, std::uint64_t req_id) {
+  auto ticket = post(op, std::move(topic), std::move(headers), std::move(payload), req_id);
+  if (!ticket) {
+    return fail(std::move(ticket.error()));
+  }
+  return wait(*ticket);
+}
+
+Result<std::optional<Message>> Session::receive(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mutex_);
+  changed_.wait_for(lock, timeout,
+                    [&] { return !inbox_.empty() || state_ == State::closed || state_ == State::peer_gone; });
+  if (!inbox_.empty()) {
+    auto msg = std::move(inbox_.front());
+    inbox_.pop_front();
+    return std::optional<Message>(std::move(msg));
+  }
+  if (state_ == State::closed || state_ == State::peer_gone) {
+    return fail(*failure_);
+  }
+  return std::optional<Message>();
+}
+
+Result<Message> Session::wait_for(Op op, Clock::time_point deadline, std::initializer_list<Op> also) {
+  std::unique_lock lock(mutex_);
+  while (true) {
+    for (auto it = inbox_.begin(); it != inbox_.end(); ++it) {
+      if (it->op == op || std::find(also.begin(), also.end(), it->op) != also.end()) {
+        auto msg = std::move(*it);
+        inbox_.erase(it);
+        return msg;
+      }
+    }
+    if (state_ == State::closed || state_ == State::peer_gone) {
+      return fail(*failure_);
+    }
+    if (changed_.wait_until(lock, deadline) == std::cv_status::timeout && Clock::now() >= deadline) {
+      return fail(Errc::timeout, "no " + std::string(wire::to_string(op)) + " from " + peer_ +
+                                     " within the launch " + "timeout (" + ms(settings_.launch) + ")");
+    }
+  }
+}
+
+Result<PeerHello> Session::accept(std::string_view token, const wire::Headers& accept_headers) {
+  auto deadline = Clock::now() + settings_.launch;
+  auto hello = wait_for(Op::hello, deadline);
+  if (!hello) {
+    return fail(std::move(hello.error()));
+  }
+  const auto* offered = hello->header("token");
+  if (offered == nullptr || !constant_time_equal(*offered, token)) {
+    (void)post(Op::hello_rejected, {}, {{"reason", "bad token"}});
+    std::lock_guard lock(mutex_);
+    return fail(Errc::rejected, "HELLO from " + peer_ + " carried a wrong token");
+  }
+  auto accepted = send(Op::hello_accepted, {}, accept_headers);
+  if (!accepted) {
+    return fail(std::move(accepted.error()));
+  }
+  auto ready = send(Op::session_ready, {});
+  if (!ready) {
+    return fail(std::move(ready.error()));
+  }
+  {
+    std::lock_guard lock(mutex_);
+    if (state_ == State::handshake) {
+      state_ = State::ready;
+    }
+  }
+  log_->debug("session with " + peer_ + " ready");
+  return PeerHello{hello->headers};
+}
+
+Result<wire::Headers> Session::hello(std::string_view token, const wire::Headers& headers) {
+  auto deadline = Clock::now() + settings_.launch;
+  wire::Headers all = headers;
+  all.emplace_back("token", std::string(token));
+  auto ticket = post(Op::hello, {}, std::move(all));
+  if (!ticket) {
+    return fail(std::move(ticket.error()));
+  }
+  auto answer = wait_for(Op::hello_accepted, deadline, {Op::hello_rejected});
+  if (!answer) {
+    return fail(std::move(answer.error()));
+  }
+  if (answer->op == Op::hello_rejected) {
+    const auto* reason = answer->header("reason");
+    return fail(Errc::rejected,
+                "the job rejected our HELLO" + (reason != nullptr ? ": " + *reason : std::string()));
+  }
+  auto ready = wait_for(Op::session_ready, deadline);
+  if (!ready) {
+    return fail(std::move(ready.error()));
+  }
+  return answer->headers;
+}
+
+void Session::close(Op farewell, std::string reason) noexcept {
+  try {
+    std::unique_lock lock(mutex_);
+    if (!closing_) {
+      closing_ = true;
+      if (state_ == State::ready || state_ == State::handshake) {
+        wire::Headers headers;
+        if (!reason.empty()) {
+          headers.emplace_back("reason", reason);
+        }
+        send_control(farewell, wire::MessageType::request, 0, std::move(headers));
+        // Best effort: give the writer close_bound to put the farewell on the wire, then go regardless.
+        changed_.wait_for(lock, settings_.close_bound, [&] {
+          return control_pending_ == 0 || state_ == State::closed || state_ == State::peer_gone;
+        });
+      }
+      end(State::closed, Error{Errc::closed, "session closed"});
+    }
+    lock.unlock();
+    pipe_->close();  // wakes a reader or writer blocked in the pipe
+    if (reader_.joinable() && reader_.get_id() != std::this_thread::get_id()) {
+      reader_.join();
+    }
+    if (writer_.joinable() && writer_.get_id() != std::this_thread::get_id()) {
+      writer_.join();
+    }
+  } catch (...) {
+    // close() must not throw; the threads end on their own once the pipe is closed.
+  }
+}
+
+}  // namespace ember::session

@@ -1,0 +1,226 @@
+#pragma once
+// The session protocol over any pipe (DESIGN §5, docs/wire-format.md): the handshake, delivery with
+// acknowledgements, bounded resends and duplicate drop, heartbeats on a control lane that never waits
+// behind bulk data, PEER_GONE detection, and a close that never blocks on a dead peer.
+//
+// One library for both ends: the client job (Role::job) and the trainer (Role::trainer).
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <ember/event_bus.hpp>
+#include <ember/logger.hpp>
+#include <ember/pipe.hpp>
+#include <ember/result.hpp>
+
+#include "wire/frame.hpp"
+
+namespace ember::session {
+
+/// The knobs of a session; the job's [timeouts] and [session] tables fill them (kernel/config.hpp).
+struct Settings {
+  std::chrono::milliseconds launch{std::chrono::seconds(60)};  ///< for the handshake to complete
+  std::chrono::milliseconds heartbeat_interval{
+      std::chrono::seconds(5)};  ///< between heartbeats; also the wait for an ACK
+  std::chrono::milliseconds heartbeat_timeout{
+      std::chrono::seconds(30)};  ///< silence (no frame at all) before PEER_GONE
+  std::chrono::milliseconds stream_idle{
+      std::chrono::seconds(60)};  ///< a pipe send that makes no progress this long fails
+  std::chrono::milliseconds close_bound{std::chrono::seconds(1)};  ///< best-effort farewell before closing
+  int max_resends = 3;                              ///< sends of one message = 1 + max_resends at most
+  std::uint32_t chunk_size = 1u << 20;              ///< payload bytes per frame
+  std::uint64_t max_buffered_message = 256u << 20;  ///< largest payload held in memory without a sink
+  std::size_t window = 256;                         ///< messages posted but not yet acknowledged
+  std::size_t dedupe_window = 4096;                 ///< msg_ids remembered for duplicate drop
+  wire::Limits limits;
+};
+
+/// Which end this is.
+enum class Role { job, trainer };
+
+/// Where the session stands.
+enum class State { handshake, ready, closed, peer_gone };
+
+std::string_view to_string(State state) noexcept;
+
+/// A message as the application sees it.
+struct Message {
+  wire::Op op = wire::Op::log;
+  wire::MessageType type = wire::MessageType::request;
+  std::uint64_t msg_id = 0;
+  std::uint64_t req_id = 0;
+  std::string topic;
+  wire::Headers headers;
+  std::uint64_t payload_size = 0;
+  std::vector<std::byte> payload;  ///< empty when a sink took the payload
+
+  /// The value of header `key`, or nullptr.
+  const std::string* header(std::string_view key) const;
+};
+
+/// Where an outgoing payload's bytes come from: random access, so a resend reads them again instead of
+/// the session keeping a copy.
+class PayloadSource {
+ public:
+  virtual ~PayloadSource() = default;
+  virtual std::uint64_t size() const = 0;
+  /// Fills `out` with the bytes at `offset`.
+  virtual Result<void> read(std::uint64_t offset, std::span<std::byte> out) const = 0;
+};
+
+/// A payload held in memory.
+class BytesSource final : public PayloadSource {
+ public:
+  explicit BytesSource(std::vector<std::byte> bytes) : bytes_(std::move(bytes)) {}
+  std::uint64_t size() const override { return bytes_.size(); }
+  Result<void> read(std::uint64_t offset, std::span<std::byte> out) const override;
+
+ private:
+  std::vector<std::byte> bytes_;
+};
+
+/// Where an incoming payload's bytes go, chunk by chunk and in order.
+class PayloadSink {
+ public:
+  virtual ~PayloadSink() = default;
+  virtual Result<void> write(std::uint64_t offset, std::span<const std::byte> bytes) = 0;
+  /// The transfer restarts from offset 0 (the sender resends the message).
+  virtual void reset() = 0;
+  /// Every byte has arrived.
+  virtual Result<void> finish() = 0;
+};
+
+/// Chooses a sink for an incoming message from its first frame (payload empty, payload_size set); null
+/// keeps the payload in memory (up to Settings::max_buffered_message).
+using SinkFactory = std::function<std::unique_ptr<PayloadSink>(const Message& header)>;
+
+/// What a HELLO carried, for the job end.
+struct PeerHello {
+  wire::Headers headers;
+};
+
+/// Builds the admission check a job end hands its pipe: the first frame must be a HELLO with this token.
+PeerAdmission admit_hello(std::string token, wire::Limits limits = {});
+
+class Session {
+ public:
+  /// Starts the session's reader and writer threads over an open pipe end.
+  Session(Role role, std::unique_ptr<PipeEndpoint> pipe, Settings settings, std::shared_ptr<Logger> logger,
+          EventBus* events = nullptr);
+  /// Closes (best effort, bounded) and joins the threads.
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  /// Job end: waits up to `launch` for the trainer's HELLO, checks its token, answers HELLO_ACCEPTED (with
+  /// `accept_headers`) and SESSION_READY. A wrong token gets HELLO_REJECTED and Errc::rejected.
+  Result<PeerHello> accept(std::string_view token, const wire::Headers& accept_headers = {});
+  /// Trainer end: sends HELLO with the token and `headers`, waits up to `launch` for HELLO_ACCEPTED and
+  /// SESSION_READY; returns HELLO_ACCEPTED's headers.
+  Result<wire::Headers> hello(std::string_view token, const wire::Headers& headers = {});
+
+  /// Sends a message and waits until the peer acknowledged it (resending up to max_resends times).
+  Result<std::uint64_t> send(wire::Op op, std::string topic, wire::Headers headers = {},
+                             std::shared_ptr<const PayloadSource> payload = nullptr,
+                             std::uint64_t req_id = 0);
+
+  /// A message in flight.
+  class Ticket;
+  /// Queues a message and returns at once (waiting only while `window` messages are unacknowledged).
+  Result<std::shared_ptr<Ticket>> post(wire::Op op, std::string topic, wire::Headers headers = {},
+                                       std::shared_ptr<const PayloadSource> payload = nullptr,
+                                       std::uint64_t req_id = 0);
+  /// Waits for a posted message's acknowledgement; bounded by the resend budget.
+  Result<std::uint64_t> wait(const std::shared_ptr<Ticket>& ticket);
+
+  /// The next application message, or nullopt after `timeout`. Errc::peer_gone / Errc::closed once the
+  /// session has ended and every message before the end was received.
+  Result<std::optional<Message>> receive(std::chrono::milliseconds timeout);
+  /// Routes large incoming payloads to sinks (set before the peer sends them).
+  void set_sink_factory(SinkFactory factory);
+
+  /// Says goodbye with `farewell` (SHUTDOWN or ABORT, best effort within close_bound) and closes the pipe.
+  /// Never blocks on a dead peer. Idempotent.
+  void close(wire::Op farewell = wire::Op::shutdown, std::string reason = {}) noexcept;
+
+  State state() const;
+  /// Why the session ended, when it did not end by close().
+  std::optional<Error> failure() const;
+  /// Counters, for tests and progress displays.
+  struct Stats {
+    std::uint64_t frames_sent = 0, frames_received = 0, bytes_sent = 0, bytes_received = 0;
+    std::uint64_t resends = 0, duplicates_dropped = 0, frames_rejected = 0, heartbeats_received = 0;
+  };
+  Stats stats() const;
+  /// The pipe's description of the peer.
+  std::string peer() const { return peer_; }
+
+ private:
+  struct Outgoing;
+  struct Incoming;
+
+  void reader_loop();
+  void writer_loop();
+  void handle_frame(const wire::FrameView& frame);
+  void resume_outgoing(std::uint64_t msg_id, const std::string& at, const std::string* received);
+  void note_progress(Outgoing& out, const std::string& received);
+  void send_control(wire::Op op, wire::MessageType type, std::uint64_t req_id, wire::Headers headers = {});
+  void end(State state, Error error);
+  void lost(Error error);
+  void announce_end();
+  void check_liveness(std::chrono::steady_clock::time_point now);
+  Result<void> write_frame(std::span<const std::byte> frame);
+  bool send_next_chunk(Outgoing& out, std::unique_lock<std::mutex>& lock);
+  Result<Message> wait_for(wire::Op op, std::chrono::steady_clock::time_point deadline,
+                           std::initializer_list<wire::Op> also = {});
+  void publish(const std::string& topic, std::map<std::string, std::string> fields);
+  std::uint64_t next_id() { return next_msg_id_++; }
+
+  const Role role_;
+  std::unique_ptr<PipeEndpoint> pipe_;
+  const Settings settings_;
+  std::shared_ptr<Logger> log_;
+  EventBus* events_;
+  std::string peer_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable changed_;
+  State state_ = State::handshake;
+  std::optional<Error> failure_;
+  bool closing_ = false;
+  bool announced_ = false;  // PEER_GONE logged and published
+  bool live_ = false;       // liveness is checked only once the handshake has begun on the peer's side
+  std::chrono::steady_clock::time_point last_rx_;
+  std::uint64_t next_msg_id_ = 1;
+
+  // Outgoing.
+  std::deque<std::vector<std::byte>> control_;                  // encoded frames, sent before any bulk chunk
+  std::size_t control_pending_ = 0;                             // control frames queued or being written
+  std::deque<std::shared_ptr<Outgoing>> bulk_;                  // messages waiting for (or in) their turn
+  std::map<std::uint64_t, std::shared_ptr<Outgoing>> unacked_;  // fully sent, awaiting ACK
+  std::size_t in_flight_ = 0;
+
+  // Incoming.
+  std::unique_ptr<Incoming> incoming_;
+  std::deque<Message> inbox_;
+  std::set<std::uint64_t> seen_;
+  std::deque<std::uint64_t> seen_order_;
+  SinkFactory sink_factory_;
+
+  Stats stats_;
+  std::thread reader_;
+  std::thread writer_;
+};
+
+}  // namespace ember::session

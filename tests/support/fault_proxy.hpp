@@ -1,0 +1,90 @@
+#pragma once
+// A pipe end that misbehaves on purpose, for fault-injection tests: it drops, duplicates, corrupts,
+// delays or swallows the frames sent through it, deterministically from a seed.
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include <ember/pipe.hpp>
+
+namespace ember::test {
+
+struct FaultPolicy {
+  double drop = 0;                     ///< probability a sent frame vanishes
+  double duplicate = 0;                ///< probability a sent frame is sent twice
+  double corrupt = 0;                  ///< probability one bit of a sent frame is flipped
+  std::chrono::milliseconds delay{0};  ///< added before each sent frame
+  std::uint64_t seed = 1;
+};
+
+class FaultyEndpoint final : public PipeEndpoint {
+ public:
+  FaultyEndpoint(std::unique_ptr<PipeEndpoint> inner, FaultPolicy policy)
+      : inner_(std::move(inner)), policy_(policy), rng_(policy.seed) {}
+
+  /// While true, every frame sent is swallowed: the peer hears nothing (a hung process).
+  void set_silent(bool silent) { silent_ = silent; }
+  void set_policy(FaultPolicy policy) {
+    std::lock_guard lock(mutex_);
+    policy_ = policy;
+  }
+  std::uint64_t dropped() const { return dropped_; }
+  std::uint64_t duplicated() const { return duplicated_; }
+  std::uint64_t corrupted() const { return corrupted_; }
+
+  Result<void> send(std::span<const std::byte> frame, std::chrono::milliseconds timeout) override {
+    if (silent_) {
+      return ok();
+    }
+    double r_drop, r_dup, r_corrupt;
+    std::size_t bit;
+    FaultPolicy policy;
+    {
+      std::lock_guard lock(mutex_);
+      policy = policy_;
+      std::uniform_real_distribution<double> u(0, 1);
+      r_drop = u(rng_);
+      r_dup = u(rng_);
+      r_corrupt = u(rng_);
+      bit = std::uniform_int_distribution<std::size_t>(0, frame.size() * 8 - 1)(rng_);
+    }
+    if (policy.delay.count() > 0) {
+      std::this_thread::sleep_for(policy.delay);
+    }
+    if (r_drop < policy.drop) {
+      ++dropped_;
+      return ok();
+    }
+    if (r_corrupt < policy.corrupt) {
+      ++corrupted_;
+      std::vector<std::byte> copy(frame.begin(), frame.end());
+      copy[bit / 8] ^= static_cast<std::byte>(1u << (bit % 8));
+      return inner_->send(copy, timeout);
+    }
+    auto sent = inner_->send(frame, timeout);
+    if (sent && r_dup < policy.duplicate) {
+      ++duplicated_;
+      return inner_->send(frame, timeout);
+    }
+    return sent;
+  }
+
+  Result<std::optional<std::vector<std::byte>>> receive(std::chrono::milliseconds timeout) override {
+    return inner_->receive(timeout);
+  }
+  void close() noexcept override { inner_->close(); }
+  std::string describe() const override { return "faulty(" + inner_->describe() + ")"; }
+
+ private:
+  std::unique_ptr<PipeEndpoint> inner_;
+  std::mutex mutex_;
+  FaultPolicy policy_;
+  std::mt19937_64 rng_;
+  std::atomic<bool> silent_{false};
+  std::atomic<std::uint64_t> dropped_{0}, duplicated_{0}, corrupted_{0};
+};
+
+}  // namespace ember::test

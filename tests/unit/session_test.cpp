@@ -1,0 +1,370 @@
+// The session protocol in one process, over the memory pipe, with a fault-injecting wrapper where a test
+// needs frames dropped, duplicated, corrupted, delayed or swallowed.
+
+#include "session/session.hpp"
+
+#include <future>
+#include <numeric>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "fault_proxy.hpp"
+#include "support.hpp"
+
+namespace ember::session {
+namespace {
+
+using namespace std::chrono_literals;
+
+using ::testing::HasSubstr;
+using wire::Op;
+using Clock = std::chrono::steady_clock;
+
+Settings fast() {
+  Settings s;
+  s.launch = 5s;
+  s.heartbeat_interval = 50ms;
+  s.heartbeat_timeout = 400ms;
+  s.stream_idle = 5s;
+  s.close_bound = 200ms;
+  s.max_resends = 8;
+  s.chunk_size = 64 * 1024;
+  return s;
+}
+
+std::vector<std::byte> pattern(std::size_t n, unsigned seed = 7) {
+  std::vector<std::byte> v(n);
+  std::uint32_t x = seed;
+  for (auto& b : v) {
+    x = x * 1664525u + 1013904223u;
+    b = static_cast<std::byte>(x >> 24);
+  }
+  return v;
+}
+
+class SessionPair : public ::testing::Test {
+ protected:
+  // Opens both ends of a memory pipe; `job_faults` / `trainer_faults` wrap what each end sends.
+  void open(Settings settings = fast(), std::optional<test::FaultPolicy> job_faults = {},
+            std::optional<test::FaultPolicy> trainer_faults = {}) {
+    Options options;
+    options.set("capacity", std::int64_t{256});
+    pipe_ = *kernel_->registry().create_as<Pipe>("pipe.memory", options, "s");
+    std::unique_ptr<PipeEndpoint> job_end = std::move(*pipe_->open(PipeSide::job, 1s));
+    std::unique_ptr<PipeEndpoint> trainer_end = std::move(*pipe_->open(PipeSide::trainer, 1s));
+    if (job_faults) {
+      auto faulty = std::make_unique<test::FaultyEndpoint>(std::move(job_end), *job_faults);
+      job_faults_ = faulty.get();
+      job_end = std::move(faulty);
+    }
+    if (trainer_faults) {
+      auto faulty = std::make_unique<test::FaultyEndpoint>(std::move(trainer_end), *trainer_faults);
+      trainer_faults_ = faulty.get();
+      trainer_end = std::move(faulty);
+    }
+    job_ = std::make_unique<Session>(Role::job, std::move(job_end), settings, kernel_->logs().get("test.job"),
+                                     &kernel_->events());
+    trainer_ = std::make_unique<Session>(Role::trainer, std::move(trainer_end), settings,
+                                         kernel_->logs().get("test.trainer"));
+  }
+
+  void handshake(const std::string& token = "s3cret") {
+    auto accepted = std::async(std::launch::async, [&] {
+      return job_->accept("s3cret", {{"heartbeat", "50ms"}});
+    });
+    auto hello = trainer_->hello(token, {{"converters", "wire"}});
+    ASSERT_TRUE(hello) << hello.error().message;
+    auto peer = accepted.get();
+    ASSERT_TRUE(peer) << peer.error().message;
+    EXPECT_EQ(job_->state(), State::ready);
+    EXPECT_EQ(trainer_->state(), State::ready);
+  }
+
+  std::unique_ptr<kernel::Kernel> kernel_ = test::static_kernel();
+  std::shared_ptr<Pipe> pipe_;
+  test::FaultyEndpoint* job_faults_ = nullptr;
+  test::FaultyEndpoint* trainer_faults_ = nullptr;
+  std::unique_ptr<Session> job_;
+  std::unique_ptr<Session> trainer_;
+};
+
+TEST_F(SessionPair, HandshakeExchangesHeaders) {
+  open();
+  auto accepted = std::async(std::launch::async, [&] {
+    return job_->accept("tok", {{"heartbeat", "50ms"}});
+  });
+  auto answer = trainer_->hello("tok", {{"converters", "wire,torch"}});
+  ASSERT_TRUE(answer) << answer.error().message;
+  auto peer = accepted.get();
+  ASSERT_TRUE(peer);
+  bool saw = false;
+  for (const auto& [k, v] : peer->headers) {
+    saw = saw || (k == "converters" && v == "wire,torch");
+  }
+  EXPECT_TRUE(saw);
+  ASSERT_EQ(answer->size(), 1u);
+  EXPECT_EQ((*answer)[0].second, "50ms");
+}
+
+TEST_F(SessionPair, WrongTokenIsRejectedOnBothEnds) {
+  open();
+  auto accepted = std::async(std::launch::async, [&] { return job_->accept("right"); });
+  auto answer = trainer_->hello("wrong");
+  ASSERT_FALSE(answer);
+  EXPECT_EQ(answer.error().code, Errc::rejected);
+  auto peer = accepted.get();
+  ASSERT_FALSE(peer);
+  EXPECT_EQ(peer.error().code, Errc::rejected);
+  EXPECT_THAT(peer.error().message, HasSubstr("wrong token"));
+}
+
+TEST_F(SessionPair, NoHelloWithinLaunchTimesOut) {
+  auto settings = fast();
+  settings.launch = 150ms;
+  open(settings);
+  auto started = Clock::now();
+  auto peer = job_->accept("tok");
+  ASSERT_FALSE(peer);
+  EXPECT_EQ(peer.error().code, Errc::timeout);
+  EXPECT_THAT(peer.error().message, HasSubstr("no HELLO"));
+  EXPECT_LT(Clock::now() - started, 2s);
+  // Before HELLO, silence is not PEER_GONE: the launch timeout rules.
+  EXPECT_EQ(job_->state(), State::handshake);
+}
+
+TEST_F(SessionPair, MessagesArriveInOrderWithTopicsAndHeaders) {
+  open();
+  handshake();
+  ASSERT_TRUE(job_->send(Op::task_ready, "train/ä-1.b", {{"round", "3"}},
+                         std::make_shared<BytesSource>(pattern(10))));
+  auto got = trainer_->receive(2s);
+  ASSERT_TRUE(got && *got);
+  EXPECT_EQ((*got)->op, Op::task_ready);
+  EXPECT_EQ((*got)->topic, "train/ä-1.b");
+  EXPECT_EQ(*(*got)->header("round"), "3");
+  EXPECT_EQ((*got)->payload, pattern(10));
+  ASSERT_TRUE(trainer_->send(Op::task_accepted, "train/ä-1.b", {}, nullptr, (*got)->msg_id));
+  auto reply = job_->receive(2s);
+  ASSERT_TRUE(reply && *reply);
+  EXPECT_EQ((*reply)->req_id, (*got)->msg_id);
+  EXPECT_EQ((*reply)->type, wire::MessageType::reply);
+}
+
+TEST_F(SessionPair, ManyPostedMessagesAreDeliveredOnceEach) {
+  open();
+  handshake();
+  constexpr int n = 5000;
+  auto sender = std::async(std::launch::async, [&] {
+    std::vector<std::shared_ptr<Session::Ticket>> tickets;
+    for (int i = 0; i < n; ++i) {
+      auto t = trainer_->post(Op::log, "m" + std::to_string(i));
+      if (!t) {
+        return false;
+      }
+      tickets.push_back(*t);
+    }
+    for (auto& t : tickets) {
+      if (!trainer_->wait(t)) {
+        return false;
+      }
+    }
+    return true;
+  });
+  for (int i = 0; i < n; ++i) {
+    auto got = job_->receive(5s);
+    ASSERT_TRUE(got && *got) << i;
+    ASSERT_EQ((*got)->topic, "m" + std::to_string(i));
+  }
+  EXPECT_TRUE(sender.get());
+}
+
+class CollectSink : public PayloadSink {
+ public:
+  explicit CollectSink(std::vector<std::byte>& into) : into_(into) {}
+  Result<void> write(std::uint64_t offset, std::span<const std::byte> bytes) override {
+    if (offset != into_.size()) {
+      return fail(Errc::internal, "out of order");
+    }
+    into_.insert(into_.end(), bytes.begin(), bytes.end());
+    return ok();
+  }
+  void reset() override {
+    into_.clear();
+    ++resets;
+  }
+  Result<void> finish() override { return ok(); }
+  int resets = 0;
+
+ private:
+  std::vector<std::byte>& into_;
+};
+
+TEST_F(SessionPair, LargePayloadStreamsIntoASinkByteExact) {
+  open();
+  handshake();
+  std::vector<std::byte> received;
+  trainer_->set_sink_factory([&](const Message& m) -> std::unique_ptr<PayloadSink> {
+    EXPECT_EQ(m.payload_size, 8u << 20);
+    return std::make_unique<CollectSink>(received);
+  });
+  auto data = pattern(8u << 20);
+  ASSERT_TRUE(job_->send(Op::task_ready, "train", {}, std::make_shared<BytesSource>(data)));
+  auto got = trainer_->receive(5s);
+  ASSERT_TRUE(got && *got);
+  EXPECT_TRUE((*got)->payload.empty());
+  EXPECT_EQ((*got)->payload_size, data.size());
+  EXPECT_EQ(received, data);
+}
+
+TEST_F(SessionPair, DroppedDuplicatedAndCorruptFramesStillDeliverExactlyOnce) {
+  test::FaultPolicy lossy{0.10, 0.05, 0.02, 0ms, 42};
+  auto settings = fast();
+  settings.max_resends = 30;
+  open(settings, lossy, lossy);
+  // The handshake itself crosses the lossy link.
+  handshake();
+  constexpr int n = 300;
+  auto sender = std::async(std::launch::async, [&] {
+    for (int i = 0; i < n; ++i) {
+      auto sent = trainer_->send(Op::log, "r" + std::to_string(i), {},
+                                 std::make_shared<BytesSource>(pattern(100, i)));
+      if (!sent) {
+        return sent.error().message;
+      }
+    }
+    return std::string();
+  });
+  for (int i = 0; i < n; ++i) {
+    auto got = job_->receive(10s);
+    ASSERT_TRUE(got && *got) << i;
+    EXPECT_EQ((*got)->topic, "r" + std::to_string(i));
+    EXPECT_EQ((*got)->payload, pattern(100, i));
+  }
+  EXPECT_EQ(sender.get(), "");
+  // A large message over a link that only drops and duplicates arrives whole: lost chunks are resent from
+  // where the receiver's receipts say it stopped, not from the start.
+  job_faults_->set_policy(test::FaultPolicy{0.03, 0.03, 0, 0ms, 7});
+  trainer_faults_->set_policy(test::FaultPolicy{0.03, 0.03, 0, 0ms, 8});
+  auto big = pattern(2u << 20, 99);
+  std::vector<std::byte> received;
+  job_->set_sink_factory([&](const Message&) { return std::make_unique<CollectSink>(received); });
+  auto big_sent = trainer_->send(Op::result_ready, "train", {}, std::make_shared<BytesSource>(big));
+  ASSERT_TRUE(big_sent) << big_sent.error().message;
+  auto got = job_->receive(10s);
+  ASSERT_TRUE(got && *got);
+  EXPECT_EQ(received, big);
+  auto nothing = job_->receive(300ms);
+  ASSERT_TRUE(nothing);
+  EXPECT_FALSE(nothing->has_value()) << "a duplicate reached the application";
+  EXPECT_GT(trainer_faults_->dropped() + job_faults_->dropped(), 0u);
+  EXPECT_GT(trainer_faults_->duplicated(), 0u);
+  EXPECT_GT(job_->stats().duplicates_dropped + job_->stats().frames_rejected, 0u);
+}
+
+TEST_F(SessionPair, SilentPeerBecomesPeerGoneWithinHeartbeatTimeout) {
+  open(fast(), std::nullopt, test::FaultPolicy{});
+  handshake();
+  std::vector<std::string> events;
+  auto sub = kernel_->events().subscribe("session.*", [&](const Event& e) { events.push_back(e.topic); });
+  trainer_faults_->set_silent(true);  // the trainer hangs: nothing more reaches the job
+  auto started = Clock::now();
+  Result<std::optional<Message>> got = std::optional<Message>();
+  while (got && Clock::now() - started < 5s) {
+    got = job_->receive(50ms);
+  }
+  auto took = Clock::now() - started;
+  ASSERT_FALSE(got);
+  EXPECT_EQ(got.error().code, Errc::peer_gone);
+  EXPECT_THAT(got.error().message, HasSubstr("heartbeat_timeout 400 ms"));
+  EXPECT_EQ(job_->state(), State::peer_gone);
+  // Bound: heartbeat_timeout plus one interval and the reader's poll (test slack for a loaded machine).
+  EXPECT_LT(took, 400ms + 50ms + 1s);
+  // The event is published by the session's reader thread right after the state changes.
+  for (int i = 0; i < 100 && events.empty(); ++i) {
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(events, std::vector<std::string>{"session.peer_gone"});
+  // Sends fail at once after PEER_GONE.
+  EXPECT_EQ(job_->send(Op::log, "x").error().code, Errc::peer_gone);
+}
+
+TEST_F(SessionPair, HeartbeatsKeepASlowTransferAlive) {
+  // Every frame the job sends is delayed 20 ms: a 40-chunk transfer takes ~800 ms, twice heartbeat_timeout.
+  open(fast(), test::FaultPolicy{0, 0, 0, 20ms, 1}, std::nullopt);
+  handshake();
+  auto data = pattern(40 * 64 * 1024);
+  auto started = Clock::now();
+  auto sent = job_->send(Op::task_ready, "train", {}, std::make_shared<BytesSource>(data));
+  ASSERT_TRUE(sent) << sent.error().message;
+  EXPECT_GT(Clock::now() - started, 400ms);
+  auto got = trainer_->receive(2s);
+  ASSERT_TRUE(got && *got);
+  EXPECT_EQ((*got)->payload, data);
+  EXPECT_EQ(trainer_->state(), State::ready);
+  EXPECT_EQ(job_->state(), State::ready);
+}
+
+TEST_F(SessionPair, ShutdownEndsBothEndsCleanly) {
+  open();
+  handshake();
+  ASSERT_TRUE(job_->send(Op::log, "last words"));
+  job_->close(Op::shutdown, "job done");
+  auto first = trainer_->receive(2s);
+  ASSERT_TRUE(first && *first);
+  EXPECT_EQ((*first)->topic, "last words");
+  auto bye = trainer_->receive(2s);
+  ASSERT_TRUE(bye && *bye);
+  EXPECT_EQ((*bye)->op, Op::shutdown);
+  EXPECT_EQ(*(*bye)->header("reason"), "job done");
+  auto after = trainer_->receive(2s);
+  ASSERT_FALSE(after);
+  EXPECT_EQ(after.error().code, Errc::closed);
+  EXPECT_EQ(trainer_->state(), State::closed);
+}
+
+TEST_F(SessionPair, CloseNeverBlocksOnADeadPeer) {
+  auto settings = fast();
+  settings.heartbeat_timeout = 30s;  // so only close() ends it
+  open(settings, test::FaultPolicy{}, std::nullopt);
+  handshake();
+  job_faults_->set_silent(true);
+  trainer_.reset();  // the trainer is gone without a word
+  auto started = Clock::now();
+  job_->close(Op::abort, "giving up");
+  EXPECT_LT(Clock::now() - started, 2s);
+  EXPECT_EQ(job_->state(), State::closed);
+}
+
+TEST_F(SessionPair, OversizedPayloadWithoutSinkFailsTheSendClearly) {
+  auto settings = fast();
+  settings.max_buffered_message = 1000;
+  settings.max_resends = 1;
+  open(settings);
+  handshake();
+  auto sent = job_->send(Op::task_ready, "train", {}, std::make_shared<BytesSource>(pattern(200 * 1024)));
+  ASSERT_FALSE(sent);
+  EXPECT_EQ(sent.error().code, Errc::timeout);
+  EXPECT_THAT(sent.error().message, HasSubstr("after 2 sends"));
+  EXPECT_EQ(job_->state(), State::ready);  // the session survives
+  ASSERT_TRUE(job_->send(Op::log, "still here"));
+}
+
+TEST(Admission, AcceptsOnlyAHelloWithTheToken) {
+  auto admit = admit_hello("tok");
+  std::vector<std::byte> frame;
+  wire::FrameHeader h;
+  h.op = Op::hello;
+  ASSERT_TRUE(wire::encode_frame(frame, h, {}, {{"token", "tok"}}, {}));
+  EXPECT_TRUE(admit(frame));
+  ASSERT_TRUE(wire::encode_frame(frame, h, {}, {{"token", "tok2"}}, {}));
+  EXPECT_FALSE(admit(frame));
+  h.op = Op::log;
+  ASSERT_TRUE(wire::encode_frame(frame, h, {}, {{"token", "tok"}}, {}));
+  EXPECT_FALSE(admit(frame));
+  std::vector<std::byte> junk(60, std::byte{0x45});
+  EXPECT_FALSE(admit(junk));
+}
+
+}  // namespace
+}  // namespace ember::session
