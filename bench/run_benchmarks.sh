@@ -1,18 +1,22 @@
 #!/bin/sh
-# Builds a release tree, runs the plugin-load and start-up benchmarks and writes docs/BENCHMARKS.md.
+# Builds a release tree, runs the plugin-load, start-up and pipe benchmarks and writes docs/BENCHMARKS.md.
 #
-#   bench/run_benchmarks.sh [--build-dir DIR] [--runs N] [--output FILE]
+#   bench/run_benchmarks.sh [--build-dir DIR] [--runs N] [--pipe-runs M] [--no-profile] [--output FILE]
 #
 # DIR defaults to build-bench at the top of the source tree, configured (or reconfigured) as
 #   meson setup DIR --wrap-mode=nodownload --buildtype=release -Dbench=enabled -Dtests=disabled
-# N is the number of fresh-process samples per case (default 50). Every number in the output sits beside
-# a baseline measured in the same run; nothing here is a pass/fail test.
+# N is the number of fresh-process samples per start-up case (default 50), M the number of runs of each
+# pipe case (default 5; each run is a fresh pair of processes). Unless --no-profile, and if `perf` works,
+# a few pipe cases are then run once more under `perf record` for the "where the time goes" tables. Every
+# number in the output sits beside a baseline measured in the same run; nothing here is a pass/fail test.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
 source_root=$(cd "$here/.." && pwd)
 build_dir="$source_root/build-bench"
 runs=50
+pipe_runs=5
+profile=yes
 output="$source_root/docs/BENCHMARKS.md"
 invocation="bench/run_benchmarks.sh${*:+ $*}"
 
@@ -20,8 +24,10 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --build-dir) build_dir=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
+    --pipe-runs) pipe_runs=$2; shift 2 ;;
+    --no-profile) profile=no; shift ;;
     --output) output=$2; shift 2 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "run_benchmarks.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -60,28 +66,62 @@ echo "run_benchmarks.sh: fresh-process start-up, $runs samples per case"
 echo "run_benchmarks.sh: in-process discovery and load (Google Benchmark)"
 "$build_dir/bench/plugin_load_bench" --benchmark_out="$work/load.json" --benchmark_out_format=json \
   --benchmark_format=console
-load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+pipe_bench="$build_dir/bench/pipe_bench"
+pipe_args=""
+pipe_load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+if [ -x "$pipe_bench" ]; then
+  echo "run_benchmarks.sh: pipes through the session layer beside raw sockets and files, $pipe_runs runs per case"
+  "$pipe_bench" --runs "$pipe_runs" --json "$work/pipes.json"
+  pipe_args="--pipes $work/pipes.json"
+else
+  echo "run_benchmarks.sh: no $pipe_bench (configured with -Dreference_plugins=false?): no pipe benchmarks"
+  profile=no
+fi
+pipe_load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+load_after=$pipe_load_after
+
+# Where the time goes: a few pipe cases once more under perf (software clock: works in a VM), apart from
+# the measured runs so that the profiler's overhead touches no number above.
+if [ "$profile" = yes ] && perf record -q -e cpu-clock -o "$work/probe.data" true >/dev/null 2>&1; then
+  for case in socket-unix/throughput/1GiB file/throughput/1GiB socket-unix/rate/64B file/rate/64B; do
+    name=$(echo "$case" | tr '/' '_')
+    echo "run_benchmarks.sh: perf record of pipe_bench --case $case"
+    perf record -q -e cpu-clock -F 999 -o "$work/$name.data" -- \
+      "$pipe_bench" --runs 1 --no-pieces --case "$case" >/dev/null
+    perf report -i "$work/$name.data" --stdio --no-children --sort comm,dso,sym \
+      >"$work/$name.txt" 2>/dev/null
+    pipe_args="$pipe_args --profile $case=$work/$name.txt"
+  done
+elif [ "$profile" = yes ]; then
+  echo "run_benchmarks.sh: perf is missing or not allowed here: no profiles (try apt-get install linux-perf)"
+fi
 
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 # Meson 1.0 has no introspection of compilers; its log names the one it chose ("gcc 12.2.0").
 compiler=$(sed -n 's/^C++ compiler for the host machine: .*(\([a-z]* [0-9.]*\) .*/\1/p' \
   "$build_dir/meson-logs/meson-log.txt" | tail -n 1)
+# Extra compiler arguments a developer set on the build dir (meson configure -Dcpp_args=...), if any.
+cpp_args=$(meson introspect "$build_dir" --buildoptions | python3 -c \
+  'import json, sys; print(" ".join(next(o["value"] for o in json.load(sys.stdin) if o["name"] == "cpp_args")))')
 commit=$(git -C "$source_root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ -n "$(git -C "$source_root" status --porcelain 2>/dev/null)" ]; then
   commit="$commit (with uncommitted changes)"
 fi
 
 mkdir -p "$(dirname "$output")"
+# shellcheck disable=SC2086
 python3 "$here/write_benchmarks_md.py" \
-  --startup "$work/startup.json" --load "$work/load.json" --output "$output" \
+  --startup "$work/startup.json" --load "$work/load.json" $pipe_args \
+  --output "$output" \
   --meta "date=$(date -u '+%Y-%m-%d %H:%M UTC')" \
   --meta "cpu=$cpu" \
   --meta "nproc=$(nproc)" \
   --meta "memory=$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)" \
   --meta "kernel=$(uname -sr)" \
   --meta "load=$load_before (before), $load_after (after)" \
+  --meta "pipe_load=$pipe_load_before (before), $pipe_load_after (after)" \
   --meta "compiler=$compiler" \
-  --meta "build=release (-O3, NDEBUG), build dir $(basename "$build_dir")" \
+  --meta "build=release (-O3, NDEBUG)${cpp_args:+, cpp_args $cpp_args}, build dir $(basename "$build_dir")" \
   --meta "commit=$commit" \
   --meta "command=$invocation"
 echo "run_benchmarks.sh: wrote $output"

@@ -264,17 +264,12 @@ bool Session::send_next_chunk(Outgoing& out, std::unique_lock<std::mutex>& lock)
   wire::Headers headers = first ? out.headers : wire::Headers();
   std::uint64_t offset = out.offset;
   lock.unlock();
-  std::vector<std::byte> chunk(len);
-  Result<void> result = ok();
-  if (len > 0) {
-    result = payload->read(offset, chunk);
-  }
-  std::vector<std::byte> frame;
+  // The source is read straight into the frame, which is reused from chunk to chunk (writer thread only).
+  Result<void> result = wire::encode_frame_with(
+      frame_buffer_, header, topic, headers, len,
+      [&](std::span<std::byte> into) { return payload->read(offset, into); }, settings_.limits);
   if (result) {
-    result = wire::encode_frame(frame, header, topic, headers, chunk, settings_.limits);
-  }
-  if (result) {
-    result = write_frame(frame);
+    result = write_frame(frame_buffer_);
   }
   lock.lock();
   if (!result) {

@@ -218,6 +218,7 @@ class Session {
   std::deque<std::uint64_t> seen_order_;
   SinkFactory sink_factory_;
 
+  std::vector<std::byte> frame_buffer_;  // the writer's reusable frame
   Stats stats_;
   std::thread reader_;
   std::thread writer_;

@@ -151,8 +151,9 @@ std::size_t encoded_size(std::string_view topic, std::size_t headers_bytes,
   return frame_overhead + topic.size() + headers_bytes + payload_len;
 }
 
-Result<void> encode_frame(std::vector<std::byte>& out, FrameHeader header, std::string_view topic,
-                          const Headers& headers, std::span<const std::byte> payload, const Limits& limits) {
+Result<void> encode_frame_with(std::vector<std::byte>& out, FrameHeader header, std::string_view topic,
+                               const Headers& headers, std::size_t payload_len, const PayloadFill& fill,
+                               const Limits& limits) {
   // The encoder refuses whatever decode_frame would reject, so a frame it writes always decodes: the
   // length fields are 16 bits whatever the limits say, and type and op must be ones the decoder knows.
   auto type = static_cast<std::uint8_t>(header.type);
@@ -184,13 +185,13 @@ Result<void> encode_frame(std::vector<std::byte>& out, FrameHeader header, std::
       return fail(Errc::invalid_argument, "header '" + k.substr(0, 64) + "' is empty, too long or not UTF-8");
     }
   }
-  if (payload.size() > limits.max_chunk) {
-    return fail(Errc::invalid_argument, "chunk of " + std::to_string(payload.size()) +
+  if (payload_len > limits.max_chunk) {
+    return fail(Errc::invalid_argument, "chunk of " + std::to_string(payload_len) +
                                             " bytes exceeds the limit of " +
                                             std::to_string(limits.max_chunk));
   }
-  if (payload.size() > header.total_len || header.total_len > limits.max_message) {
-    return fail(Errc::invalid_argument, "chunk of " + std::to_string(payload.size()) +
+  if (payload_len > header.total_len || header.total_len > limits.max_message) {
+    return fail(Errc::invalid_argument, "chunk of " + std::to_string(payload_len) +
                                             " bytes in a message of " + std::to_string(header.total_len) +
                                             " bytes (limit " + std::to_string(limits.max_message) + ")");
   }
@@ -200,8 +201,8 @@ Result<void> encode_frame(std::vector<std::byte>& out, FrameHeader header, std::
   if ((topic.size() != 0 || !headers.empty()) && (header.flags & flags::first) == 0) {
     return fail(Errc::invalid_argument, "only the first chunk of a message carries a topic and headers");
   }
-  header.payload_len = static_cast<std::uint32_t>(payload.size());
-  out.resize(encoded_size(topic, headers_bytes, payload.size()));
+  header.payload_len = static_cast<std::uint32_t>(payload_len);
+  out.resize(encoded_size(topic, headers_bytes, payload_len));
   std::byte* p = out.data();
   std::memcpy(p, magic, 4);
   p[4] = static_cast<std::byte>(frame_version);
@@ -227,12 +228,26 @@ Result<void> encode_frame(std::vector<std::byte>& out, FrameHeader header, std::
     std::memcpy(q + 2, v.data(), v.size());
     q += 2 + v.size();
   }
-  if (!payload.empty()) {
-    std::memcpy(q, payload.data(), payload.size());
+  if (payload_len > 0) {
+    auto filled = fill(std::span<std::byte>(q, payload_len));
+    if (!filled) {
+      return filled;
+    }
   }
-  q += payload.size();
+  q += payload_len;
   put_u32(q, crc32c(0, std::span<const std::byte>(p, static_cast<std::size_t>(q - p))));
   return ok();
+}
+
+Result<void> encode_frame(std::vector<std::byte>& out, FrameHeader header, std::string_view topic,
+                          const Headers& headers, std::span<const std::byte> payload, const Limits& limits) {
+  return encode_frame_with(
+      out, header, topic, headers, payload.size(),
+      [&](std::span<std::byte> into) {
+        std::memcpy(into.data(), payload.data(), payload.size());
+        return ok();
+      },
+      limits);
 }
 
 Result<std::size_t> frame_size(std::span<const std::byte> h, const Limits& limits) {

@@ -21,6 +21,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -115,6 +116,15 @@ std::size_t encoded_headers_size(const Headers& headers) noexcept;
 Result<void> encode_frame(std::vector<std::byte>& out, FrameHeader header, std::string_view topic,
                           const Headers& headers, std::span<const std::byte> payload,
                           const Limits& limits = {});
+
+/// Writes a frame's payload in place: called once with the payload's room inside the frame buffer.
+using PayloadFill = std::function<Result<void>(std::span<std::byte> into)>;
+
+/// Like encode_frame, but the payload is written straight into the frame by `fill` (no staging copy): a
+/// sender reads its source into the frame it is about to send.
+Result<void> encode_frame_with(std::vector<std::byte>& out, FrameHeader header, std::string_view topic,
+                               const Headers& headers, std::size_t payload_len, const PayloadFill& fill,
+                               const Limits& limits = {});
 
 /// Reads the fixed header and returns the whole frame's size, checking every bound first: a stream reader
 /// calls it on the first 48 bytes before it allocates the rest.

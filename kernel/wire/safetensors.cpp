@@ -38,6 +38,24 @@ std::string quote_name(std::string_view name) {
   return "'" + std::string(name.substr(0, cut)) + "...'";
 }
 
+// The parser's message quotes the input it stopped at, which may be long and not UTF-8: cut it, and mask
+// bytes past ASCII unless the text is valid UTF-8, so an error message is safe to log and to put in JSON.
+std::string printable(std::string_view text) {
+  constexpr std::size_t max = 200;
+  std::string out(text.substr(0, max));
+  for (int i = 0;
+       i < 3 && text.size() > max && (static_cast<unsigned char>(out.back()) & 0x80) != 0 && !valid_utf8(out);
+       ++i) {
+    out.pop_back();  // a character cut in two
+  }
+  if (!valid_utf8(out)) {
+    for (auto& c : out) {
+      c = (static_cast<unsigned char>(c) & 0x80) != 0 ? '?' : c;
+    }
+  }
+  return text.size() > max ? out + "..." : out;
+}
+
 std::string tensor_at(std::string_view name) {
   return "tensor " + quote_name(name) + ": ";
 }
@@ -205,7 +223,7 @@ class HeaderParser final : public nlohmann::json_sax<json> {
     std::string_view what = ex.what();
     auto tag_end = what.find("] ");
     return bad("header is not valid JSON: " +
-               std::string(tag_end == std::string_view::npos ? what : what.substr(tag_end + 2)));
+               printable(tag_end == std::string_view::npos ? what : what.substr(tag_end + 2)));
   }
 
  private:

@@ -25,9 +25,10 @@ void check(bool condition) {
   }
 }
 
+// Messages go to logs and into JSON: short, and UTF-8 whatever the input was.
 void check_error(const ember::Error& error) {
   check(error.code == ember::Errc::malformed);
-  check(!error.message.empty());
+  check(!error.message.empty() && error.message.size() < 1024 && valid_utf8(error.message));
 }
 
 void round_trip(std::span<const std::byte> input, const Limits& limits) {

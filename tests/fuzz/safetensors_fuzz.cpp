@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "wire/frame.hpp"
 #include "wire/safetensors.hpp"
 
 namespace {
@@ -26,6 +27,11 @@ void check(bool condition) {
   if (!condition) {
     __builtin_trap();
   }
+}
+
+// Messages go to logs and into JSON: short, and UTF-8 whatever the input was.
+void check_message(const Error& error) {
+  check(!error.message.empty() && error.message.size() < 1024 && valid_utf8(error.message));
 }
 
 // Small limits: a header may declare a terabyte, but no input makes the collector allocate more than this.
@@ -52,13 +58,14 @@ std::optional<Read> read_stream(std::span<const std::byte> input, std::span<cons
     auto fed = reader.feed(input.subspan(at, n));
     at += n;
     if (!fed) {
-      check(!fed.error().message.empty());
+      check_message(fed.error());
       return std::nullopt;
     }
   }
   auto done = reader.finish();
   if (!done) {
-    check(done.error().code == Errc::malformed && !done.error().message.empty());
+    check(done.error().code == Errc::malformed);
+    check_message(done.error());
     return std::nullopt;
   }
   check(reader.header() != nullptr && reader.header()->file_size() == input.size());
@@ -97,7 +104,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (header) {
     check_header(*header);
   } else {
-    check(header.error().code == Errc::malformed && !header.error().message.empty());
+    check(header.error().code == Errc::malformed);
+    check_message(header.error());
   }
 
   const std::size_t whole[] = {size == 0 ? 1 : size};
@@ -128,6 +136,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
 
   // Whatever the metadata holds, reading it as a params bundle gives a task or an error.
   auto task = params_bundle_from(first->tensors, first->metadata);
-  check(task.has_value() || (task.error().code == Errc::malformed && !task.error().message.empty()));
+  if (!task) {
+    check(task.error().code == Errc::malformed);
+    check_message(task.error());
+  }
   return 0;
 }

@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "session_settings.hpp"
 #include "support.hpp"
 
 namespace ember::kernel {
@@ -213,6 +214,28 @@ TEST(LogConfig, RulesKeepTheOrderTheyWereWrittenIn) {
   EXPECT_EQ(job->log.rules[0].pattern, "plugin.pipe.memory");
   EXPECT_EQ(job->log.rules[1].pattern, "*");
   EXPECT_TRUE(job->log.level_set);
+}
+
+}  // namespace
+}  // namespace ember::kernel
+
+namespace ember::kernel {
+namespace {
+
+TEST(SessionSettingsFromConfig, CarryTheJobsTimeouts) {
+  auto kernel = test::static_kernel();
+  auto job = parse_job(
+      "schema_version = 1\n[timeouts]\nlaunch = \"20s\"\nheartbeat_interval = \"2s\"\n"
+      "heartbeat_timeout = \"9s\"\nstream_idle = \"45s\"\n[session]\nmax_resends = 7\n",
+      "j/job.toml", kernel->registry());
+  ASSERT_TRUE(job) << job.error().message;
+  auto s = session_settings(job->timeouts, job->session);
+  EXPECT_EQ(s.launch, std::chrono::seconds(20));
+  EXPECT_EQ(s.heartbeat_interval, std::chrono::seconds(2));
+  EXPECT_EQ(s.heartbeat_timeout, std::chrono::seconds(9));
+  EXPECT_EQ(s.stream_idle, std::chrono::seconds(45));
+  EXPECT_EQ(s.max_resends, 7);
+  EXPECT_EQ(describe(s).substr(0, 40), "launch=20s heartbeat_interval=2s heartbe");
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "support.hpp"
+#include "wire/frame.hpp"
 
 namespace ember::wire {
 namespace {
@@ -535,6 +536,17 @@ TEST(SafetensorsHeader, RejectsEveryMalformedHeaderNamingTheFault) {
     expect_malformed(read_stream(file), c.message);
     expect_malformed(read_stream(file, 1), c.message);
   }
+}
+
+TEST(SafetensorsHeader, ParserMessagesAreShortAndUtf8WhateverTheInput) {
+  std::string json = "{\"" + std::string(5000, 'x') + "\xC3\xA9\xFF\xFE" + std::string(5000, 'y') + "\":1}";
+  auto result = parse_safetensors_header(file_from(json));
+  expect_malformed(result, "header is not valid JSON");
+  EXPECT_LT(result.error().message.size(), 400u);
+  EXPECT_TRUE(valid_utf8(result.error().message)) << result.error().message;
+  auto invalid = parse_safetensors_header(file_from("{\"a\xFF\":1}"));
+  expect_malformed(invalid, "header is not valid JSON");
+  EXPECT_TRUE(valid_utf8(invalid.error().message)) << invalid.error().message;
 }
 
 TEST(SafetensorsHeader, NamesInMessagesAreCut) {

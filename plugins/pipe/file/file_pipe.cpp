@@ -118,6 +118,8 @@ class FilePipe final : public Pipe {
       end = side == PipeSide::job ? open_job_end() : open_trainer_end(timeout);
     } catch (const std::exception& e) {
       end = fail(Errc::internal, "pipe.file dir:" + settings_.root.string() + ": " + e.what());
+    } catch (...) {
+      end = fail(Errc::internal, "pipe.file dir:" + settings_.root.string() + ": unknown exception");
     }
     if (!end) {
       opened = false;

@@ -43,12 +43,10 @@ Result<void> Inbox::start() {
   if (!inbox_wd) {
     return fail(std::move(inbox_wd.error()));
   }
-  auto root_wd = watch_->add(root_.root.get(), root_.path, root_mask);
-  if (!root_wd) {
+  if (auto root_wd = watch_->add(root_.root.get(), root_.path, root_mask); !root_wd) {
     return fail(std::move(root_wd.error()));
   }
   inbox_wd_ = *inbox_wd;
-  root_wd_ = *root_wd;
   refresh_peer(root_, side_, epoch_, peer_);
   scan();  // after the watches, so nothing that arrives meanwhile is missed (a repeat is harmless)
   return ok();
@@ -248,7 +246,7 @@ void Inbox::refuse(const std::string& name, std::optional<std::uint64_t> seq, co
   int err = remove_entry(inbox_fd_, name);
   std::string message = "pipe.file: refused '" + root_.shown(inbox_, name) + "': " + why +
                         (err == 0 ? "; removed it" : "; could not remove it: " + errno_text(err));
-  logger_->warn(message);
+  logger_->debug(message);  // the caller hears of it from receive(), and logs it as it sees fit
   refusals_.push_back(std::move(message));
   if (seq) {
     // A refused frame of this session counts as consumed, so the frames after it are not held back.

@@ -61,7 +61,6 @@ class Inbox {
 
   std::optional<Watch> watch_;
   int inbox_wd_ = -1;
-  int root_wd_ = -1;
   bool rescan_ = false;
   bool final_scan_done_ = false;
   PeerState peer_;

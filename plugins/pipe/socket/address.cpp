@@ -145,7 +145,12 @@ std::string describe_inet(const sockaddr_storage& storage) {
   if (storage.ss_family == AF_INET6) {
     const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&storage);
     inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
-    return "[" + std::string(host) + "]:" + std::to_string(ntohs(in6->sin6_port));
+    // Appended piece by piece: GCC 12 at -O3 misreports "[" + std::string(...) as overlapping (-Wrestrict).
+    std::string text = "[";
+    text += host;
+    text += "]:";
+    text += std::to_string(ntohs(in6->sin6_port));
+    return text;
   }
   return "(unknown address family " + std::to_string(storage.ss_family) + ")";
 }

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 #include <string>
+#include <system_error>
 
 namespace ember::socket_pipe {
 
@@ -42,7 +43,13 @@ Result<bool> FrameReader::start_frame() {
   return true;
 }
 
-Result<std::optional<std::vector<std::byte>>> FrameReader::read(int fd) {
+Result<std::optional<std::vector<std::byte>>> FrameReader::read(int fd, bool wait) {
+  // Only the first read may block (for as long as the socket's SO_RCVTIMEO allows): it returns as soon as
+  // bytes arrive, and the caller decides whether there is time to wait again.
+  int flags = wait ? 0 : MSG_DONTWAIT;
+  // A read that returns less than asked for has emptied the socket: the next read would only fail with
+  // EAGAIN, so control goes back to the caller instead (one system call less per chunk of a large frame).
+  bool drained = false;
   for (;;) {
     if (!have_length_) {
       if (end_ - begin_ >= length_prefix_bytes) {
@@ -50,13 +57,19 @@ Result<std::optional<std::vector<std::byte>>> FrameReader::read(int fd) {
           return fail(std::move(started.error()));
         }
       } else {
+        if (drained) {
+          return std::optional<std::vector<std::byte>>();
+        }
         if (begin_ > 0) {
           std::memmove(buffer_.get(), buffer_.get() + begin_, end_ - begin_);
           end_ -= begin_;
           begin_ = 0;
         }
-        ssize_t n = ::recv(fd, buffer_.get() + end_, capacity_ - end_, 0);
+        const std::size_t want = read_ahead() - end_;
+        ssize_t n = ::recv(fd, buffer_.get() + end_, want, flags);
+        flags = MSG_DONTWAIT;
         if (n > 0) {
+          drained = static_cast<std::size_t>(n) < want;
           end_ += static_cast<std::size_t>(n);
           continue;
         }
@@ -72,7 +85,7 @@ Result<std::optional<std::vector<std::byte>>> FrameReader::read(int fd) {
         if (errno == ECONNRESET) {
           return end_of_stream("reset the connection");
         }
-        return fail(Errc::io_error, std::string("recv: ") + std::strerror(errno));
+        return fail(Errc::io_error, "recv: " + std::system_category().message(errno));
       }
     }
     std::size_t take = std::min(end_ - begin_, frame_.size() - filled_);
@@ -83,15 +96,24 @@ Result<std::optional<std::vector<std::byte>>> FrameReader::read(int fd) {
     }
     if (filled_ == frame_.size()) {
       have_length_ = false;
+      large_ = frame_.size() >= capacity_;
       return std::optional<std::vector<std::byte>>(std::move(frame_));
     }
     // The read-ahead buffer is empty: read the rest of the frame in place, and whatever follows it (the
     // next frames) into the buffer, with one call.
+    if (drained) {
+      return std::optional<std::vector<std::byte>>();
+    }
     begin_ = end_ = 0;
     std::size_t missing = frame_.size() - filled_;
-    iovec parts[2] = {{frame_.data() + filled_, missing}, {buffer_.get(), capacity_}};
-    ssize_t n = ::readv(fd, parts, 2);
+    iovec parts[2] = {{frame_.data() + filled_, missing}, {buffer_.get(), read_ahead()}};
+    msghdr message{};
+    message.msg_iov = parts;
+    message.msg_iovlen = 2;
+    ssize_t n = ::recvmsg(fd, &message, flags);
+    flags = MSG_DONTWAIT;
     if (n > 0) {
+      drained = static_cast<std::size_t>(n) < missing + parts[1].iov_len;
       std::size_t body = std::min(static_cast<std::size_t>(n), missing);
       filled_ += body;
       end_ = static_cast<std::size_t>(n) - body;
@@ -109,7 +131,7 @@ Result<std::optional<std::vector<std::byte>>> FrameReader::read(int fd) {
     if (errno == ECONNRESET) {
       return end_of_stream("reset the connection");
     }
-    return fail(Errc::io_error, std::string("readv: ") + std::strerror(errno));
+    return fail(Errc::io_error, "recvmsg: " + std::system_category().message(errno));
   }
 }
 

@@ -10,6 +10,7 @@
 // stream exactly between two frames is an orderly close (Errc::closed). Since the length is a u32, no frame
 // is larger than 4 GiB - 1 bytes whatever max_frame_bytes says.
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -57,10 +58,12 @@ class FrameReader {
     bound_name_ = bound_name;
   }
 
-  /// The next whole frame, or nullopt when the socket has no more bytes for now (what was read is kept).
-  /// Errors: Errc::closed at end of stream between frames, Errc::malformed for a length above the bound
-  /// or end of stream inside a frame, Errc::io_error when the socket fails otherwise.
-  Result<std::optional<std::vector<std::byte>>> read(int fd);
+  /// The next whole frame, or nullopt when the socket has no more bytes for now (what was read is kept):
+  /// wait for more, then call again. With `wait`, the first read blocks, for at most the socket's
+  /// SO_RCVTIMEO (a blocking socket), or until shutdown(). Errors: Errc::closed at end of stream between
+  /// frames, Errc::malformed for a length above the bound or end of stream inside a frame,
+  /// Errc::io_error when the socket fails otherwise.
+  Result<std::optional<std::vector<std::byte>>> read(int fd, bool wait = false);
 
   /// Whether a frame is partly read (or a whole one waits in the read-ahead buffer).
   bool holds_bytes() const noexcept { return have_length_ || begin_ != end_; }
@@ -68,6 +71,11 @@ class FrameReader {
  private:
   Result<std::optional<std::vector<std::byte>>> end_of_stream(const char* how) const;
   Result<bool> start_frame();
+  // How much to read ahead into the buffer: all of it while frames are small (one read picks up many),
+  // a little after a large frame, whose successor is likely large too and better read in place than copied.
+  std::size_t read_ahead() const noexcept {
+    return large_ ? std::min<std::size_t>(capacity_, 4096) : capacity_;
+  }
 
   std::size_t max_frame_;
   const char* bound_name_;
@@ -78,6 +86,7 @@ class FrameReader {
   bool have_length_ = false;      // a prefix was read: frame_ has its final size
   std::vector<std::byte> frame_;  // the frame being filled
   std::size_t filled_ = 0;        // bytes of frame_ received so far
+  bool large_ = false;            // the last frame did not fit the read-ahead buffer
 };
 
 }  // namespace ember::socket_pipe

@@ -26,6 +26,20 @@
 #include "fd.hpp"
 #include "frame_io.hpp"
 
+// How an endpoint works.
+// - The job end starts with a listening socket. Its first send() or receive() drives admission in poll():
+//   it accepts connections, refuses Unix peers of another uid (SO_PEERCRED), reads each candidate's first
+//   frame (bounded in size and time) and asks the admission check; the first candidate admitted becomes
+//   the peer, and the listener, its socket file and the other candidates go away. A call that times out
+//   leaves that state for the next call, which carries on.
+// - Once a peer is attached its socket blocks: send() writes the length prefix and the frame with one
+//   sendmsg(), receive() reads through a FrameReader; each waits inside the system call, bounded by
+//   SO_SNDTIMEO / SO_RCVTIMEO. A frame the peer takes no byte of for stall_patience is copied to a
+//   background writer thread, so send() returns; the next send() waits for that frame to go out first.
+// - close() marks the end closed, writes the eventfd (wakes poll()), shutdown()s the socket (wakes calls
+//   blocked in it) and removes the socket file; descriptors are released when the last call in progress,
+//   or the background writer, has returned.
+
 namespace ember::socket_pipe {
 
 namespace {
@@ -44,7 +58,8 @@ constexpr std::size_t first_frame_bound = std::size_t{1} << 20;
 constexpr auto connect_retry = 20ms;
 // How long send() waits for room without any progress before it hands the rest of the frame to the
 // background writer: a peer that reads concurrently frees room within microseconds, and one that does not
-// (it is sending, or busy) must not make our send() wait for it.
+// (it is sending, or busy) must not make our send() wait for it. (SO_SNDTIMEO counts in jiffies: at
+// HZ=250 this is up to 4 ms.)
 constexpr auto stall_patience = 2ms;
 
 std::string os_error(int error) {
@@ -90,6 +105,14 @@ void set_buffers(int fd, int bytes) {
 void set_nodelay(int fd) {
   int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+// Once attached, a socket blocks: send() and receive() wait inside sendmsg()/recvmsg(), bounded by
+// SO_SNDTIMEO/SO_RCVTIMEO, instead of in poll(), which saves a poll() and a retried call per chunk of a
+// large frame. Calls that must not wait pass MSG_DONTWAIT.
+bool set_blocking(int fd) {
+  int flags = ::fcntl(fd, F_GETFL);
+  return flags >= 0 && ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) == 0;
 }
 
 std::optional<ucred> peer_credentials(int fd) {
@@ -200,11 +223,13 @@ class SocketEndpoint final : public PipeEndpoint {
       return;
     }
     closed_ = true;
+    closing_.store(true, std::memory_order_release);
     // Wakes a send() or receive() polling in another thread; the eventfd stays readable from now on.
     std::uint64_t one = 1;
     [[maybe_unused]] auto written = ::write(wake_.get(), &one, sizeof one);
     if (peer_) {
-      // The peer sees end of stream now, after what we sent, even if a thread of ours still holds the fd.
+      // Wakes a send() or receive() blocked on the socket in another thread, and the peer sees the end of
+      // the stream now, after what we sent, even while a thread of ours still holds the descriptor.
       ::shutdown(peer_.get(), SHUT_RDWR);
     }
     if (socket_file_) {
@@ -335,35 +360,56 @@ class SocketEndpoint final : public PipeEndpoint {
     message.msg_iovlen = frame.empty() ? 1 : 2;
     std::size_t left = sizeof prefix + frame.size();
     const int fd = peer_.get();
-    auto progress = Clock::now();
+    // The peer is attached, so its socket blocks: sendmsg() waits for room itself, each wait bounded by
+    // SO_SNDTIMEO = stall_patience (or what is left of the timeout), and close()'s shutdown() wakes it.
     for (;;) {
-      ssize_t n = ::sendmsg(fd, &message, MSG_NOSIGNAL);
-      if (n >= 0) {
+      auto wait = std::min<Clock::duration>(stall_patience, deadline - Clock::now());
+      if (wait > Clock::duration::zero() && !bound_wait(fd, SO_SNDTIMEO, wait, send_timeout_)) {
+        return break_with(Errc::io_error, "setsockopt SO_SNDTIMEO: " + os_error(errno));
+      }
+      ssize_t n = ::sendmsg(fd, &message, MSG_NOSIGNAL | (wait > Clock::duration::zero() ? 0 : MSG_DONTWAIT));
+      if (n > 0) {
         left -= static_cast<std::size_t>(n);
         if (left == 0) {
           return ok();
         }
         skip(message, static_cast<std::size_t>(n));
-        progress = Clock::now();
-        // A short write means the socket buffer is full: wait for room next.
-      } else if (errno == EINTR) {
-        continue;
-      } else if (errno == EPIPE || errno == ECONNRESET) {
-        return break_with(Errc::closed, "the peer has gone (" + os_error(errno) + ")");
-      } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
-        return break_with(Errc::io_error, "sendmsg: " + os_error(errno));
-      }
-      switch (wait_ready(fd, POLLOUT, std::min(deadline, progress + stall_patience))) {
-        case Wait::ready:
-          break;
-        case Wait::closed:
+        if (closing_.load(std::memory_order_acquire)) {
           return closed_error();
-        case Wait::failed:
-          return break_with(Errc::io_error, "poll: " + os_error(errno));
-        case Wait::timeout:
-          return hand_over(message, left);
+        }
+        continue;
+      }
+      const int error = n < 0 ? errno : EAGAIN;
+      if (closing_.load(std::memory_order_acquire)) {
+        return closed_error();
+      }
+      if (error == EPIPE || error == ECONNRESET) {
+        return break_with(Errc::closed, "the peer has gone (" + os_error(error) + ")");
+      }
+      if (error == EAGAIN || error == EWOULDBLOCK) {
+        return hand_over(message, left);  // no room for a while: the peer is not reading now
+      }
+      if (error != EINTR) {
+        return break_with(Errc::io_error, "sendmsg: " + os_error(error));
       }
     }
+  }
+
+  // Sets SO_RCVTIMEO or SO_SNDTIMEO to `wait`, unless the current setting (`current`) is close enough: not
+  // longer than `wait` by over 1 ms, nor shorter than half of it (the caller then waits again). Saves a
+  // system call per frame when the timeouts a caller passes do not change.
+  static bool bound_wait(int fd, int option, Clock::duration wait, Clock::duration& current) {
+    if (current > Clock::duration::zero() && current <= wait + 1ms && current >= wait / 2) {
+      return true;
+    }
+    auto micros =
+        std::max<std::int64_t>(std::chrono::duration_cast<std::chrono::microseconds>(wait).count(), 1);
+    timeval tv{static_cast<time_t>(micros / 1000000), static_cast<suseconds_t>(micros % 1000000)};
+    if (::setsockopt(fd, SOL_SOCKET, option, &tv, sizeof tv) != 0) {
+      return false;
+    }
+    current = wait;
+    return true;
   }
 
   static void skip(msghdr& message, std::size_t bytes) {
@@ -394,24 +440,31 @@ class SocketEndpoint final : public PipeEndpoint {
   // so that send() returns (a peer that sends before it reads cannot deadlock us, and a frame larger than
   // the socket buffers can be sent before the peer starts reading). One frame at most waits there.
   Result<void> hand_over(const msghdr& message, std::size_t left) {
-    Frame rest;
-    rest.reserve(left);
-    for (std::size_t i = 0; i < message.msg_iovlen; ++i) {
-      const auto* from = static_cast<const std::byte*>(message.msg_iov[i].iov_base);
-      rest.insert(rest.end(), from, from + message.msg_iov[i].iov_len);
+    try {
+      Frame rest;
+      rest.reserve(left);
+      for (std::size_t i = 0; i < message.msg_iovlen; ++i) {
+        const auto* from = static_cast<const std::byte*>(message.msg_iov[i].iov_base);
+        rest.insert(rest.end(), from, from + message.msg_iov[i].iov_len);
+      }
+      std::lock_guard lock(mutex_);
+      if (closed_) {
+        return fail(closed_error_locked());
+      }
+      if (!writer_.joinable()) {
+        writer_ = std::thread([this] { write_backlogs(); });
+        ++users_;  // the writer holds the descriptors open until it ends (it waits for this lock to start)
+      }
+      backlog_ = std::move(rest);
+      backlog_busy_ = true;
+      backlog_cv_.notify_all();
+      return ok();
+    } catch (const std::exception& e) {
+      // Part of the frame may be out already: the stream cannot go on.
+      return break_with(Errc::io_error,
+                        std::string("cannot hand the rest of a frame to the background writer: ") + e.what() +
+                            "; this end is closed");
     }
-    std::lock_guard lock(mutex_);
-    if (closed_) {
-      return fail(closed_error_locked());
-    }
-    backlog_ = std::move(rest);
-    backlog_busy_ = true;
-    if (!writer_.joinable()) {
-      writer_ = std::thread([this] { write_backlogs(); });
-      ++users_;  // the writer holds the descriptors open until it ends (it waits for this lock to start)
-    }
-    backlog_cv_.notify_all();
-    return ok();
   }
 
   // The background writer's thread: writes each backlog handed over, until this end is closed.
@@ -448,7 +501,7 @@ class SocketEndpoint final : public PipeEndpoint {
   std::optional<std::string> write_backlog(int fd) {
     std::size_t offset = 0;
     while (offset < backlog_.size()) {
-      ssize_t n = ::send(fd, backlog_.data() + offset, backlog_.size() - offset, MSG_NOSIGNAL);
+      ssize_t n = ::send(fd, backlog_.data() + offset, backlog_.size() - offset, MSG_NOSIGNAL | MSG_DONTWAIT);
       if (n >= 0) {
         offset += static_cast<std::size_t>(n);
         continue;
@@ -494,23 +547,26 @@ class SocketEndpoint final : public PipeEndpoint {
       return first;
     }
     const int fd = peer_.get();
+    // The peer is attached, so its socket blocks: the read waits for bytes itself, bounded by SO_RCVTIMEO
+    // (what is left of the timeout), and close()'s shutdown() wakes it.
     for (;;) {
-      auto got = reader_.read(fd);
+      auto left = deadline - Clock::now();
+      const bool wait = left > Clock::duration::zero();
+      if (wait && !bound_wait(fd, SO_RCVTIMEO, left, receive_timeout_)) {
+        return break_with(Errc::io_error, "setsockopt SO_RCVTIMEO: " + os_error(errno));
+      }
+      auto got = reader_.read(fd, wait);
+      if (got && *got) {
+        return std::move(*got);
+      }
+      if (closing_.load(std::memory_order_acquire)) {
+        return closed_error();  // our close() shut the socket down under the read
+      }
       if (!got) {
         return break_with(got.error().code, got.error().message);
       }
-      if (*got) {
-        return std::move(*got);
-      }
-      switch (wait_ready(fd, POLLIN, deadline)) {
-        case Wait::ready:
-          break;
-        case Wait::closed:
-          return closed_error();
-        case Wait::failed:
-          return break_with(Errc::io_error, "poll: " + os_error(errno));
-        case Wait::timeout:
-          return std::optional<Frame>();
+      if (!wait) {
+        return std::optional<Frame>();
       }
     }
   }
@@ -675,6 +731,9 @@ class SocketEndpoint final : public PipeEndpoint {
   // candidate go away.
   Result<bool> admit_peer(Fd fd, std::string who, FrameReader reader, std::optional<Frame> first) {
     reader.set_max_frame(settings_.max_frame, "max_frame_bytes");
+    if (!set_blocking(fd.get())) {
+      return error(Errc::io_error, "fcntl on " + who + ": " + os_error(errno));
+    }
     std::string description;
     {
       std::lock_guard lock(mutex_);
@@ -713,7 +772,11 @@ class SocketEndpoint final : public PipeEndpoint {
   int users_ = 0;
   bool driving_ = false;
   std::atomic<bool> attached_ = false;
-  std::string close_reason_;  // what closed this end, when an error did
+  std::string close_reason_;           // what closed this end, when an error did
+  std::atomic<bool> closing_ = false;  // closed_, readable without the lock
+
+  Clock::duration receive_timeout_{};  // SO_RCVTIMEO as last set (the receiving thread's)
+  Clock::duration send_timeout_{};     // SO_SNDTIMEO as last set (the sending thread's)
 
   // The background writer: backlog_ is the rest of one frame, owned by the writer while backlog_busy_.
   std::condition_variable backlog_cv_;
@@ -905,6 +968,9 @@ Result<std::unique_ptr<PipeEndpoint>> open_trainer_end(const Address& address,
       }
       set_buffers(fd.get(), settings.socket_buffer);
       int error = try_connect(fd.get(), address, deadline);
+      if (error == 0 && !set_blocking(fd.get())) {
+        error = errno;
+      }
       if (error == 0) {
         if (!address.is_unix()) {
           set_nodelay(fd.get());

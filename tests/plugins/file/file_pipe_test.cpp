@@ -539,6 +539,22 @@ TEST_F(FilePipeTest, CloseFromAnotherThreadWakesBlockedCallsAtOnce) {
   EXPECT_LT(std::chrono::duration_cast<std::chrono::milliseconds>(sent_at - closed_at).count(), 100);
 }
 
+TEST_F(FilePipeTest, StoppingTheJobWakesBlockedCallsWithCancelled) {
+  open_both();
+  auto waiting = std::async(std::launch::async, [&] {
+    auto got = trainer_->receive(10s);
+    return std::pair(std::move(got), Clock::now());
+  });
+  std::this_thread::sleep_for(50ms);
+  auto stopped_at = Clock::now();
+  kernel_->registry().request_stop();
+  auto [got, returned_at] = waiting.get();
+  ASSERT_FALSE(got);
+  EXPECT_EQ(got.error().code, Errc::cancelled);
+  EXPECT_LT(std::chrono::duration_cast<std::chrono::milliseconds>(returned_at - stopped_at).count(), 100);
+  EXPECT_EQ(job_->send(bytes("x"), 1s).error().code, Errc::cancelled);
+}
+
 TEST_F(FilePipeTest, FoldersAre0700AndFiles0600) {
   open_both();
   EXPECT_EQ(mode_of(root()), 0700u);

@@ -675,6 +675,33 @@ TEST_F(SocketPipeTest, CloseFromAnotherThreadWakesAReceiveWaitingForAPeer) {
   EXPECT_FALSE(std::filesystem::exists(socket_path()));
 }
 
+TEST_F(SocketPipeTest, CloseFromAnotherThreadWakesAReceiveBlockedInTheSocket) {
+  for (std::string address : {"unix:" + socket_path().string(), std::string("tcp:127.0.0.1:0")}) {
+    auto pipe = make_at(address);
+    auto job = open_job(*pipe);
+    auto trainer = open_trainer(pipe->address());
+    ASSERT_TRUE(job && trainer);
+    Clock::time_point closed_at;
+    std::thread closer([&] {
+      std::this_thread::sleep_for(50ms);
+      closed_at = Clock::now();
+      trainer->close();
+    });
+    auto got = trainer->receive(10s);
+    auto woke = Clock::now();
+    closer.join();
+    ASSERT_FALSE(got) << address;
+    EXPECT_EQ(got.error().code, Errc::closed) << address;
+    EXPECT_THAT(got.error().message, HasSubstr("this end is closed")) << address;
+    EXPECT_LT(std::chrono::duration_cast<std::chrono::milliseconds>(woke - closed_at).count(), 100)
+        << address;
+    // The job end sees the end of the stream.
+    auto end = job->receive(5s);
+    ASSERT_FALSE(end) << address;
+    EXPECT_EQ(end.error().code, Errc::closed) << address;
+  }
+}
+
 TEST_F(SocketPipeTest, CloseFromAnotherThreadWakesABlockedReceiveAndSend) {
   auto pipe = make();
   auto job = open_job(*pipe);
