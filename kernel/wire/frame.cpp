@@ -218,7 +218,9 @@ Result<void> encode_frame_with(std::vector<std::byte>& out, FrameHeader header, 
   put_u16(p + 42, static_cast<std::uint16_t>(headers_bytes));
   put_u32(p + 44, 0);
   std::byte* q = p + frame_header_size;
-  std::memcpy(q, topic.data(), topic.size());
+  if (!topic.empty()) {  // an empty string_view may hold a null pointer, which memcpy must not get
+    std::memcpy(q, topic.data(), topic.size());
+  }
   q += topic.size();
   for (const auto& [k, v] : headers) {
     put_u16(q, static_cast<std::uint16_t>(k.size()));

@@ -486,6 +486,9 @@ Result<void> SafetensorsSource::read(std::uint64_t offset, std::span<std::byte> 
                                             std::to_string(offset) + " runs past the end at " +
                                             std::to_string(size()));
   }
+  if (out.empty()) {
+    return ok();  // nothing to copy, and an empty span may hold a null pointer
+  }
   std::size_t done = 0;
   if (offset < header_.size()) {
     done = std::min<std::size_t>(out.size(), header_.size() - offset);
@@ -695,7 +698,9 @@ Result<void> CollectingConsumer::on_tensor_data(std::size_t tensor_index, std::u
     tensors_[tensor_index].bytes = std::span<const std::byte>(buffer.get(), size);
     tensors_[tensor_index].owner = std::move(buffer);
   }
-  std::memcpy(buffers_[tensor_index] + offset_in_tensor, bytes.data(), bytes.size());
+  if (!bytes.empty()) {
+    std::memcpy(buffers_[tensor_index] + offset_in_tensor, bytes.data(), bytes.size());
+  }
   return ok();
 }
 

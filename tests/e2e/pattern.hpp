@@ -81,4 +81,18 @@ class DigestSink final : public session::PayloadSink {
   std::uint64_t count_ = 0;
 };
 
+/// Hands the bytes on to a sink the test owns (the session destroys the sinks it is given).
+class ForwardSink final : public session::PayloadSink {
+ public:
+  explicit ForwardSink(session::PayloadSink& target) : target_(target) {}
+  Result<void> write(std::uint64_t offset, std::span<const std::byte> bytes) override {
+    return target_.write(offset, bytes);
+  }
+  void reset() override { target_.reset(); }
+  Result<void> finish() override { return target_.finish(); }
+
+ private:
+  session::PayloadSink& target_;
+};
+
 }  // namespace ember::test

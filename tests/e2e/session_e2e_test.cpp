@@ -166,11 +166,10 @@ class SessionE2E : public ::testing::TestWithParam<PipeCase> {
 TEST_P(SessionE2E, TaskAndResultCrossProcessesByteExact) {
   start("echo", {"--reply-bytes", std::to_string(3u << 20)});
   std::uint64_t size = (5u << 20) + 123;
-  test::DigestSink* sink = nullptr;
+  test::DigestSink digest;
   job_->set_sink_factory([&](const session::Message&) {
-    auto s = std::make_unique<test::DigestSink>();
-    sink = s.get();
-    return s;
+    digest.reset();
+    return std::make_unique<test::ForwardSink>(digest);
   });
   auto sent = job_->send(Op::task_ready, "train/round-1", {}, std::make_shared<test::PatternSource>(size, 1));
   ASSERT_TRUE(sent) << sent.error().message;
@@ -181,9 +180,8 @@ TEST_P(SessionE2E, TaskAndResultCrossProcessesByteExact) {
   ASSERT_TRUE(result) << result.error().message;
   EXPECT_EQ(*result->header("bytes"), std::to_string(size));
   EXPECT_EQ(*result->header("crc"), std::to_string(test::pattern_crc(size, 1)));
-  ASSERT_NE(sink, nullptr);
-  EXPECT_EQ(sink->count(), 3u << 20);
-  EXPECT_EQ(sink->crc(), test::pattern_crc(3u << 20, 2));
+  EXPECT_EQ(digest.count(), 3u << 20);
+  EXPECT_EQ(digest.crc(), test::pattern_crc(3u << 20, 2));
   job_->close(Op::shutdown, "done");
   auto status = peer_->wait_for(10s);
   ASSERT_TRUE(status);

@@ -1,5 +1,6 @@
 #include "wire/frame.hpp"
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <limits>
@@ -18,7 +19,9 @@ using Bytes = std::vector<std::byte>;
 
 Bytes to_bytes(std::string_view text) {
   Bytes out(text.size());
-  std::memcpy(out.data(), text.data(), text.size());
+  if (!text.empty()) {
+    std::memcpy(out.data(), text.data(), text.size());
+  }
   return out;
 }
 
@@ -134,6 +137,43 @@ TEST(Crc32c, ExtendsAcrossSplits) {
     EXPECT_EQ(crc32c_table_for_testing(crc32c_table_for_testing(0, span.first(split)), span.subspan(split)),
               whole)
         << split;
+  }
+}
+
+TEST(Crc32c, ThreeStreamPathAgreesWithTheTableAcrossStripes) {
+  // The hardware path runs three 4 KiB stripes side by side from 12 KiB on and combines them.
+  auto data = pattern(100'000 + 8, 5);
+  for (std::size_t offset : {0, 3}) {
+    for (std::size_t len :
+         {12'287, 12'288, 12'289, 12'288 + 8, 24'575, 24'576, 24'577, 36'864 + 13, 100'000}) {
+      auto span = std::span<const std::byte>(data).subspan(offset, len);
+      for (std::uint32_t seed : {0u, 0xFFFFFFFFu, 0x9E3779B9u}) {
+        ASSERT_EQ(crc32c(seed, span), crc32c_table_for_testing(seed, span))
+            << "offset " << offset << " length " << len << " seed " << seed;
+      }
+      // Split anywhere, including inside a stripe, the parts still chain to the whole.
+      auto whole = crc32c(0, span);
+      for (std::size_t split : {std::size_t{1}, std::size_t{4095}, std::size_t{12'288}, len / 2}) {
+        split = std::min(split, len);
+        ASSERT_EQ(crc32c(crc32c(0, span.first(split)), span.subspan(split)), whole) << len << " at " << split;
+      }
+    }
+  }
+  Bytes zeros(1 << 16, std::byte{0});
+  EXPECT_EQ(crc32c(0, zeros), crc32c_table_for_testing(0, zeros));
+  // Every length around one, two and three rounds of stripes, and a sweep up to 100 kB.
+  std::vector<std::size_t> lengths;
+  for (std::size_t round : {12'288, 24'576, 36'864}) {
+    for (std::size_t len = round - 9; len <= round + 9; ++len) {
+      lengths.push_back(len);
+    }
+  }
+  for (std::size_t len = 0; len <= 100'000; len += 997) {
+    lengths.push_back(len);
+  }
+  for (auto len : lengths) {
+    auto span = std::span<const std::byte>(data).subspan(1, len);
+    ASSERT_EQ(crc32c(7, span), crc32c_table_for_testing(7, span)) << "length " << len;
   }
 }
 
@@ -314,6 +354,46 @@ TEST(Frame, RoundTripsAMessageSplitIntoChunks) {
     joined.insert(joined.end(), view->payload.begin(), view->payload.end());
   }
   EXPECT_EQ(joined, message);
+}
+
+TEST(Frame, EncodeWithFillWritesThePayloadInPlace) {
+  auto payload = pattern(5000, 6);
+  Bytes copied = encode(header_for(payload.size()), "fill", {{"k", "v"}}, payload);
+  Bytes filled;
+  int calls = 0;
+  auto encoded = encode_frame_with(filled, header_for(payload.size()), "fill", {{"k", "v"}}, payload.size(),
+                                   [&](std::span<std::byte> into) {
+                                     ++calls;
+                                     EXPECT_EQ(into.size(), payload.size());
+                                     std::memcpy(into.data(), payload.data(), into.size());
+                                     return ok();
+                                   });
+  ASSERT_TRUE(encoded) << encoded.error().message;
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(filled, copied);
+
+  // No payload, no call; a failing fill is the encoder's error.
+  Bytes out;
+  EXPECT_TRUE(encode_frame_with(out, header_for(0), "", {}, 0, [&](std::span<std::byte>) {
+    ADD_FAILURE() << "called for an empty payload";
+    return ok();
+  }));
+  auto failed = encode_frame_with(out, header_for(10), "", {}, 10, [](std::span<std::byte>) -> Result<void> {
+    return fail(Errc::io_error, "source went away");
+  });
+  ASSERT_FALSE(failed);
+  EXPECT_EQ(failed.error().code, Errc::io_error);
+  // The limits are checked before the fill runs.
+  Limits small;
+  small.max_chunk = 9;
+  expect_invalid(encode_frame_with(
+                     out, header_for(10), "", {}, 10,
+                     [&](std::span<std::byte>) {
+                       ADD_FAILURE() << "called for a chunk over the limit";
+                       return ok();
+                     },
+                     small),
+                 "chunk of 10 bytes exceeds the limit of 9");
 }
 
 TEST(Frame, EncodeReplacesTheOutputsContents) {

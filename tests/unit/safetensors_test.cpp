@@ -40,7 +40,9 @@ Bytes pattern(std::size_t size, unsigned seed = 1) {
 
 Bytes to_bytes(std::string_view text) {
   Bytes out(text.size());
-  std::memcpy(out.data(), text.data(), text.size());
+  if (!text.empty()) {
+    std::memcpy(out.data(), text.data(), text.size());
+  }
   return out;
 }
 

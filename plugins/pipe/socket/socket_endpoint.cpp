@@ -379,18 +379,18 @@ class SocketEndpoint final : public PipeEndpoint {
         }
         continue;
       }
-      const int error = n < 0 ? errno : EAGAIN;
+      const int cause = n < 0 ? errno : EAGAIN;
       if (closing_.load(std::memory_order_acquire)) {
         return closed_error();
       }
-      if (error == EPIPE || error == ECONNRESET) {
-        return break_with(Errc::closed, "the peer has gone (" + os_error(error) + ")");
+      if (cause == EPIPE || cause == ECONNRESET) {
+        return break_with(Errc::closed, "the peer has gone (" + os_error(cause) + ")");
       }
-      if (error == EAGAIN || error == EWOULDBLOCK) {
+      if (cause == EAGAIN || cause == EWOULDBLOCK) {
         return hand_over(message, left);  // no room for a while: the peer is not reading now
       }
-      if (error != EINTR) {
-        return break_with(Errc::io_error, "sendmsg: " + os_error(error));
+      if (cause != EINTR) {
+        return break_with(Errc::io_error, "sendmsg: " + os_error(cause));
       }
     }
   }
@@ -478,7 +478,12 @@ class SocketEndpoint final : public PipeEndpoint {
           break;
         }
       }
-      auto failure = write_backlog(fd);
+      std::optional<std::string> failure;
+      try {
+        failure = write_backlog(fd);
+      } catch (const std::exception& e) {
+        failure = std::string("background writer: ") + e.what();
+      }
       {
         std::lock_guard lock(mutex_);
         backlog_ = Frame();
@@ -486,7 +491,11 @@ class SocketEndpoint final : public PipeEndpoint {
         backlog_cv_.notify_all();
       }
       if (failure) {
-        close_because(*failure);
+        try {
+          close_because(*failure);
+        } catch (...) {
+          close();
+        }
         break;
       }
     }
