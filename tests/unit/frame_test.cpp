@@ -10,20 +10,18 @@
 
 #include <gtest/gtest.h>
 
+#include "expect_error.hpp"
+
 #include "wire/crc32c.hpp"
 
 namespace ember::wire {
 namespace {
 
-using Bytes = std::vector<std::byte>;
+using test::expect_invalid;
+using test::expect_malformed;
+using test::to_bytes;
 
-Bytes to_bytes(std::string_view text) {
-  Bytes out(text.size());
-  if (!text.empty()) {
-    std::memcpy(out.data(), text.data(), text.size());
-  }
-  return out;
-}
+using Bytes = std::vector<std::byte>;
 
 Bytes pattern(std::size_t size, unsigned seed = 1) {
   Bytes out(size);
@@ -82,23 +80,6 @@ FrameHeader header_for(std::size_t payload_len) {
   h.msg_id = 7;
   h.total_len = payload_len;
   return h;
-}
-
-// Expects Errc::malformed with `what` in the message.
-template <class T>
-void expect_malformed(const Result<T>& result, std::string_view what) {
-  ASSERT_FALSE(result) << "accepted; expected: " << what;
-  EXPECT_EQ(result.error().code, Errc::malformed) << result.error().message;
-  EXPECT_NE(result.error().message.find(what), std::string::npos)
-      << "message: " << result.error().message << "\nexpected to contain: " << what;
-}
-
-template <class T>
-void expect_invalid(const Result<T>& result, std::string_view what) {
-  ASSERT_FALSE(result) << "accepted; expected: " << what;
-  EXPECT_EQ(result.error().code, Errc::invalid_argument) << result.error().message;
-  EXPECT_NE(result.error().message.find(what), std::string::npos)
-      << "message: " << result.error().message << "\nexpected to contain: " << what;
 }
 
 // ---- CRC-32C

@@ -13,13 +13,19 @@
 #include <unistd.h>
 
 #include <gtest/gtest.h>
+
 #include <nlohmann/json.hpp>
+#include "expect_error.hpp"
 
 #include "support.hpp"
 #include "wire/frame.hpp"
 
 namespace ember::wire {
 namespace {
+
+using test::expect_invalid;
+using test::expect_malformed;
+using test::to_bytes;
 
 using Bytes = std::vector<std::byte>;
 using Metadata = std::map<std::string, std::string>;
@@ -34,14 +40,6 @@ Bytes pattern(std::size_t size, unsigned seed = 1) {
   for (auto& b : out) {
     x = x * 1664525u + 1013904223u;
     b = static_cast<std::byte>(x >> 24);
-  }
-  return out;
-}
-
-Bytes to_bytes(std::string_view text) {
-  Bytes out(text.size());
-  if (!text.empty()) {
-    std::memcpy(out.data(), text.data(), text.size());
   }
   return out;
 }
@@ -120,22 +118,6 @@ Result<Collected> read_stream(std::span<const std::byte> file, std::size_t chunk
     return fail(done.error());
   }
   return Collected{consumer.take_tensors(), consumer.take_metadata()};
-}
-
-template <class T>
-void expect_malformed(const Result<T>& result, std::string_view what) {
-  ASSERT_FALSE(result) << "accepted; expected: " << what;
-  EXPECT_EQ(result.error().code, Errc::malformed) << result.error().message;
-  EXPECT_NE(result.error().message.find(what), std::string::npos)
-      << "message: " << result.error().message << "\nexpected to contain: " << what;
-}
-
-template <class T>
-void expect_invalid(const Result<T>& result, std::string_view what) {
-  ASSERT_FALSE(result) << "accepted; expected: " << what;
-  EXPECT_EQ(result.error().code, Errc::invalid_argument) << result.error().message;
-  EXPECT_NE(result.error().message.find(what), std::string::npos)
-      << "message: " << result.error().message << "\nexpected to contain: " << what;
 }
 
 // Every tensor kind the format has: each dtype, a scalar, zero-size tensors first, between and last.
