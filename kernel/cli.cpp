@@ -9,6 +9,7 @@
 #include "config.hpp"
 #include "exit_codes.hpp"
 #include "kernel.hpp"
+#include "simulate.hpp"
 
 namespace ember::kernel {
 
@@ -23,6 +24,7 @@ struct GlobalOptions {
   bool no_default_plugins = false;
   bool no_env_path = false;
   std::string log_level;
+  LogLevel default_level = LogLevel::warn;  ///< when neither the site nor --log-level sets one
 };
 
 // A config file that cannot be read is an I/O problem, not a missing plugin.
@@ -59,7 +61,7 @@ Result<std::unique_ptr<Kernel>> make_kernel(const GlobalOptions& global) {
   settings.use_default_paths = !global.no_default_plugins;
   settings.use_env_path = !global.no_env_path;
   if (!settings.log.level_set && global.log_level.empty()) {
-    settings.log.level = LogLevel::warn;  // the CLI prints results; logs only say what went wrong
+    settings.log.level = global.default_level;  // the CLI prints results; logs only say what went wrong
   }
   if (!global.log_level.empty()) {
     auto level = parse_level(global.log_level);
@@ -274,6 +276,22 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
 
   auto* version_cmd = app.add_subcommand("version", "Print the version, ABI version and build id");
 
+  auto* simulate_cmd = app.add_subcommand(
+      "simulate", "Run a job's server side and N client sites in one process, trainers as real processes");
+  SimulateOptions sim;
+  std::string sim_job;
+  std::string sim_workspace;
+  bool sim_quiet = false;
+  bool sim_verbose = false;
+  simulate_cmd->add_option("job", sim_job, "Job folder or job.toml")->required();
+  simulate_cmd->add_option("--clients,-n", sim.clients, "Number of client sites (site-1 .. site-N)")
+      ->capture_default_str();
+  simulate_cmd->add_option("--workspace,-w", sim_workspace,
+                           "Workspace folder (default ./ember-workspace/<job id>)");
+  simulate_cmd->add_option("--job-id", sim.job_id, "Job id (default <job name>-<UTC time>)");
+  simulate_cmd->add_flag("--quiet,-q", sim_quiet, "Print only the summary");
+  simulate_cmd->add_flag("--verbose,-v", sim_verbose, "Also show info-level logs on the console");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp&) {
@@ -286,7 +304,7 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
     // Help of a subcommand arrives here too, as a parse "error" with exit code 0.
     if (e.get_exit_code() == 0) {
       const CLI::App* target = &app;
-      for (auto* sub : {describe_cmd, plugins_cmd, validate_cmd, version_cmd}) {
+      for (auto* sub : {describe_cmd, plugins_cmd, validate_cmd, version_cmd, simulate_cmd}) {
         if (sub->parsed()) {
           target = sub;
           break;
@@ -304,6 +322,9 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
     return exit_code::ok;
   }
   try {
+    if (simulate_cmd->parsed() && global.log_level.empty()) {
+      global.default_level = LogLevel::info;  // the site logs get info; the console shows warnings only
+    }
     auto kernel = make_kernel(global);
     if (!kernel) {
       err << "ember: " << kernel.error().message << "\n";
@@ -317,6 +338,15 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
     }
     if (validate_cmd->parsed()) {
       return validate(**kernel, validate_paths, out, err);
+    }
+    if (simulate_cmd->parsed()) {
+      if (!sim_verbose && global.log_level.empty()) {
+        (*kernel)->logs().set_console_level(LogLevel::warn);
+      }
+      sim.job = sim_job;
+      sim.workspace = sim_workspace;
+      sim.progress = !sim_quiet;
+      return simulate(**kernel, sim, out, err);
     }
   } catch (const std::exception& e) {
     err << "ember: internal error: " << e.what() << "\n";

@@ -331,8 +331,8 @@ Result<toml::table> parse_toml(std::string_view text, const std::string& name) {
 
 }  // namespace
 
-Result<JobConfig> parse_job(std::string_view text, const std::string& name,
-                            const ComponentRegistry& registry) {
+Result<JobConfig> parse_job(std::string_view text, const std::string& name, const ComponentRegistry& registry,
+                            const std::optional<Substitutions>& given_subs) {
   auto parsed = parse_toml(text, name);
   if (!parsed) {
     return fail(std::move(parsed.error()));
@@ -364,6 +364,9 @@ Result<JobConfig> parse_job(std::string_view text, const std::string& name,
   read_log(root, job.log, problems);
   Substitutions subs = registry.substitutions();
   subs.job_id = job.name;
+  if (given_subs) {
+    subs = *given_subs;
+  }
   if (const auto* components = sub_table(root, "components", "components", problems)) {
     for (const auto& [key, node] : *components) {
       read_component(std::string(key.str()), node, registry, subs, job, problems);
@@ -397,14 +400,15 @@ Result<std::string> read_text_file(const fs::path& file, std::size_t max_bytes) 
   return content.str();
 }
 
-Result<JobConfig> load_job(const fs::path& path, const ComponentRegistry& registry) {
+Result<JobConfig> load_job(const fs::path& path, const ComponentRegistry& registry,
+                           const std::optional<Substitutions>& subs) {
   std::error_code ec;
   fs::path file = fs::is_directory(path, ec) ? path / "job.toml" : path;
   auto text = read_text_file(file);
   if (!text) {
     return fail(std::move(text.error()));
   }
-  return parse_job(*text, file.string(), registry);
+  return parse_job(*text, file.string(), registry, subs);
 }
 
 Result<SiteConfig> parse_site(std::string_view text, const std::string& name, const fs::path& base) {

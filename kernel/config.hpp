@@ -4,10 +4,12 @@
 
 #include <chrono>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include <ember/job.hpp>
 #include <ember/options.hpp>
 #include <ember/result.hpp>
 
@@ -21,16 +23,8 @@ class ComponentRegistry;
 /// The schema version this kernel reads.
 inline constexpr std::int64_t config_schema_version = 1;
 
-/// The named timeouts of a job (DESIGN §4). Transfers time out on lack of progress, never on total time.
-struct Timeouts {
-  std::chrono::milliseconds launch{std::chrono::seconds(60)};             ///< launch until HELLO
-  std::chrono::milliseconds heartbeat_interval{std::chrono::seconds(5)};  ///< between heartbeats
-  std::chrono::milliseconds heartbeat_timeout{std::chrono::seconds(30)};  ///< silence before PEER_GONE
-  std::chrono::milliseconds task_wait{std::chrono::minutes(5)};           ///< for a task to be accepted
-  std::chrono::milliseconds result_wait{std::chrono::hours(1)};           ///< for a task's result
-  std::chrono::milliseconds shutdown_grace{std::chrono::seconds(10)};     ///< SIGTERM to SIGKILL
-  std::chrono::milliseconds stream_idle{std::chrono::seconds(60)};        ///< no progress in a transfer
-};
+/// The named timeouts of a job (DESIGN §4), as the SDK describes them to components.
+using Timeouts = ember::JobTimeouts;
 
 /// Session settings that are not timeouts.
 struct SessionSettings {
@@ -79,11 +73,14 @@ struct SiteConfig {
 };
 
 /// Loads `path` (a job folder holding job.toml, or the file itself) and validates it against `registry`.
-Result<JobConfig> load_job(const std::filesystem::path& path, const ComponentRegistry& registry);
+/// `subs`, when given, replaces the registry's substitutions (a simulated site's {site}, {job_id},
+/// {workspace}).
+Result<JobConfig> load_job(const std::filesystem::path& path, const ComponentRegistry& registry,
+                           const std::optional<Substitutions>& subs = std::nullopt);
 
 /// Parses job TOML from memory; `name` stands for the file in messages.
-Result<JobConfig> parse_job(std::string_view text, const std::string& name,
-                            const ComponentRegistry& registry);
+Result<JobConfig> parse_job(std::string_view text, const std::string& name, const ComponentRegistry& registry,
+                            const std::optional<Substitutions>& subs = std::nullopt);
 
 /// Loads a site file.
 Result<SiteConfig> load_site(const std::filesystem::path& file);

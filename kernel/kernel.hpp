@@ -29,6 +29,9 @@ struct KernelSettings {
 
 /// The build tree's plugin folder when this program runs from the build tree, else the installed one.
 std::filesystem::path default_plugin_dir();
+/// Where example trainers live: the build tree's examples/ when run from it, else the installed libexec
+/// folder.
+std::filesystem::path default_program_dir();
 
 class Kernel {
  public:

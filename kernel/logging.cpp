@@ -148,6 +148,44 @@ std::shared_ptr<Logger> LogHub::get(const std::string& category) {
   return logger;
 }
 
+std::shared_ptr<Logger> LogHub::get(const std::string& category, const std::string& site) {
+  std::string name = site + " " + category;
+  std::lock_guard lock(mutex_);
+  if (auto it = loggers_.find(name); it != loggers_.end()) {
+    return it->second;
+  }
+  std::vector<std::shared_ptr<spdlog::sinks::sink>> sinks = sinks_;
+  if (auto it = site_sinks_.find(site); it != site_sinks_.end()) {
+    sinks.push_back(it->second);
+  }
+  auto impl = std::make_shared<spdlog::logger>(name, sinks.begin(), sinks.end());
+  impl->set_level(to_spdlog(level_for(category)));
+  impl->flush_on(spdlog::level::warn);
+  raw_.push_back(impl);
+  auto logger = std::make_shared<SpdLogger>(name, std::move(impl));
+  loggers_.emplace(name, logger);
+  return logger;
+}
+
+void LogHub::set_console_level(LogLevel level) {
+  std::lock_guard lock(mutex_);
+  if (!sinks_.empty()) {
+    sinks_.front()->set_level(to_spdlog(level));
+  }
+}
+
+Result<void> LogHub::add_site_file(const std::string& site, const std::filesystem::path& file) {
+  try {
+    auto sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(file.string(), false);
+    sink->set_pattern(log_pattern);
+    std::lock_guard lock(mutex_);
+    site_sinks_.insert_or_assign(site, std::move(sink));
+    return ok();
+  } catch (const std::exception& e) {
+    return fail(Errc::io_error, file.string() + ": cannot open log file: " + e.what());
+  }
+}
+
 Result<void> LogHub::add_file(const std::filesystem::path& file) {
   try {
     auto sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(file.string(), false);

@@ -56,8 +56,15 @@ class LogHub {
 
   /// The logger of `category`, created on first use.
   std::shared_ptr<Logger> get(const std::string& category);
-  /// Also writes every line to `file` (appending); used for a job's per-site log.
+  /// The logger of `category` for a simulated site: named "<site> <category>", with the category's level,
+  /// writing to the common sinks and to the site's file (add_site_file), if any.
+  std::shared_ptr<Logger> get(const std::string& category, const std::string& site);
+  /// Also writes every line to `file` (appending); used for a job's log.
   Result<void> add_file(const std::filesystem::path& file);
+  /// Writes the lines of `site`'s loggers (created after this call) to `file` as well.
+  Result<void> add_site_file(const std::string& site, const std::filesystem::path& file);
+  /// Shows only lines at `level` or above on stderr (files keep the categories' levels).
+  void set_console_level(LogLevel level);
   /// The level a category gets under the current settings.
   LogLevel level_for(std::string_view category) const;
 
@@ -65,6 +72,7 @@ class LogHub {
   LogSettings settings_;
   mutable std::mutex mutex_;
   std::vector<std::shared_ptr<spdlog::sinks::sink>> sinks_;
+  std::map<std::string, std::shared_ptr<spdlog::sinks::sink>, std::less<>> site_sinks_;
   std::map<std::string, std::shared_ptr<Logger>, std::less<>> loggers_;
   std::vector<std::shared_ptr<spdlog::logger>> raw_;
 };

@@ -82,20 +82,28 @@ Result<Options> ComponentRegistry::resolve_options(const ComponentInfo& componen
 
 Result<std::shared_ptr<Component>> ComponentRegistry::create(std::string_view type, const Options& options,
                                                              std::string_view instance) {
+  return create_in(type, options, instance, Scope{workspace_, subs_, this, {}});
+}
+
+Result<std::shared_ptr<Component>> ComponentRegistry::create_in(std::string_view type, const Options& options,
+                                                                std::string_view instance,
+                                                                const Scope& scope) {
   const auto* component = find(type);
   if (component == nullptr) {
     return fail(Errc::not_found, "no component of type '" + std::string(type) +
                                      "' is registered (run 'ember plugins' to list what was found)");
   }
-  auto resolved = resolve_options(*component, options, subs_);
+  auto resolved =
+      scope.options_resolved ? Result<Options>(options) : resolve_options(*component, options, scope.subs);
   if (!resolved) {
     return fail(std::move(resolved.error()));
   }
   const PluginInfo* plugin = provider(type);
   std::string category = "plugin." + component->type;
   ComponentContext context(component->type, instance.empty() ? component->type : std::string(instance),
-                           logs_.get(category), std::move(*resolved), workspace_, events_, *this,
-                           stop_.get_token());
+                           scope.site.empty() ? logs_.get(category) : logs_.get(category, scope.site),
+                           std::move(*resolved), scope.workspace, events_,
+                           scope.registry != nullptr ? *scope.registry : *this, stop_.get_token());
   auto made = component->factory(context);
   if (!made) {
     return fail(Errc::create_failed, plugin->path.string() + ": creating '" + component->type +

@@ -44,6 +44,21 @@ class ComponentRegistry final : public Registry {
 
   Result<std::shared_ptr<Component>> create(std::string_view type, const Options& options,
                                             std::string_view instance = {}) override;
+
+  /// Where a component is created: its workspace, substitutions, the registry its context hands out (a job
+  /// scope, so nested creates stay in the job) and, for a simulated site, the site its logger writes for.
+  struct Scope {
+    std::filesystem::path workspace;
+    Substitutions subs;
+    Registry* registry = nullptr;
+    std::string site;               ///< empty: the kernel's own log only
+    bool options_resolved = false;  ///< the options were validated already (a loaded job's components)
+  };
+  /// create() in `scope`.
+  Result<std::shared_ptr<Component>> create_in(std::string_view type, const Options& options,
+                                               std::string_view instance, const Scope& scope);
+  /// The stop token every component's context carries.
+  std::stop_token stop_token() const noexcept { return stop_.get_token(); }
   bool contains(std::string_view type) const override { return find(type) != nullptr; }
 
   /// The substitutions applied to string options.

@@ -1,17 +1,12 @@
 #include "session_settings.hpp"
 
 #include "duration.hpp"
+#include "session/bootstrap.hpp"
 
 namespace ember::kernel {
 
 session::Settings session_settings(const Timeouts& timeouts, const SessionSettings& session) {
-  session::Settings s;
-  s.launch = timeouts.launch;
-  s.heartbeat_interval = timeouts.heartbeat_interval;
-  s.heartbeat_timeout = timeouts.heartbeat_timeout;
-  s.stream_idle = timeouts.stream_idle;
-  s.max_resends = static_cast<int>(session.max_resends);
-  return s;
+  return session::settings_from(timeouts, session.max_resends);
 }
 
 std::string describe(const session::Settings& s) {

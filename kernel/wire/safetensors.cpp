@@ -1,5 +1,7 @@
 #include "wire/safetensors.hpp"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <charconv>
 #include <cstring>
@@ -664,6 +666,21 @@ Result<void> SafetensorsStreamReader::finish() {
 
 // ---- collecting consumer
 
+std::shared_ptr<std::byte[]> allocate_tensor_buffer(std::size_t size) {
+  // Large buffers on 2 MiB boundaries, with transparent huge pages asked for: a 100 MiB tensor then costs 50
+  // page faults instead of 25,600, which is most of what receiving it costs beyond the copy itself.
+  constexpr std::size_t huge = std::size_t{2} << 20;
+  if (size >= 2 * huge) {
+    std::size_t rounded = (size + huge - 1) / huge * huge;
+    if (void* p = std::aligned_alloc(huge, rounded)) {
+      ::madvise(p, rounded, MADV_HUGEPAGE);
+      return std::shared_ptr<std::byte[]>(static_cast<std::byte*>(p), [](std::byte* q) { std::free(q); });
+    }
+    return nullptr;
+  }
+  return std::shared_ptr<std::byte[]>(new (std::nothrow) std::byte[size]);
+}
+
 Result<void> CollectingConsumer::on_header(const SafetensorsHeader& header) {
   tensors_.clear();
   buffers_.clear();
@@ -689,7 +706,7 @@ Result<void> CollectingConsumer::on_tensor_data(std::size_t tensor_index, std::u
   }
   if (buffers_[tensor_index] == nullptr) {
     auto size = static_cast<std::size_t>(sizes_[tensor_index]);
-    std::shared_ptr<std::byte[]> buffer(new (std::nothrow) std::byte[size]);
+    auto buffer = allocate_tensor_buffer(size);
     if (!buffer) {
       return fail(Errc::internal, "safetensors: " + tensor_at(tensors_[tensor_index].name) +
                                       "cannot allocate " + std::to_string(size) + " bytes");

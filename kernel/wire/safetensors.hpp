@@ -139,6 +139,10 @@ class SafetensorsStreamReader {
   std::optional<Error> error_;   // set once feed() or finish() failed
 };
 
+/// Uninitialised memory for a tensor of `size` bytes (null if it cannot be had); large buffers are aligned to
+/// 2 MiB and marked for transparent huge pages.
+std::shared_ptr<std::byte[]> allocate_tensor_buffer(std::size_t size);
+
 /// A Consumer that keeps the tensors: one buffer per tensor, allocated when its first byte arrives (so
 /// `limits.max_data` of the reader bounds it), owned by the WireTensor it yields.
 class CollectingConsumer final : public SafetensorsStreamReader::Consumer {

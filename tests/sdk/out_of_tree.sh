@@ -46,13 +46,13 @@ py_check() {
   python3 -c "$1" "${@:2}" || die "check failed: see above"
 }
 
-# 1. Install the SDK only (headers and ember-sdk.pc carry the 'devel' tag).
+# 1. Install the SDK only (headers, ember-sdk.pc and the Client API's ember-client.pc carry the 'devel' tag).
 run_logged install meson install -C "$build_root" --no-rebuild --tags devel --destdir "$dest"
 pc=$(find "$dest" -name ember-sdk.pc -print -quit)
 [[ -n $pc ]] || die "no ember-sdk.pc under $dest"
 echo "installed: $pc"
-stray=$(find "$dest" -type f ! -path '*/include/ember/*.hpp' ! -name ember-sdk.pc)
-[[ -z $stray ]] || die "the devel install holds more than the SDK headers and ember-sdk.pc:"$'\n'"$stray"
+stray=$(find "$dest" -type f ! -path '*/include/ember/*.hpp' ! -name ember-sdk.pc ! -name ember-client.pc)
+[[ -z $stray ]] || die "the devel install holds more than the SDK headers and the .pc files:"$'\n'"$stray"
 
 export PKG_CONFIG_PATH=${pc%/*}
 # A .pc generated with pkgconfig.relocatable=true finds its prefix from its own folder. Otherwise its

@@ -1,5 +1,7 @@
 #include "file_endpoint.hpp"
 
+#include <thread>
+
 #include <exception>
 #include <new>
 
@@ -129,8 +131,13 @@ void FileEndpoint::close_job_end(std::uint64_t sent) {
   refresh_peer(root_, settings_.side, settings_.epoch, trainer);
   const std::size_t waiting = frames_waiting(root_.to_trainer.get(), settings_.epoch);
   if (trainer.ended || waiting == 0) {
-    // Nothing more for the trainer to read: the folder goes, and the trainer sees it go (closed).
+    // Nothing more for the trainer to read: the folder goes, and the trainer sees it go (closed). A trainer
+    // that is closing at the same moment may still be writing its end marker: try again a few times.
     auto stayed = remove_root(root_);
+    for (int attempt = 0; attempt < 5 && !stayed.empty(); ++attempt) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      stayed = remove_root(root_);
+    }
     if (stayed.empty()) {
       logger_->debug("pipe.file dir:" + root_.path + ": job end closed after sending " +
                      std::to_string(sent) + " frames; folder removed");

@@ -11,6 +11,7 @@
 
 #include <ember/abi.hpp>
 #include <ember/event_bus.hpp>
+#include <ember/job.hpp>
 #include <ember/logger.hpp>
 #include <ember/options.hpp>
 #include <ember/result.hpp>
@@ -57,6 +58,12 @@ class EMBER_API Component {
 };
 
 class Registry;
+
+/// A component as the job configures it: its type and its validated options.
+struct ConfiguredComponent {
+  std::string type;  ///< "pipe.socket"
+  Options options;   ///< validated, defaults filled in, substituted for this site
+};
 
 /// What the kernel hands a component when it creates it.
 class ComponentContext {
@@ -128,6 +135,33 @@ class EMBER_API Registry {
     if (!typed) {
       return fail(Errc::invalid_argument,
                   "component '" + std::string(type) + "' does not implement the requested interface");
+    }
+    return typed;
+  }
+
+  /// The job this registry creates components for, or null outside a job (`ember plugins`, tests).
+  virtual const JobInfo* job() const noexcept { return nullptr; }
+  /// Creates the job's component configured under [components.<id>], with its options from the job file
+  /// (substituted for this site). Errc::not_found outside a job or for an unknown id.
+  virtual Result<std::shared_ptr<Component>> create_configured(std::string_view id) {
+    return fail(Errc::not_found, "no job: component '" + std::string(id) + "' cannot be looked up");
+  }
+  /// The type and options of the job's component [components.<id>], without creating it (an executor
+  /// passes them on to the trainer it launches). Errc::not_found outside a job or for an unknown id.
+  virtual Result<ConfiguredComponent> configured(std::string_view id) const {
+    return fail(Errc::not_found, "no job: component '" + std::string(id) + "' cannot be looked up");
+  }
+  /// create_configured() and a check that the component implements interface T.
+  template <class T>
+  Result<std::shared_ptr<T>> create_configured_as(std::string_view id) {
+    auto made = create_configured(id);
+    if (!made) {
+      return fail(std::move(made.error()));
+    }
+    auto typed = std::dynamic_pointer_cast<T>(*made);
+    if (!typed) {
+      return fail(Errc::invalid_argument, "component '" + std::string(id) +
+                                              "' of the job does not implement the requested interface");
     }
     return typed;
   }

@@ -1,0 +1,546 @@
+// executor.external-trainer: the client job's side of a task. Launches the training program through the
+// job's launcher, hands it a 0600 bootstrap file, runs the session over the job's pipe, passes tasks and
+// results, forwards the trainer's LOG metrics, and turns every failure into a task error that says why.
+
+#include <atomic>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include <ember/converter.hpp>
+#include <ember/executor.hpp>
+#include <ember/launcher.hpp>
+#include <ember/pipe.hpp>
+#include <ember/plugin.hpp>
+
+#include "session/bootstrap.hpp"
+#include "session/bundle.hpp"
+#include "session/session.hpp"
+
+namespace ember::external_trainer {
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+using wire::Op;
+
+std::string describe_exit(const ExitStatus& status) {
+  return status.how == ExitStatus::How::exited ? "exited with code " + std::to_string(status.value)
+                                               : "was killed by signal " + std::to_string(status.value);
+}
+
+std::string header_or(const session::Message& m, std::string_view key, std::string fallback = {}) {
+  const auto* v = m.header(key);
+  return v != nullptr ? *v : std::move(fallback);
+}
+
+std::string join(const std::vector<std::string>& items, std::string_view sep) {
+  std::string out;
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    out += (i == 0 ? "" : std::string(sep)) + items[i];
+  }
+  return out;
+}
+
+std::vector<std::string> split(const std::string& text, char sep) {
+  std::vector<std::string> out;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    auto end = text.find(sep, start);
+    if (end == std::string::npos) {
+      end = text.size();
+    }
+    if (end > start) {
+      out.push_back(text.substr(start, end - start));
+    }
+    start = end + 1;
+  }
+  return out;
+}
+
+class ExternalTrainer final : public Executor {
+ public:
+  explicit ExternalTrainer(const ComponentContext& context)
+      : log_(context.logger_ptr()),
+        events_(context.events()),
+        registry_(context.registry()),
+        workspace_(context.workspace()),
+        stop_(context.stop_token()),
+        launcher_id_(context.options().string("launcher")),
+        pipe_id_(context.options().string("pipe")),
+        command_(context.options().string_list("command")),
+        per_task_(context.options().string("launch") == "task"),
+        converter_ids_(context.options().string_list("converters")),
+        env_(context.options().string_list("env")),
+        gpus_(context.options().string_list("gpus")),
+        check_layout_(context.options().boolean("check_layout")),
+        spill_over_(context.options().integer("spill_over")) {
+    const auto& launch = context.options().string("launch");
+    if (launch != "job" && launch != "task") {
+      throw std::invalid_argument("option 'launch' must be \"job\" or \"task\", not \"" + launch + "\"");
+    }
+    if (spill_over_ < 0) {
+      throw std::invalid_argument("option 'spill_over' must be 0 (never) or a size in bytes");
+    }
+    if (command_.empty()) {
+      throw std::invalid_argument("option 'command' is empty: name the training program to run");
+    }
+    for (const auto& entry : env_) {
+      if (entry.find('=') == std::string::npos || entry.front() == '=') {
+        throw std::invalid_argument("option 'env': entry \"" + entry + "\" is not NAME=VALUE");
+      }
+    }
+    if (const JobInfo* job = registry_.job()) {
+      job_ = *job;
+    }
+    settings_ = session::settings_from(job_.timeouts, job_.max_resends);
+  }
+
+  ~ExternalTrainer() override { stop(); }
+
+  Result<void> start() override {
+    std::lock_guard lock(mutex_);
+    if (registry_.job() == nullptr) {
+      return fail(Errc::invalid_argument,
+                  "executor.external-trainer runs inside a job (ember simulate or a "
+                  "client job); it was created without one");
+    }
+    auto launcher = registry_.create_configured_as<Launcher>(launcher_id_);
+    if (!launcher) {
+      return fail(Errc::invalid_config,
+                  "option 'launcher' = \"" + launcher_id_ + "\": " + launcher.error().message);
+    }
+    launcher_ = *launcher;
+    auto pipe_config = registry_.configured(pipe_id_);
+    auto pipe = registry_.create_configured_as<Pipe>(pipe_id_);
+    if (!pipe_config || !pipe) {
+      return fail(Errc::invalid_config, "option 'pipe' = \"" + pipe_id_ +
+                                            "\": " + (!pipe ? pipe.error() : pipe_config.error()).message);
+    }
+    pipe_type_ = pipe_config->type;
+    pipe_options_ = pipe_config->options;
+    pipe_ = *pipe;
+    for (const auto& id : converter_ids_) {
+      auto converter = registry_.configured(id);
+      if (!converter) {
+        return fail(Errc::invalid_config,
+                    "option 'converters': \"" + id + "\": " + converter.error().message);
+      }
+      if (!converter->type.starts_with("converter.")) {
+        return fail(Errc::invalid_config, "option 'converters': component \"" + id + "\" is a " +
+                                              converter->type + ", not a converter");
+      }
+      converters_.push_back(std::move(*converter));
+    }
+    if (!per_task_) {
+      return launch_trainer();
+    }
+    return ok();
+  }
+
+  Result<TaskData> execute(const TaskData& task, std::stop_token stop) override {
+    std::lock_guard lock(mutex_);
+    if (!launcher_) {
+      return fail(Errc::invalid_argument, "execute() before start()");
+    }
+    if (!trainer_) {
+      if (per_task_ || launches_ == 0) {
+        if (auto launched = launch_trainer(); !launched) {
+          return fail(std::move(launched.error()));
+        }
+      } else {
+        return fail(Errc::peer_gone, site() + ": the trainer is gone (" + gone_reason_ + ")");
+      }
+    }
+    auto result = run_task(task, stop);
+    if (!result || per_task_) {
+      // A failed task leaves the trainer in an unknown state: end it, so the next task starts clean (per
+      // task) or fails at once saying why (per job).
+      end_trainer(result ? "task done" : result.error().message, !result);
+    }
+    return result;
+  }
+
+  void stop() noexcept override {
+    std::lock_guard lock(mutex_);
+    end_trainer("job finished", false);
+  }
+
+ private:
+  std::string site() const { return job_.site.empty() ? std::string("site") : job_.site; }
+
+  struct Trainer {
+    std::unique_ptr<LaunchHandle> handle;
+    std::unique_ptr<session::Session> session;
+    std::shared_ptr<session::BundleInbox> inbox;
+  };
+
+  std::vector<std::string> resolve_command() const {
+    std::vector<std::string> argv = command_;
+    std::filesystem::path program(argv[0]);
+    std::error_code ec;
+    if (program.is_relative() && argv[0].find('/') != std::string::npos) {
+      argv[0] = (job_.job_dir / program).lexically_normal().string();
+    } else if (program.is_relative()) {
+      std::vector<std::filesystem::path> dirs{job_.job_dir};
+      dirs.insert(dirs.end(), job_.program_paths.begin(), job_.program_paths.end());
+      for (const auto& dir : dirs) {
+        auto candidate = dir / program;
+        if (!dir.empty() && std::filesystem::is_regular_file(candidate, ec) &&
+            ::access(candidate.c_str(), X_OK) == 0) {
+          argv[0] = candidate.string();
+          break;
+        }
+      }
+    }
+    return argv;
+  }
+
+  Result<void> launch_trainer() {
+    ++launches_;
+    auto token = session::make_token();
+    if (!token) {
+      return fail(std::move(token.error()));
+    }
+    auto endpoint = pipe_->open(PipeSide::job, job_.timeouts.launch, session::admit_hello(*token));
+    if (!endpoint) {
+      return fail(endpoint.error().code, site() + ": cannot open the pipe '" + pipe_id_ + "' (" + pipe_type_ +
+                                             "): " + endpoint.error().message);
+    }
+    session::Bootstrap b;
+    b.job_id = job_.job_id;
+    b.job_name = job_.job_name;
+    b.site = job_.site;
+    b.token = *token;
+    b.workspace = workspace_;
+    b.pipe = session::ComponentRef{pipe_type_, plugin_file(pipe_type_), pipe_options_};
+    b.pipe.options.set("address", pipe_->address());
+    for (const auto& c : converters_) {
+      b.converters.push_back(session::ComponentRef{c.type, plugin_file(c.type), c.options});
+    }
+    b.timeouts = job_.timeouts;
+    b.max_resends = job_.max_resends;
+    b.plugin_paths = job_.plugin_paths;
+    auto bootstrap_file = workspace_ / "ember-bootstrap.json";
+    std::error_code ec;
+    std::filesystem::create_directories(workspace_, ec);
+    if (auto written = session::write_bootstrap(bootstrap_file, b); !written) {
+      return fail(std::move(written.error()));
+    }
+
+    LaunchSpec spec;
+    spec.name = site() + ".trainer";
+    spec.argv = resolve_command();
+    for (const auto& entry : env_) {
+      auto eq = entry.find('=');
+      spec.env[entry.substr(0, eq)] = entry.substr(eq + 1);
+    }
+    spec.env["EMBER_BOOTSTRAP"] = bootstrap_file.string();
+    spec.env["EMBER_SITE"] = job_.site;
+    spec.env["EMBER_JOB_ID"] = job_.job_id;
+    spec.cwd = workspace_;
+    spec.gpus = gpus_;
+    auto t0 = Clock::now();
+    auto handle = launcher_->launch(spec);
+    if (!handle) {
+      return fail(handle.error().code,
+                  site() + ": cannot launch the trainer '" + spec.argv[0] + "': " + handle.error().message);
+    }
+    Trainer trainer;
+    trainer.handle = std::move(*handle);
+    trainer.inbox = std::make_shared<session::BundleInbox>(wire::SafetensorsLimits{}, workspace_,
+                                                           static_cast<std::uint64_t>(spill_over_));
+    trainer.session = std::make_unique<session::Session>(session::Role::job, std::move(*endpoint), settings_,
+                                                         log_, &events_);
+    trainer.session->set_sink_factory(trainer.inbox->sink_factory());
+
+    // The trainer may die before it says HELLO: watch it, so that shows at once instead of after `launch`.
+    std::optional<ExitStatus> early_exit;
+    std::mutex early_mutex;
+    {
+      std::jthread watcher([&](std::stop_token watch_stop) {
+        while (!watch_stop.stop_requested() && !stop_.stop_requested()) {
+          auto status = trainer.handle->wait(25ms);
+          if (status && *status) {
+            std::lock_guard early_lock(early_mutex);
+            early_exit = **status;
+            trainer.session->close(Op::abort, "trainer exited");
+            return;
+          }
+        }
+        if (stop_.stop_requested()) {
+          trainer.session->close(Op::abort, "job stopped");
+        }
+      });
+      std::vector<std::pair<std::string, std::string>> accept_headers{{"site", job_.site},
+                                                                      {"job_id", job_.job_id}};
+      auto hello = trainer.session->accept(*token, accept_headers);
+      watcher.request_stop();
+      watcher.join();
+      if (!hello) {
+        std::string why;
+        {
+          std::lock_guard early_lock(early_mutex);
+          if (early_exit) {
+            why =
+                "the trainer " + describe_exit(*early_exit) + " before HELLO (its output is in the site log)";
+          }
+        }
+        if (why.empty()) {
+          why = hello.error().code == Errc::timeout ? "the trainer did not say HELLO within launch = " +
+                                                          std::to_string(job_.timeouts.launch.count()) + " ms"
+                                                    : hello.error().message;
+        }
+        trainer.session->close(Op::abort, why);
+        auto status = trainer.handle->stop(job_.timeouts.shutdown_grace);
+        return fail(hello.error().code == Errc::rejected ? Errc::rejected : Errc::peer_gone,
+                    site() + ": " + why + (status ? " [trainer " + describe_exit(*status) + "]" : ""));
+      }
+      // Converters declared in HELLO: a trainer that cannot convert what the job expects fails here, at
+      // session start, not in the middle of a round.
+      std::vector<std::string> declared;
+      for (const auto& [key, value] : hello->headers) {
+        if (key == "converters") {
+          declared = split(value, ',');
+        }
+      }
+      for (const auto& c : converters_) {
+        if (std::find(declared.begin(), declared.end(), c.type) == declared.end()) {
+          std::string why = "the trainer does not speak " + c.type + " (HELLO declared: " +
+                            (declared.empty() ? std::string("none") : join(declared, ", ")) + ")";
+          trainer.session->close(Op::abort, why);
+          trainer.handle->stop(job_.timeouts.shutdown_grace);
+          return fail(Errc::rejected, site() + ": " + why);
+        }
+      }
+    }
+    auto ready_ms = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count();
+    log_->log(LogLevel::info, "trainer " + trainer.handle->id() + " ready in " +
+                                  std::to_string(ready_ms / 1000) + "." +
+                                  std::to_string(ready_ms % 1000 / 100) + " ms over " + pipe_type_ + " (" +
+                                  trainer.session->peer() + ")");
+    events_.publish(Event{"trainer.ready",
+                          "executor.external-trainer",
+                          {{"site", job_.site}, {"micros", std::to_string(ready_ms)}}});
+    trainer_ = std::move(trainer);
+    return ok();
+  }
+
+  std::filesystem::path plugin_file(const std::string& type) const {
+    auto it = job_.plugin_files.find(type);
+    return it != job_.plugin_files.end() ? it->second : std::filesystem::path{};
+  }
+
+  Error task_error(const Error& cause, const TaskData& task) {
+    // What the trainer process did says more than the session's view of it.
+    if (trainer_) {
+      auto status = trainer_->handle->wait(200ms);
+      if (status && *status) {
+        return Error{Errc::peer_gone, site() + ": task '" + task.name + "' round " +
+                                          std::to_string(task.round) + " failed: the trainer " +
+                                          describe_exit(**status)};
+      }
+    }
+    return Error{cause.code, site() + ": task '" + task.name + "' round " + std::to_string(task.round) +
+                                 " failed: " + cause.message};
+  }
+
+  void forward_log(const session::Message& m, const TaskData& task) {
+    auto kind = header_or(m, "kind", "text");
+    if (kind == "metric") {
+      auto key = header_or(m, "key");
+      auto value = header_or(m, "value");
+      events_.publish(Event{"metrics.trainer",
+                            "executor.external-trainer",
+                            {{"site", job_.site},
+                             {"key", key},
+                             {"value", value},
+                             {"step", header_or(m, "step")},
+                             {"round", std::to_string(task.round)}}});
+      log_->log(LogLevel::debug, "metric " + key + " = " + value);
+    } else {
+      std::string text(reinterpret_cast<const char*>(m.payload.data()), m.payload.size());
+      log_->log(LogLevel::info, "trainer: " + text);
+    }
+  }
+
+  Result<TaskData> run_task(const TaskData& task, const std::stop_token& stop) {
+    auto& s = *trainer_->session;
+    auto payload = session::task_payload(task);
+    if (!payload) {
+      return fail(payload.error().code,
+                  site() + ": cannot encode task '" + task.name + "': " + payload.error().message);
+    }
+    wire::Headers headers{{"round", std::to_string(task.round)},
+                          {"total_rounds", std::to_string(task.total_rounds)}};
+    auto sent = s.send(Op::task_ready, task.name, headers, *payload);
+    if (!sent) {
+      return fail(task_error(sent.error(), task));
+    }
+    const std::uint64_t task_msg = *sent;
+    bool accepted = false;
+    auto deadline = Clock::now() + job_.timeouts.task_wait;
+    while (true) {
+      if (stop.stop_requested() || stop_.stop_requested()) {
+        s.close(Op::abort, "the job stopped");
+        return fail(Errc::cancelled, site() + ": task '" + task.name + "' cancelled");
+      }
+      auto now = Clock::now();
+      if (now >= deadline) {
+        return fail(
+            Errc::timeout,
+            site() + ": task '" + task.name + "' round " + std::to_string(task.round) +
+                (accepted ? ": no result within result_wait = " : ": not accepted within task_wait = ") +
+                std::to_string((accepted ? job_.timeouts.result_wait : job_.timeouts.task_wait).count()) +
+                " ms");
+      }
+      auto received = s.receive(std::min<Clock::duration>(deadline - now, 100ms) > 0ms
+                                    ? std::chrono::duration_cast<std::chrono::milliseconds>(
+                                          std::min<Clock::duration>(deadline - now, 100ms))
+                                    : 1ms);
+      if (!received) {
+        return fail(task_error(received.error(), task));
+      }
+      if (!*received) {
+        // Nothing yet: has the trainer process ended meanwhile?
+        auto status = trainer_->handle->wait(0ms);
+        if (status && *status) {
+          return fail(task_error(Error{Errc::peer_gone, "trainer ended"}, task));
+        }
+        continue;
+      }
+      auto& m = **received;
+      switch (m.op) {
+        case Op::log:
+          forward_log(m, task);
+          break;
+        case Op::task_accepted:
+          if (m.req_id == task_msg) {
+            accepted = true;
+            deadline = Clock::now() + job_.timeouts.result_wait;
+          }
+          break;
+        case Op::task_failed:
+          if (m.req_id == task_msg) {
+            return fail(Errc::rejected, site() + ": the trainer refused task '" + task.name +
+                                            "': " + header_or(m, "reason", "no reason given"));
+          }
+          break;
+        case Op::result_ready: {
+          auto result = trainer_->inbox->take(m);
+          std::string why;
+          if (!result) {
+            why = result.error().message;
+          } else if (auto mismatch = check_layout_ ? session::layout_mismatch(task, *result) : std::nullopt) {
+            why = *mismatch;
+          }
+          if (!why.empty()) {
+            auto replied = s.send(Op::result_rejected, m.topic, {{"reason", why}}, nullptr, m.msg_id);
+            (void)replied;  // the task fails either way; the reason is in the error below
+            return fail(Errc::rejected, site() + ": result of task '" + task.name + "' round " +
+                                            std::to_string(task.round) + " rejected: " + why);
+          }
+          if (auto replied = s.send(Op::result_accepted, m.topic, {}, nullptr, m.msg_id); !replied) {
+            return fail(task_error(replied.error(), task));
+          }
+          result->name = task.name;
+          result->round = task.round;
+          result->total_rounds = task.total_rounds;
+          return std::move(*result);
+        }
+        case Op::shutdown:
+        case Op::abort:
+          return fail(task_error(Error{Errc::closed, "the trainer ended the session: " +
+                                                         header_or(m, "reason", "no reason given")},
+                                 task));
+        default:
+          log_->log(LogLevel::debug, "ignoring " + std::string(wire::to_string(m.op)) + " during a task");
+          break;
+      }
+    }
+  }
+
+  void end_trainer(const std::string& reason, bool failed) noexcept {
+    if (!trainer_) {
+      return;
+    }
+    gone_reason_ = reason;
+    trainer_->session->close(failed ? Op::abort : Op::shutdown, reason);
+    auto status = trainer_->handle->wait(job_.timeouts.shutdown_grace);
+    std::optional<ExitStatus> final_status;
+    if (status && *status) {
+      final_status = **status;
+    } else {
+      auto stopped = trainer_->handle->stop(job_.timeouts.shutdown_grace);
+      if (stopped) {
+        final_status = *stopped;
+      }
+    }
+    if (final_status) {
+      log_->log(final_status->success() || failed ? LogLevel::info : LogLevel::warn,
+                "trainer " + trainer_->handle->id() + " " + describe_exit(*final_status));
+    }
+    trainer_.reset();
+  }
+
+  std::shared_ptr<Logger> log_;
+  EventBus& events_;
+  Registry& registry_;
+  std::filesystem::path workspace_;
+  std::stop_token stop_;
+  std::string launcher_id_;
+  std::string pipe_id_;
+  std::vector<std::string> command_;
+  bool per_task_;
+  std::vector<std::string> converter_ids_;
+  std::vector<std::string> env_;
+  std::vector<std::string> gpus_;
+  bool check_layout_;
+  std::int64_t spill_over_;
+
+  JobInfo job_;
+  session::Settings settings_;
+  std::recursive_mutex mutex_;
+  std::shared_ptr<Launcher> launcher_;
+  std::shared_ptr<Pipe> pipe_;
+  std::string pipe_type_;
+  Options pipe_options_;
+  std::vector<ConfiguredComponent> converters_;
+  std::optional<Trainer> trainer_;
+  std::string gone_reason_;
+  int launches_ = 0;
+};
+
+constexpr OptionSpec options[] = {
+    {"command", OptionType::string_list, nullptr,
+     "the training program and its arguments; a bare name is looked up in the job folder, then ember's "
+     "example programs, then PATH"},
+    {"launcher", OptionType::string, "launcher",
+     "the id of the job's launcher component that starts the trainer"},
+    {"pipe", OptionType::string, "pipe", "the id of the job's pipe component the session runs over"},
+    {"launch", OptionType::string, "job", "\"job\": one trainer for the whole job; \"task\": one per task"},
+    {"converters", OptionType::string_list, "[]",
+     "ids of the job's converter components the trainer must load and declare in HELLO"},
+    {"env", OptionType::string_list, "[]", "NAME=VALUE entries added to the trainer's environment"},
+    {"gpus", OptionType::string_list, "[]", "GPU ids for the trainer (CUDA_VISIBLE_DEVICES)"},
+    {"check_layout", OptionType::boolean, "true",
+     "reject a result whose tensor names, dtypes or shapes differ from the task's"},
+    {"spill_over", OptionType::integer, "67108864",
+     "results of this many bytes or more stream into an unlinked file in the workspace and are mapped, not "
+     "held in memory (0: never)"},
+};
+
+constexpr ComponentDescriptor components[] = {
+    component<ExternalTrainer>(
+        "external-trainer",
+        "Runs tasks in a training program launched by the job, over a pipe and the session "
+        "protocol",
+        options),
+};
+
+}  // namespace
+}  // namespace ember::external_trainer
+
+EMBER_PLUGIN(external_trainer, "external-trainer", "0.1.0",
+             "Executor that hands tasks to an external trainer", "Apache-2.0",
+             ember::external_trainer::components)

@@ -1,0 +1,168 @@
+// A federated job end to end: `ember simulate` with real trainer processes (ember-test-trainer) over real
+// pipes, and trainers that fail on purpose — killed, exiting non-zero, hanging before HELLO, answering with
+// the wrong tensors. Each test checks what the job reports, its exit code, and that no trainer survived.
+
+#include <signal.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "exit_codes.hpp"
+#include "support.hpp"
+
+namespace ember {
+namespace {
+
+using ::testing::HasSubstr;
+namespace fs = std::filesystem;
+
+struct JobSpec {
+  std::string pipe = "pipe.socket";
+  std::string mode = "good";
+  std::string bad_site;
+  int from_round = 1;
+  int rounds = 3;
+  int min_clients = 1;
+  std::string launch = "10s";
+  std::string heartbeat_timeout = "3s";
+  std::int64_t spill_over = -1;  // -1: the executor's default
+};
+
+// The final model of the test trainer's job: round 0 answers ones, each later round adds one: 3 rounds → 3.
+void expect_final_model_is_three(const fs::path& model) {
+  std::ifstream in(model, std::ios::binary);
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_GE(bytes.size(), 16u) << model;
+  float values[4];
+  std::memcpy(values, bytes.data() + bytes.size() - 16, 16);
+  for (float v : values) {
+    EXPECT_EQ(v, 3.0f) << model;
+  }
+}
+
+class JobE2E : public ::testing::TestWithParam<std::string> {
+ protected:
+  fs::path write_job(JobSpec spec) {
+    std::ostringstream toml;
+    toml << "schema_version = 1\n[job]\nname = \"e2e\"\n"
+         << "[timeouts]\nlaunch = \"" << spec.launch << "\"\nheartbeat_interval = \"500ms\"\n"
+         << "heartbeat_timeout = \"" << spec.heartbeat_timeout << "\"\ntask_wait = \"10s\"\n"
+         << "result_wait = \"5m\"\nshutdown_grace = \"2s\"\nstream_idle = \"10s\"\n"
+         << "[components.fedavg]\ntype = \"workflow.fedavg\"\nrounds = " << spec.rounds
+         << "\nmin_clients = " << spec.min_clients << "\n"
+         << "[components.trainer]\ntype = \"executor.external-trainer\"\ncommand = [\"" EMBER_TEST_TRAINER
+            "\", \"--mode\", \""
+         << spec.mode << "\", \"--bad-site\", \"" << spec.bad_site << "\", \"--from-round\", \""
+         << spec.from_round << "\"]\n"
+         << (spec.spill_over >= 0 ? "spill_over = " + std::to_string(spec.spill_over) + "\n" : std::string())
+         << "[components.launcher]\ntype = \"launcher.process\"\n"
+         << "[components.pipe]\ntype = \"" << GetParam() << "\"\n";
+    return dir_.write("job.toml", toml.str());
+  }
+
+  test::RunResult simulate(const fs::path& job, int clients = 2) {
+    return test::run_program(
+        {(test::build_root() / "kernel" / "ember").string(), "simulate", job.string(), "--clients",
+         std::to_string(clients), "--workspace", (dir_.path() / "ws").string(), "--job-id", "e2e-test"},
+        120);
+  }
+
+  // Every trainer wrote its pid; none may be alive (or a zombie of ours) once ember has exited.
+  void expect_no_trainer_left(int clients = 2) {
+    for (int i = 1; i <= clients; ++i) {
+      auto pid_file = dir_.path() / "ws" / ("site-" + std::to_string(i)) / "trainer.pid";
+      std::ifstream in(pid_file);
+      pid_t pid = 0;
+      in >> pid;
+      ASSERT_GT(pid, 0) << pid_file;
+      errno = 0;
+      EXPECT_EQ(::kill(pid, 0), -1) << "trainer " << pid << " of site-" << i << " survived the job";
+      EXPECT_EQ(errno, ESRCH);
+    }
+  }
+
+  test::TempDir dir_;
+};
+
+TEST_P(JobE2E, AllSitesFinishTheRoundsAndTheModelIsSaved) {
+  auto run = simulate(write_job({}));
+  EXPECT_EQ(run.exit_code, kernel::exit_code::ok) << run.out << run.err;
+  EXPECT_THAT(run.out, HasSubstr("finished"));
+  EXPECT_THAT(run.out, HasSubstr("2/2 sites ready"));
+  expect_final_model_is_three(dir_.path() / "ws" / "server" / "model.safetensors");
+  EXPECT_TRUE(fs::exists(dir_.path() / "ws" / "metrics.jsonl"));
+  EXPECT_TRUE(fs::exists(dir_.path() / "ws" / "site-1" / "log.txt"));
+  EXPECT_TRUE(fs::exists(dir_.path() / "ws" / "server" / "checkpoints" / "round-2.safetensors"));
+  expect_no_trainer_left();
+}
+
+TEST_P(JobE2E, ResultsSpilledToFilesGiveTheSameModel) {
+  auto run = simulate(write_job({.spill_over = 1}));
+  EXPECT_EQ(run.exit_code, kernel::exit_code::ok) << run.out << run.err;
+  expect_final_model_is_three(dir_.path() / "ws" / "server" / "model.safetensors");
+  expect_no_trainer_left();
+}
+
+TEST_P(JobE2E, ATrainerKilledMidRoundFailsItsSiteAndTheJobGoesOn) {
+  auto run = simulate(write_job({.mode = "sigkill", .bad_site = "site-2"}));
+  EXPECT_EQ(run.exit_code, kernel::exit_code::ok) << run.out << run.err;
+  EXPECT_THAT(run.out, HasSubstr("site-2  FAILED"));
+  EXPECT_THAT(run.out, HasSubstr("killed by signal 9"));
+  expect_no_trainer_left();
+}
+
+TEST_P(JobE2E, ATrainerKilledWhenMinClientsCannotHoldFailsTheJob) {
+  auto run = simulate(write_job({.mode = "sigkill", .bad_site = "site-2", .min_clients = 2}));
+  EXPECT_EQ(run.exit_code, kernel::exit_code::job_failed) << run.out << run.err;
+  EXPECT_THAT(run.err, HasSubstr("the job failed"));
+  expect_no_trainer_left();
+}
+
+TEST_P(JobE2E, ATrainerExitingNonZeroIsReportedWithItsCode) {
+  auto run = simulate(write_job({.mode = "exit3", .bad_site = "site-1"}));
+  EXPECT_EQ(run.exit_code, kernel::exit_code::ok) << run.out << run.err;
+  EXPECT_THAT(run.out, HasSubstr("site-1  FAILED"));
+  EXPECT_THAT(run.out, HasSubstr("exited with code 3"));
+  expect_no_trainer_left();
+}
+
+TEST_P(JobE2E, ATrainerHangingBeforeHelloFailsAfterTheLaunchTimeout) {
+  auto run = simulate(write_job({.mode = "hang-before-hello", .bad_site = "site-2", .launch = "2s"}));
+  EXPECT_EQ(run.exit_code, kernel::exit_code::ok) << run.out << run.err;
+  EXPECT_THAT(run.out, HasSubstr("site-2: could not start"));
+  EXPECT_THAT(run.out, HasSubstr("did not say HELLO within launch"));
+  EXPECT_THAT(run.out, HasSubstr("1/2 sites ready"));
+  expect_no_trainer_left();
+}
+
+TEST_P(JobE2E, AResultWithWrongTensorNamesIsRejectedNamingTheTensor) {
+  auto run = simulate(write_job({.mode = "wrong-names", .bad_site = "site-1"}));
+  EXPECT_EQ(run.exit_code, kernel::exit_code::ok) << run.out << run.err;
+  EXPECT_THAT(run.out, HasSubstr("rejected: tensor 'w_renamed' was not in the task"));
+  EXPECT_THAT(run.out, HasSubstr("tensor 'w' is missing"));
+  expect_no_trainer_left();
+}
+
+TEST_P(JobE2E, AResultWithWrongShapesIsRejectedNamingBothShapes) {
+  auto run = simulate(write_job({.mode = "wrong-shapes", .bad_site = "site-2"}));
+  EXPECT_EQ(run.exit_code, kernel::exit_code::ok) << run.out << run.err;
+  EXPECT_THAT(run.out, HasSubstr("tensor 'w' has shape [2, 2], the task sent [4]"));
+  expect_no_trainer_left();
+}
+
+TEST_P(JobE2E, EverySiteFailingFailsTheJob) {
+  auto run = simulate(write_job({.mode = "exit3", .bad_site = "site-1", .from_round = 0}), 1);
+  EXPECT_EQ(run.exit_code, kernel::exit_code::job_failed) << run.out << run.err;
+  expect_no_trainer_left(1);
+}
+
+INSTANTIATE_TEST_SUITE_P(Pipes, JobE2E, ::testing::Values("pipe.socket", "pipe.file"),
+                         [](const auto& p) { return p.param == "pipe.socket" ? "socket" : "file"; });
+
+}  // namespace
+}  // namespace ember
