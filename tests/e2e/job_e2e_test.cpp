@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 
 #include <gmock/gmock.h>
@@ -31,6 +32,7 @@ struct JobSpec {
   std::string launch = "10s";
   std::string heartbeat_timeout = "3s";
   std::int64_t spill_over = -1;  // -1: the executor's default
+  bool converter = false;        // the executor lists a converter (converter.identity) the trainer must speak
 };
 
 // The final model of the test trainer's job: round 0 answers ones, each later round adds one: 3 rounds → 3.
@@ -60,6 +62,9 @@ class JobE2E : public ::testing::TestWithParam<std::string> {
          << spec.mode << "\", \"--bad-site\", \"" << spec.bad_site << "\", \"--from-round\", \""
          << spec.from_round << "\"]\n"
          << (spec.spill_over >= 0 ? "spill_over = " + std::to_string(spec.spill_over) + "\n" : std::string())
+         << (spec.converter
+                 ? "converters = [\"tensors\"]\n[components.tensors]\ntype = \"converter.identity\"\n"
+                 : std::string())
          << "[components.launcher]\ntype = \"launcher.process\"\n"
          << "[components.pipe]\ntype = \"" << GetParam() << "\"\n";
     return dir_.write("job.toml", toml.str());
@@ -155,11 +160,60 @@ TEST_P(JobE2E, AResultWithWrongShapesIsRejectedNamingBothShapes) {
   expect_no_trainer_left();
 }
 
+TEST_P(JobE2E, ATrainerThatDoesNotDeclareTheJobsConverterFailsAtSessionStart) {
+  auto run = simulate(write_job({.mode = "no-converters", .bad_site = "site-2", .converter = true}));
+  EXPECT_EQ(run.exit_code, kernel::exit_code::ok) << run.out << run.err;
+  EXPECT_THAT(run.out, HasSubstr("site-2: could not start"));
+  EXPECT_THAT(run.out, HasSubstr("the trainer does not speak converter.identity (HELLO declared: none)"));
+  EXPECT_THAT(run.out, HasSubstr("1/2 sites ready"));
+  expect_no_trainer_left();
+}
+
 TEST_P(JobE2E, EverySiteFailingFailsTheJob) {
   auto run = simulate(write_job({.mode = "exit3", .bad_site = "site-1", .from_round = 0}), 1);
   EXPECT_EQ(run.exit_code, kernel::exit_code::job_failed) << run.out << run.err;
   expect_no_trainer_left(1);
 }
+
+#ifdef EMBER_TEST_HELLO_TRAINER
+// The README's job: the LibTorch trainer over each pipe; the final model must beat the first round's clearly.
+class HelloJob : public ::testing::TestWithParam<std::string> {
+ protected:
+  test::TempDir dir_;
+};
+
+double accuracy_of_row(const std::string& out, const std::string& row) {
+  // Summary rows: "<row> <clients> <seconds> <train_loss> <val_accuracy> <val_loss>".
+  std::istringstream lines(out);
+  std::string line;
+  while (std::getline(lines, line)) {
+    std::istringstream cells(line);
+    std::vector<std::string> c{std::istream_iterator<std::string>(cells),
+                               std::istream_iterator<std::string>()};
+    if (c.size() == 6 && c[0] == row) {
+      return std::stod(c[4]);
+    }
+  }
+  return -1;
+}
+
+TEST_P(HelloJob, FederatedRoundsImproveTheGlobalModel) {
+  auto job = test::source_root() / "configs" / "jobs" / "hello-fedavg" / GetParam();
+  auto run = test::run_program({(test::build_root() / "kernel" / "ember").string(), "simulate", job.string(),
+                                "--clients", "2", "--workspace", (dir_.path() / "ws").string(), "--quiet"},
+                               300);
+  ASSERT_EQ(run.exit_code, kernel::exit_code::ok) << run.out << run.err;
+  EXPECT_THAT(run.out, HasSubstr("val_accuracy"));
+  double first = accuracy_of_row(run.out, "1");
+  double last = accuracy_of_row(run.out, "final");
+  ASSERT_GT(first, 0) << run.out;
+  EXPECT_GT(last, first + 0.2) << run.out;
+  EXPECT_TRUE(fs::exists(dir_.path() / "ws" / "server" / "model.safetensors"));
+}
+
+INSTANTIATE_TEST_SUITE_P(Pipes, HelloJob, ::testing::Values("job.toml", "file-pipe.toml"),
+                         [](const auto& p) { return p.param == "job.toml" ? "socket" : "file"; });
+#endif
 
 INSTANTIATE_TEST_SUITE_P(Pipes, JobE2E, ::testing::Values("pipe.socket", "pipe.file"),
                          [](const auto& p) { return p.param == "pipe.socket" ? "socket" : "file"; });

@@ -13,7 +13,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <string>
@@ -66,7 +68,30 @@ int main(int argc, char** argv) {
     std::this_thread::sleep_for(std::chrono::hours(1));
     return 0;
   }
-  if (auto ready = ember::client::init(); !ready) {
+  ember::client::InitOptions init;
+  if (bad && mode == "no-converters") {
+    // A trainer that speaks no converter: the bootstrap's converter list emptied before init().
+    std::ifstream in(env_or("EMBER_BOOTSTRAP", ""));
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    auto start = text.find("\"converters\": [");
+    if (start != std::string::npos) {
+      auto open = text.find('[', start);
+      int depth = 0;
+      std::size_t end = open;
+      for (; end < text.size(); ++end) {
+        depth += text[end] == '[' ? 1 : text[end] == ']' ? -1 : 0;
+        if (depth == 0) {
+          break;
+        }
+      }
+      text.replace(open, end - open + 1, "[]");
+    }
+    init.bootstrap = "bootstrap-without-converters.json";
+    std::ofstream(init.bootstrap) << text;
+    std::filesystem::permissions(init.bootstrap,
+                                 std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+  }
+  if (auto ready = ember::client::init(init); !ready) {
     std::fprintf(stderr, "test-trainer: init: %s\n", ready.error().message.c_str());
     return 1;
   }

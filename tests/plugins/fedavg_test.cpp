@@ -412,6 +412,38 @@ TEST(Aggregator, TwoThreadsGiveTheBytesOfOne) {
   EXPECT_EQ(got, expected / 3.75f);
 }
 
+TEST(Aggregator, ServesRoundAfterRoundInTheSameMemory) {
+  auto layout =
+      Layout::of({f32("w", {3}, {0, 0, 0}), tensor("h", DType::F16, {1}, std::vector<std::uint16_t>{0})});
+  ASSERT_TRUE(layout);
+  Aggregator aggregator(*layout, {Threading::pool, 1});
+  std::vector<const void*> buffers;
+  std::vector<WireTensor> previous;  // alive while the next round folds, as a run's global model is
+  for (int round = 0; round < 4; ++round) {
+    auto v = static_cast<float>(round);
+    std::vector<WireTensor> a = {
+        f32("w", {3}, {v, 1, 2}),
+        tensor("h", DType::F16, {1}, std::vector<std::uint16_t>{fedavg::float_to_half(v)})};
+    std::vector<WireTensor> b = {
+        f32("w", {3}, {v + 2, 3, 4}),
+        tensor("h", DType::F16, {1}, std::vector<std::uint16_t>{fedavg::float_to_half(v + 2)})};
+    aggregator.fold(*aggregator.layout().match(a), 1);
+    aggregator.fold(*aggregator.layout().match(b), 1);
+    EXPECT_EQ(aggregator.count(), 2u);
+    EXPECT_EQ(aggregator.total_weight(), 2);
+    auto model = aggregator.finish();
+    EXPECT_EQ(values_of<float>(model[0]), (std::vector<float>{v + 1, 2, 3})) << round;
+    EXPECT_EQ(fedavg::half_to_float(values_of<std::uint16_t>(model[1])[0]), v + 1) << round;
+    EXPECT_EQ(aggregator.count(), 0u);
+    buffers.push_back(model[0].bytes.data());
+    previous = std::move(model);  // the model of the round before is dropped
+  }
+  // Two blocks take turns: round 2 folds into round 0's model's memory, free by then.
+  EXPECT_NE(buffers[1], buffers[0]);
+  EXPECT_EQ(buffers[2], buffers[0]);
+  EXPECT_EQ(buffers[3], buffers[1]);
+}
+
 // ---- whole runs
 
 TEST(FedAvg, WeightedMeanIsExact) {
@@ -683,6 +715,8 @@ TEST(FedAvg, ResumeContinuesFromTheNewestGoodCheckpoint) {
   }
   // A newer checkpoint that is not one (a crash of something else, a disk error): skipped with a warning.
   std::ofstream(workspace.path() / "checkpoints" / "round-2.safetensors") << "not safetensors";
+  // What a write cut short leaves: removed when the run resumes.
+  std::ofstream(workspace.path() / "checkpoints" / "round-2.safetensors.tmp-a1b2c3") << "half a file";
   Harness resumed({{"rounds", integer(4)}, {"evaluate_final", false}, {"resume", true}}, std::nullopt,
                   workspace.path());
   auto host = counting_host();
@@ -691,6 +725,7 @@ TEST(FedAvg, ResumeContinuesFromTheNewestGoodCheckpoint) {
   EXPECT_THAT(resumed.log().warnings(),
               HasSubstr("skipping a checkpoint that cannot be used: " +
                         (workspace.path() / "checkpoints" / "round-2.safetensors").string() + ": malformed"));
+  EXPECT_FALSE(fs::exists(workspace.path() / "checkpoints" / "round-2.safetensors.tmp-a1b2c3"));
   ASSERT_EQ(host.tasks.size(), 2u);
   EXPECT_EQ(host.tasks[0].round, 2u);
   EXPECT_EQ(values_of<float>(named(host.tasks[0].params, "w")), (std::vector<float>{3, -3}));  // round 1's
