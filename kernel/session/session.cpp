@@ -158,6 +158,11 @@ State Session::state() const {
   return state_;
 }
 
+bool Session::peer_aborted() const {
+  std::lock_guard lock(mutex_);
+  return peer_aborted_;
+}
+
 std::optional<Error> Session::failure() const {
   std::lock_guard lock(mutex_);
   return failure_;
@@ -720,6 +725,7 @@ void Session::handle_frame(const wire::FrameView& frame) {
       break;
     case Op::shutdown:
     case Op::abort: {
+      peer_aborted_ = peer_aborted_ || h.op == Op::abort;
       const auto* reason = done->msg.header("reason");
       failure_ =
           Error{Errc::closed, "the peer sent " + std::string(wire::to_string(h.op)) +

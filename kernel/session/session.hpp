@@ -155,6 +155,8 @@ class Session {
   void close(wire::Op farewell = wire::Op::shutdown, std::string reason = {}) noexcept;
 
   State state() const;
+  /// Whether the peer sent ABORT (a trainer polls this while it trains).
+  bool peer_aborted() const;
   /// Why the session ended, when it did not end by close().
   std::optional<Error> failure() const;
   /// Counters, for tests and progress displays.
@@ -200,7 +202,8 @@ class Session {
   std::optional<Error> failure_;
   bool closing_ = false;
   bool announced_ = false;  // PEER_GONE logged and published
-  bool live_ = false;       // liveness is checked only once the handshake has begun on the peer's side
+  bool peer_aborted_ = false;
+  bool live_ = false;  // liveness is checked only once the handshake has begun on the peer's side
   std::chrono::steady_clock::time_point last_rx_;
   std::uint64_t next_msg_id_ = 1;
 

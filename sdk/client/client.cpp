@@ -339,7 +339,18 @@ class Client {
     return rank_ == 0;
   }
   bool running() const { return running_; }
-  bool aborted() const { return aborted_; }
+  // Never blocks the training loop: while another thread is inside receive() or send(), the flag they keep
+  // answers; otherwise the session says whether an ABORT has arrived since.
+  bool aborted() {
+    if (aborted_) {
+      return true;
+    }
+    std::unique_lock lock(mutex_, std::try_to_lock);
+    if (lock.owns_lock() && session_ && session_->peer_aborted()) {
+      aborted_ = true;
+    }
+    return aborted_;
+  }
 
   Result<NativeTensor> to_native(const WireTensor& tensor, std::string_view format) {
     auto converter = find(format);

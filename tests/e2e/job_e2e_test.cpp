@@ -33,6 +33,7 @@ struct JobSpec {
   std::string heartbeat_timeout = "3s";
   std::int64_t spill_over = -1;  // -1: the executor's default
   bool converter = false;        // the executor lists a converter (converter.identity) the trainer must speak
+  std::string round_timeout = "0s";
 };
 
 // The final model of the test trainer's job: round 0 answers ones, each later round adds one: 3 rounds → 3.
@@ -56,7 +57,7 @@ class JobE2E : public ::testing::TestWithParam<std::string> {
          << "heartbeat_timeout = \"" << spec.heartbeat_timeout << "\"\ntask_wait = \"10s\"\n"
          << "result_wait = \"5m\"\nshutdown_grace = \"2s\"\nstream_idle = \"10s\"\n"
          << "[components.fedavg]\ntype = \"workflow.fedavg\"\nrounds = " << spec.rounds
-         << "\nmin_clients = " << spec.min_clients << "\n"
+         << "\nmin_clients = " << spec.min_clients << "\nround_timeout = \"" << spec.round_timeout << "\"\n"
          << "[components.trainer]\ntype = \"executor.external-trainer\"\ncommand = [\"" EMBER_TEST_TRAINER
             "\", \"--mode\", \""
          << spec.mode << "\", \"--bad-site\", \"" << spec.bad_site << "\", \"--from-round\", \""
@@ -166,6 +167,14 @@ TEST_P(JobE2E, ATrainerThatDoesNotDeclareTheJobsConverterFailsAtSessionStart) {
   EXPECT_THAT(run.out, HasSubstr("site-2: could not start"));
   EXPECT_THAT(run.out, HasSubstr("the trainer does not speak converter.identity (HELLO declared: none)"));
   EXPECT_THAT(run.out, HasSubstr("1/2 sites ready"));
+  expect_no_trainer_left();
+}
+
+TEST_P(JobE2E, ASiteOutOfTimeIsAbortedAndItsTrainerSeesTheAbortFlag) {
+  auto run = simulate(write_job({.mode = "poll-abort", .bad_site = "site-2", .round_timeout = "2s"}));
+  EXPECT_EQ(run.exit_code, kernel::exit_code::ok) << run.out << run.err;
+  EXPECT_THAT(run.out, HasSubstr("site-2  FAILED"));
+  EXPECT_TRUE(fs::exists(dir_.path() / "ws" / "site-2" / "aborted")) << run.out << run.err;
   expect_no_trainer_left();
 }
 

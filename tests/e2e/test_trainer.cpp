@@ -110,6 +110,17 @@ int main(int argc, char** argv) {
     if (misbehave && mode == "sigkill") {
       ::raise(SIGKILL);
     }
+    if (misbehave && mode == "poll-abort") {
+      // Trains "forever", polling the abort flag as a training loop should; notes when the job aborted it.
+      for (int i = 0; i < 3000 && !ember::client::abort_requested(); ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+      if (ember::client::abort_requested()) {
+        std::ofstream("aborted") << "abort seen in round " << model.current_round << "\n";
+      }
+      ember::client::shutdown();
+      return 0;
+    }
     if (misbehave && mode == "exit3") {
       std::fprintf(stderr, "test-trainer: giving up with code 3\n");
       std::fflush(stderr);
