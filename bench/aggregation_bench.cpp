@@ -7,14 +7,16 @@
 // What is measured, as bytes of client tensors per second:
 //   round/<threading>/<model>/clients:N  a whole round: N folds, then finish() (the new model)
 //   fold/<threading>/<model>/clients:N   the N folds alone (finish() paused)
-// One aggregator serves every round of a case, as in a run; the model of each round is dropped before the
-// next (as a run drops the model of the round before), so the memory is mapped in the first round only. where
-// threading is how a pass is cut in two: single (one thread), spawn (a std::jthread per pass), pool (one
-// thread kept for the round). Baselines in the same run, over the same client bytes:
+// where threading is how a pass is cut in two: single (one thread), spawn (a std::jthread per pass) or pool
+// (one thread kept for the run, what workflow.fedavg uses). One aggregator serves every round of a case, as
+// in a run, and each round's model is dropped after it (a run drops it one round later): either way, memory
+// is mapped in the first rounds only.
+// Baselines in the same run, over the same client bytes:
 //   read/<model>/clients:N     a plain sequential read (a sum of 64-bit words) on one thread
 //   read2/<model>/clients:N    the same cut in two, on two threads
-// And the design check behind accumulating F32 in float: one thread, acc[i] += w * x[i] over 100 MiB of F32
-// into a float or a double accumulator (kernel/f32 and kernel/f64).
+// And two design checks: the cost of accumulating F32 in double rather than float (one thread,
+// acc[i] += w * x[i] over 100 MiB of F32: kernel/f32 and kernel/f64), and the fixed cost of a pass on two
+// threads (handoff/<threading>: PairRunner::run of two empty functions).
 
 #include <cstdint>
 #include <cstring>
@@ -185,6 +187,14 @@ void accumulate_only(benchmark::State& state) {
                           static_cast<std::int64_t>(sizeof(float)));
 }
 
+void handoff(benchmark::State& state, Threading threading) {
+  ember::fedavg::PairRunner runner(threading);
+  int calls = 0;
+  for (auto _ : state) {
+    runner.run([&] { benchmark::DoNotOptimize(calls); }, [&] { benchmark::DoNotOptimize(calls); });
+  }
+}
+
 const char* name_of(Threading threading) {
   switch (threading) {
     case Threading::single:
@@ -225,6 +235,14 @@ void register_all() {
                   ->ArgName("clients")
                   ->Arg(2)
                   ->Arg(8));
+  }
+  for (auto threading : {Threading::spawn, Threading::pool}) {
+    benchmark::RegisterBenchmark((std::string("handoff/") + name_of(threading)).c_str(), handoff, threading)
+        ->Unit(benchmark::kMicrosecond)
+        ->UseRealTime()
+        ->MinTime(0.2)
+        ->Repetitions(5)
+        ->ReportAggregatesOnly(true);
   }
   configure(benchmark::RegisterBenchmark("kernel/f32", accumulate_only<float>));
   configure(benchmark::RegisterBenchmark("kernel/f64", accumulate_only<double>));

@@ -1,5 +1,6 @@
 #!/bin/sh
-# Builds a release tree, runs the plugin-load, start-up and pipe benchmarks and writes docs/BENCHMARKS.md.
+# Builds a release tree, runs the plugin-load, start-up, pipe and aggregation benchmarks and writes
+# docs/BENCHMARKS.md.
 #
 #   bench/run_benchmarks.sh [--build-dir DIR] [--runs N] [--pipe-runs M] [--no-profile] [--output FILE]
 #
@@ -96,6 +97,21 @@ elif [ "$profile" = yes ]; then
   echo "run_benchmarks.sh: perf is missing or not allowed here: no profiles (try apt-get install linux-perf)"
 fi
 
+# FedAvg aggregation beside a plain read of the same bytes (about 900 MiB of client buffers at once).
+aggregation_bench="$build_dir/bench/aggregation_bench"
+aggregation_args=""
+aggregation_load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+if [ -x "$aggregation_bench" ]; then
+  echo "run_benchmarks.sh: FedAvg aggregation (Google Benchmark)"
+  "$aggregation_bench" --benchmark_out="$work/aggregation.json" --benchmark_out_format=json \
+    --benchmark_format=console
+  aggregation_args="--aggregation $work/aggregation.json"
+else
+  echo "run_benchmarks.sh: no $aggregation_bench (configured with -Dreference_plugins=false?): no aggregation"
+fi
+aggregation_load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+load_after=$aggregation_load_after
+
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 # Meson 1.0 has no introspection of compilers; its log names the one it chose ("gcc 12.2.0").
 compiler=$(sed -n 's/^C++ compiler for the host machine: .*(\([a-z]* [0-9.]*\) .*/\1/p' \
@@ -111,7 +127,7 @@ fi
 mkdir -p "$(dirname "$output")"
 # shellcheck disable=SC2086
 python3 "$here/write_benchmarks_md.py" \
-  --startup "$work/startup.json" --load "$work/load.json" $pipe_args \
+  --startup "$work/startup.json" --load "$work/load.json" $pipe_args $aggregation_args \
   --output "$output" \
   --meta "date=$(date -u '+%Y-%m-%d %H:%M UTC')" \
   --meta "cpu=$cpu" \
@@ -120,6 +136,7 @@ python3 "$here/write_benchmarks_md.py" \
   --meta "kernel=$(uname -sr)" \
   --meta "load=$load_before (before), $load_after (after)" \
   --meta "pipe_load=$pipe_load_before (before), $pipe_load_after (after)" \
+  --meta "aggregation_load=$aggregation_load_before (before), $aggregation_load_after (after)" \
   --meta "compiler=$compiler" \
   --meta "build=release (-O3, NDEBUG)${cpp_args:+, cpp_args $cpp_args}, build dir $(basename "$build_dir")" \
   --meta "commit=$commit" \

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Writes docs/BENCHMARKS.md from startup_bench's, plugin_load_bench's and pipe_bench's JSON, and the perf
-profiles run_benchmarks.sh takes of a few pipe_bench cases (see run_benchmarks.sh)."""
+"""Writes docs/BENCHMARKS.md from startup_bench's, plugin_load_bench's, pipe_bench's and aggregation_bench's
+JSON, and the perf profiles run_benchmarks.sh takes of a few pipe_bench cases (see run_benchmarks.sh)."""
 
 import argparse
 import json
@@ -397,18 +397,104 @@ def write_pipes(add, data, cases, profiles, meta):
     add("")
 
 
+# --- Aggregation (aggregation_bench) -----------------------------------------------------------------------
+
+AGG_SHARE = 0.50  # target of the issue: folding results at 50% of the speed of a plain read of the same bytes
+AGG_THREADING = "pool"  # what workflow.fedavg uses (AggregatorSettings)
+AGG_THREADINGS = [("single", "one thread"), ("spawn", "two threads, one started per pass"),
+                  ("pool", "two threads, one kept for the run")]
+
+
+def aggregation_stats(path):
+    """{case: {"gbps": median bytes/s in GB/s, "ms": median real time per iteration in ms}} from Google Benchmark's
+    JSON output; case is the benchmark's name without its min_time and repeats parts."""
+    factor = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
+    out = {}
+    for b in json.load(open(path))["benchmarks"]:
+        if b.get("run_type") != "aggregate" or b.get("aggregate_name") != "median" or "error_occurred" in b:
+            continue
+        name = b["run_name"].split("/min_time:")[0].split("/repeats:")[0].removesuffix("/real_time")
+        out[name] = {"gbps": b.get("bytes_per_second", 0.0) / 1e9, "ms": b["real_time"] * factor[b["time_unit"]]}
+    return out
+
+
+def aggregation_targets(cases):
+    """[(target, measured, ok)]: the folds of workflow.fedavg's threading against the one-thread read."""
+    rows = []
+    for clients in (2, 8):
+        f = cases.get(f"fold/{AGG_THREADING}/100MiB/clients:{clients}")
+        r = cases.get(f"read/100MiB/clients:{clients}")
+        if not f or not r:
+            continue
+        share = f["gbps"] / r["gbps"]
+        rows.append((f"folding {clients} clients' results of a 100 MiB F32 model ≥ {AGG_SHARE:.0%} of a plain read "
+                     "of the same bytes", f"{share:.0%} ({fmt(f['gbps'])} vs {fmt(r['gbps'])} GB/s)",
+                     share >= AGG_SHARE))
+    return rows
+
+
+def write_aggregation(add, cases, section, meta):
+    add(f"## {section}. FedAvg aggregation (workflow.fedavg)")
+    add("")
+    add("`bench/aggregation_bench.cpp` (Google Benchmark, 5 repetitions, medians) drives the aggregator of "
+        "`workflow.fedavg` (`plugins/workflow/fedavg/aggregator.hpp`) as a run does: one aggregator for every "
+        "round, each client's result folded into the running weighted sum (`acc += w x params`, F32 summed in "
+        "float) as it arrives, then `finish()` makes the mean the new model in place, and the model of the round "
+        "before is dropped. The model is 100 MiB of F32 in 283 tensors (24 of 4 MiB, 3 of 1 MiB, 256 of 4 KiB), "
+        "or its 4 MiB tail; every client has buffers of its own. GB/s (10^9 bytes per second) counts client bytes "
+        "(clients x model) over wall-clock time. The baseline reads the same client buffers in the same run: a sum of 64-bit words on "
+        f"one thread (and on two). Load average while measured: {meta.get('aggregation_load', '?')} on "
+        f"{meta.get('nproc', '?')} cores; a second thread helps only when the other core is free.")
+    add("")
+    for model, label in [("100MiB", "100 MiB"), ("4MiB", "4 MiB")]:
+        add(f"**{label} model**")
+        add("")
+        add("| Measured | clients | GB/s | ms per round | Baseline (same run) | GB/s | measured / baseline |")
+        add("|---|---:|---:|---:|---|---:|---:|")
+        for clients in (2, 8):
+            r = cases.get(f"read/{model}/clients:{clients}")
+            if not r:
+                continue
+            for kind, what in [("fold", "folds"), ("round", "folds + finish()")]:
+                for threading, how in AGG_THREADINGS:
+                    m = cases.get(f"{kind}/{threading}/{model}/clients:{clients}")
+                    if not m:
+                        continue
+                    add(f"| {what}, {how} | {clients} | {fmt(m['gbps'])} | {fmt(m['ms'])} | read, one thread | "
+                        f"{fmt(r['gbps'])} | {m['gbps'] / r['gbps']:.0%} |")
+            r2 = cases.get(f"read2/{model}/clients:{clients}")
+            if r2:
+                add(f"| read, two threads | {clients} | {fmt(r2['gbps'])} | {fmt(r2['ms'])} | read, one thread | "
+                    f"{fmt(r['gbps'])} | {r2['gbps'] / r['gbps']:.0%} |")
+        add("")
+    f32, f64 = cases.get("kernel/f32"), cases.get("kernel/f64")
+    spawn, pool = cases.get("handoff/spawn"), cases.get("handoff/pool")
+    if f32 and f64:
+        add(f"Design checks. Summing F32 results in double instead of float: `acc[i] += w * x[i]` over 100 MiB on one "
+            f"thread runs at {fmt(f64['gbps'])} GB/s into doubles against {fmt(f32['gbps'])} GB/s into floats "
+            f"({f64['ms'] / f32['ms']:.2f}x the time), so F32 is summed in float.")
+        add("")
+    if spawn and pool:
+        add(f"Handing one pass to the second thread costs {fmt(spawn['ms'] * 1e3, 1)} µs with a thread started for "
+            f"it and {fmt(pool['ms'] * 1e3, 1)} µs with a thread kept for the run (medians), so `workflow.fedavg` "
+            "keeps one.")
+    add("")
+
+
 def write(args):
     meta = dict(item.split("=", 1) for item in args.meta)
     startup, cases = startup_stats(args.startup)
     load = load_stats(args.load)
     pipes, pipe_by_id = pipe_cases(args.pipes) if args.pipes else (None, {})
+    aggregation = aggregation_stats(args.aggregation) if args.aggregation else None
     profiles = [tuple(item.split("=", 1)) for item in args.profile]
     lines = []
     add = lines.append
 
     add("# Benchmarks")
     add("")
-    add("Plugin discovery and loading, `ember` start-up, and the pipes through the session layer. Written by "
+    add("Plugin discovery and loading, `ember` start-up, the pipes through the session layer, and FedAvg "
+        "aggregation. Written by "
         "`bench/run_benchmarks.sh`; do not edit by hand, run it again. Every number sits beside a baseline "
         "measured in the same run.")
     add("")
@@ -438,6 +524,20 @@ def write(args):
             "figures of one case vary a lot from run to run (each run is listed in section 3.6), so a ratio near "
             "its target can land on either side in another run. The CPU time both ends spend per GiB (section 3.5) is "
             "a second view, which leaves out the time the ends wait for a core.")
+        add("")
+        add("| Target | Measured (medians, same run) | |")
+        add("|---|---|---|")
+        for target, measured, ok in targets:
+            add(f"| {target} | {measured} | {met_or_not(ok)} |")
+        add("")
+
+    if aggregation:
+        targets = aggregation_targets(aggregation)
+        section = 4 if pipes else 3
+        missed = sum(1 for _, _, ok in targets if not ok)
+        add(f"Aggregation targets (section {section}): {len(targets) - missed} of {len(targets)} met, with the load "
+            f"average at {meta.get('aggregation_load', '?')} on {meta.get('nproc', '?')} cores while they were "
+            "measured.")
         add("")
         add("| Target | Measured (medians, same run) | |")
         add("|---|---|---|")
@@ -488,6 +588,8 @@ def write(args):
 
     if pipes:
         write_pipes(add, pipes, pipe_by_id, profiles, meta)
+    if aggregation:
+        write_aggregation(add, aggregation, 4 if pipes else 3, meta)
 
     add("## Notes")
     add("")
@@ -517,6 +619,7 @@ def main():
     parser.add_argument("--startup", required=True, help="startup_bench --json output")
     parser.add_argument("--load", required=True, help="plugin_load_bench --benchmark_out JSON")
     parser.add_argument("--pipes", help="pipe_bench --json output")
+    parser.add_argument("--aggregation", help="aggregation_bench --benchmark_out JSON")
     parser.add_argument("--profile", action="append", default=[],
                         help="CASE=FILE: `perf report --stdio` of pipe_bench --case CASE")
     parser.add_argument("--output", required=True, help="the Markdown file to write")

@@ -42,6 +42,12 @@ bool in_place(DType dtype) noexcept {
 constexpr std::uint64_t cache_line = 64;
 constexpr std::uint64_t huge_page = std::uint64_t{2} << 20;
 
+// base + i, where base is null for the accumulator type a dtype does not use.
+template <class T>
+T* offset(T* base, std::uint64_t i) noexcept {
+  return base == nullptr ? nullptr : base + i;
+}
+
 std::uint64_t round_up(std::uint64_t bytes, std::uint64_t unit) noexcept {
   return (bytes + unit - 1) / unit * unit;
 }
@@ -272,8 +278,8 @@ void Aggregator::fold_piece(const Piece& piece, const WireTensor& tensor, double
   const auto& acc = accumulators_[piece.tensor];
   std::uint64_t n = piece.end - piece.begin;
   const std::byte* src = tensor.bytes.data() + piece.begin * element_size(spec.dtype);
-  float* f32 = acc.f32 + piece.begin;
-  double* f64 = acc.f64 + piece.begin;
+  float* f32 = offset(acc.f32, piece.begin);
+  double* f64 = offset(acc.f64, piece.begin);
   auto w32 = static_cast<float>(weight);
   switch (spec.dtype) {
     case DType::F32:
@@ -387,12 +393,12 @@ std::vector<WireTensor> Aggregator::finish(std::span<const WireTensor* const> ba
     for (const auto& piece : pieces) {
       const auto& spec = specs[piece.tensor];
       const auto& acc = accumulators_[piece.tensor];
-      std::uint64_t offset = piece.begin * element_size(spec.dtype);
+      std::uint64_t skip = piece.begin * element_size(spec.dtype);
       std::uint64_t n = piece.end - piece.begin;
-      const std::byte* from = base.empty() ? nullptr : base[piece.tensor]->bytes.data() + offset;
-      std::byte* to = targets[piece.tensor] + offset;
-      const float* f32 = acc.f32 + piece.begin;
-      const double* f64 = acc.f64 + piece.begin;
+      const std::byte* from = base.empty() ? nullptr : offset(base[piece.tensor]->bytes.data(), skip);
+      std::byte* to = offset(targets[piece.tensor], skip);
+      const float* f32 = offset(acc.f32, piece.begin);
+      const double* f64 = offset(acc.f64, piece.begin);
       switch (spec.dtype) {
         case DType::F32:
           write_mean<float, float>(f32, from, to, n, total32, same_float, same_float);

@@ -71,7 +71,9 @@ class BlockCache {
 };
 
 struct AggregatorSettings {
-  Threading threading = Threading::spawn;
+  /// pool: handing a pass to a kept thread costs about 12 µs, starting a thread for it about 100 µs
+  /// (bench/aggregation_bench, handoff/*, on the reference machine).
+  Threading threading = Threading::pool;
   /// A pass over fewer bytes of a model than this stays on one thread.
   std::uint64_t split_bytes = std::uint64_t{1} << 20;
 };

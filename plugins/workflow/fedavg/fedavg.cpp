@@ -211,7 +211,7 @@ class FedAvgWorkflow final : public Workflow {
     // Also after a resumed run that had no round left: a crash may have come between the last checkpoint and
     // the final model.
     auto final_model = workspace_ / "model.safetensors";
-    auto saved = write_bundle(final_model, bundle(settings_.rounds - 1, {}));
+    auto saved = write_bundle(final_model, bundle(settings_.rounds - 1, last_metrics_));
     if (!saved) {
       return saved;
     }
@@ -242,6 +242,7 @@ class FedAvgWorkflow final : public Workflow {
         if (!adopted) {
           return fail(std::move(adopted.error()));
         }
+        last_metrics_ = checkpoint.data.metrics;
         std::uint64_t next = checkpoint.data.round + 1;
         log().info("resuming from " + checkpoint.file.string() + " (round " +
                    std::to_string(checkpoint.data.round) + "): " +
@@ -461,6 +462,7 @@ class FedAvgWorkflow final : public Workflow {
     log().info(at + "done in " + seconds_text(seconds) + ": " + std::to_string(state.ok) + " of " +
                std::to_string(sites.size()) + " sites, total weight " + number(total_weight) + "; " +
                metrics_text(means));
+    last_metrics_ = std::move(means);
     return ok();
   }
 
@@ -533,7 +535,8 @@ class FedAvgWorkflow final : public Workflow {
   Settings settings_;
   std::vector<WireTensor> global_;  // in layout_'s order; empty until a first round without an initial model
   std::optional<Layout> layout_;    // set once there is a global model
-  std::set<std::string> warned_;    // sites told that their results have no weight metric
+  std::map<std::string, double> last_metrics_;  // of the round that made global_, saved with the final model
+  std::set<std::string> warned_;                // sites told that their results have no weight metric
   // Made with the layout, kept for the run: its second thread and its memory serve every round.
   std::unique_ptr<Aggregator> aggregator_;
 };
