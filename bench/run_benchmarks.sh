@@ -1,5 +1,5 @@
 #!/bin/sh
-# Builds a release tree, runs the plugin-load, start-up, pipe and aggregation benchmarks and writes
+# Builds a release tree, runs the plugin-load, start-up, pipe, aggregation and job benchmarks and writes
 # docs/BENCHMARKS.md.
 #
 #   bench/run_benchmarks.sh [--build-dir DIR] [--runs N] [--pipe-runs M] [--no-profile] [--output FILE]
@@ -110,7 +110,20 @@ else
   echo "run_benchmarks.sh: no $aggregation_bench (configured with -Dreference_plugins=false?): no aggregation"
 fi
 aggregation_load_after=$(cut -d' ' -f1-3 /proc/loadavg)
-load_after=$aggregation_load_after
+
+# The job path: trainer launch, a 100 MiB round with 2 and 8 sites, relaying 1 GiB (bench/job_bench.cpp).
+job_bench="$build_dir/bench/job_bench"
+job_args=""
+job_load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+if [ -x "$job_bench" ]; then
+  echo "run_benchmarks.sh: the job path (trainer launch, rounds, relay)"
+  "$job_bench" --ember-build "$build_dir" --trainer "$build_dir/bench/ember-bench-trainer" \
+    --hello-trainer "$build_dir/examples/ember-hello-trainer" --launch-runs 20 --round-runs 3 \
+    --relay-mib 1024 --json "$work/job.json" >/dev/null
+  job_args="--job $work/job.json"
+fi
+job_load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+load_after=$job_load_after
 
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 # Meson 1.0 has no introspection of compilers; its log names the one it chose ("gcc 12.2.0").
@@ -127,7 +140,7 @@ fi
 mkdir -p "$(dirname "$output")"
 # shellcheck disable=SC2086
 python3 "$here/write_benchmarks_md.py" \
-  --startup "$work/startup.json" --load "$work/load.json" $pipe_args $aggregation_args \
+  --startup "$work/startup.json" --load "$work/load.json" $pipe_args $aggregation_args $job_args \
   --output "$output" \
   --meta "date=$(date -u '+%Y-%m-%d %H:%M UTC')" \
   --meta "cpu=$cpu" \
@@ -137,6 +150,7 @@ python3 "$here/write_benchmarks_md.py" \
   --meta "load=$load_before (before), $load_after (after)" \
   --meta "pipe_load=$pipe_load_before (before), $pipe_load_after (after)" \
   --meta "aggregation_load=$aggregation_load_before (before), $aggregation_load_after (after)" \
+  --meta "job_load=$job_load_before (before), $job_load_after (after)" \
   --meta "compiler=$compiler" \
   --meta "build=release (-O3, NDEBUG)${cpp_args:+, cpp_args $cpp_args}, build dir $(basename "$build_dir")" \
   --meta "commit=$commit" \

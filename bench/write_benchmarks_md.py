@@ -481,20 +481,96 @@ def write_aggregation(add, cases, section, meta):
     add("")
 
 
+# --- The job path (job_bench) ------------------------------------------------------------------------------
+
+JOB_LAUNCH_MS = 50.0  # target of the issue: trainer launch to SESSION_READY for a C++ trainer
+JOB_ROUND_FACTOR = 1.5  # a round's overhead beyond training within 1.5x the time to move its bytes
+JOB_RELAY_MIB = 256.0  # the client job's peak memory while relaying a 1 GiB model
+
+
+def size_text(mib):
+    return f"{mib / 1024:g} GiB" if mib >= 1024 else f"{mib:g} MiB"
+
+
+def job_targets(job):
+    rows = []
+    for launch in job.get("launch", []):
+        if launch["trainer"].startswith("test trainer"):
+            rows.append((f"{launch['trainer']}: launch to SESSION_READY < {JOB_LAUNCH_MS:.0f} ms",
+                         f"{fmt(launch['median_ms'])} ms (fork+exec of /bin/true: "
+                         f"{fmt(job['spawn_baseline']['median_ms'])} ms)", launch["median_ms"] < JOB_LAUNCH_MS))
+        else:
+            base = job.get("hello_start_baseline", {}).get("median_ms")
+            rows.append((f"{launch['trainer']}: launch to SESSION_READY < {JOB_LAUNCH_MS:.0f} ms",
+                         f"{fmt(launch['median_ms'])} ms (the same program starting and exiting at once, which "
+                         f"loads LibTorch: {fmt(base) if base else '?'} ms)", launch["median_ms"] < JOB_LAUNCH_MS))
+    for r, b in zip(job.get("round", []), job.get("round_baseline", [])):
+        ratio = r["beyond_training_ms"] / b["median_ms"]
+        rows.append((f"a 100 MiB round with {r['clients']} clients: overhead beyond training ≤ "
+                     f"{JOB_ROUND_FACTOR}x moving its bytes over pipe.socket",
+                     f"{ratio:.1f}x ({fmt(r['beyond_training_ms'])} vs {fmt(b['median_ms'])} ms)",
+                     ratio <= JOB_ROUND_FACTOR))
+    relay = job.get("relay")
+    if relay:
+        rows.append((f"client job's own memory while relaying a {size_text(relay['model_mib'])} model each way "
+                     f"< {JOB_RELAY_MIB:.0f} MiB",
+                     f"{fmt(relay['own_anon_peak_mib'])} MiB (anonymous; the model it was handed is not counted)",
+                     relay["own_anon_peak_mib"] < JOB_RELAY_MIB))
+    return rows
+
+
+def write_job(add, job, section, meta):
+    add(f"## {section}. The job path (executor.external-trainer, the Client API)")
+    add("")
+    add("`bench/job_bench.cpp` drives `executor.external-trainer` in process, with `launcher.process` and "
+        "`pipe.socket` (Unix), and `ember-bench-trainer` (the tests' Client API trainer, no ML library) as the "
+        f"trainer. Load average while measured: {meta.get('job_load', '?')} on {meta.get('nproc', '?')} cores.")
+    add("")
+    add("| Measured | median | Baseline (same run) | median |")
+    add("|---|---:|---|---:|")
+    for launch in job.get("launch", []):
+        base = job["spawn_baseline"] if launch["trainer"].startswith("test") else job.get("hello_start_baseline")
+        base_label = "fork+exec+wait of /bin/true" if launch["trainer"].startswith("test") else \
+            "the LibTorch trainer starting and exiting (no bootstrap)"
+        add(f"| launch to SESSION_READY: {launch['trainer']} | {fmt(launch['median_ms'])} ms | {base_label} | "
+            f"{fmt(base['median_ms']) if base else '?'} ms |")
+    for r, b in zip(job.get("round", []), job.get("round_baseline", [])):
+        add(f"| one round, 100 MiB model, {r['clients']} clients (wall) | {fmt(r['median_ms'])} ms | "
+            f"the same bytes through {b['clients']} session pairs over pipe.socket | {fmt(b['median_ms'])} ms |")
+        add(f"| the same, less the slowest trainer's own work | {fmt(r['beyond_training_ms'])} ms | | |")
+    relay = job.get("relay")
+    if relay:
+        add(f"| relay of {size_text(relay['model_mib'])} each way: peak RSS / anonymous | "
+            f"{fmt(relay['rss_peak_mib'])} / {fmt(relay['rss_anon_peak_mib'])} MiB | the model handed to the "
+            f"task, and this process before it | {fmt(relay['model_mib'])} / {fmt(relay['rss_anon_before_mib'])} "
+            "MiB |")
+    add("")
+    add("A round: the executors send the task (a params bundle streamed from the model's buffer) to every site "
+        "at once, each trainer adds one to every element into a buffer it keeps across rounds (its training, "
+        "timed by the trainer and subtracted for the second row), answers, and the executor decodes and checks "
+        "the result (results of 64 MiB or more stream into an unlinked file and are mapped: `spill_over`). The "
+        "baseline moves the same bytes each way through sessions over the same pipe, with no trainer process, no "
+        "decoding and nothing kept. The relay keeps the client job's own memory flat: the task streams from the "
+        "buffer it was handed, the result goes to a mapped file; VmRSS counts the model handed in and the "
+        "mapped pages read.")
+    add("")
+
 def write(args):
     meta = dict(item.split("=", 1) for item in args.meta)
     startup, cases = startup_stats(args.startup)
     load = load_stats(args.load)
     pipes, pipe_by_id = pipe_cases(args.pipes) if args.pipes else (None, {})
     aggregation = aggregation_stats(args.aggregation) if args.aggregation else None
+    job = json.load(open(args.job)) if args.job else None
+    job_section = 3 + (1 if pipes else 0) + (1 if aggregation else 0)
     profiles = [tuple(item.split("=", 1)) for item in args.profile]
     lines = []
     add = lines.append
 
     add("# Benchmarks")
     add("")
-    add("Plugin discovery and loading, `ember` start-up, the pipes through the session layer, and FedAvg "
-        "aggregation. Written by "
+    add("Plugin discovery and loading, `ember` start-up, the pipes through the session layer, FedAvg "
+        "aggregation, and the job path (trainer launch, a round, relaying a model). Written by "
         "`bench/run_benchmarks.sh`; do not edit by hand, run it again. Every number sits beside a baseline "
         "measured in the same run.")
     add("")
@@ -538,6 +614,18 @@ def write(args):
         add(f"Aggregation targets (section {section}): {len(targets) - missed} of {len(targets)} met, with the load "
             f"average at {meta.get('aggregation_load', '?')} on {meta.get('nproc', '?')} cores while they were "
             "measured.")
+        add("")
+        add("| Target | Measured (medians, same run) | |")
+        add("|---|---|---|")
+        for target, measured, ok in targets:
+            add(f"| {target} | {measured} | {met_or_not(ok)} |")
+        add("")
+
+    if job:
+        targets = job_targets(job)
+        missed = sum(1 for _, _, ok in targets if not ok)
+        add(f"Job targets (section {job_section}): {len(targets) - missed} of {len(targets)} met, with the load "
+            f"average at {meta.get('job_load', '?')} on {meta.get('nproc', '?')} cores while they were measured.")
         add("")
         add("| Target | Measured (medians, same run) | |")
         add("|---|---|---|")
@@ -590,6 +678,8 @@ def write(args):
         write_pipes(add, pipes, pipe_by_id, profiles, meta)
     if aggregation:
         write_aggregation(add, aggregation, 4 if pipes else 3, meta)
+    if job:
+        write_job(add, job, job_section, meta)
 
     add("## Notes")
     add("")
@@ -620,6 +710,7 @@ def main():
     parser.add_argument("--load", required=True, help="plugin_load_bench --benchmark_out JSON")
     parser.add_argument("--pipes", help="pipe_bench --json output")
     parser.add_argument("--aggregation", help="aggregation_bench --benchmark_out JSON")
+    parser.add_argument("--job", help="job_bench --json output")
     parser.add_argument("--profile", action="append", default=[],
                         help="CASE=FILE: `perf report --stdio` of pipe_bench --case CASE")
     parser.add_argument("--output", required=True, help="the Markdown file to write")
