@@ -101,7 +101,10 @@ class Reader {
       if (!tagged.is_object() || tagged.size() != 1) {
         return fail(bad(key, "must be an object with one typed value"));
       }
-      const auto& [tag, v] = *tagged.items().begin();
+      // The one entry of the tagged value (items() would hand out a proxy of a temporary iterator).
+      auto entry = tagged.begin();
+      const std::string tag = entry.key();
+      const json& v = entry.value();
       if (tag == "string" && v.is_string()) {
         out.set(name, v.get<std::string>());
       } else if (tag == "integer" && v.is_number_integer()) {
