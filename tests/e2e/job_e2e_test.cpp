@@ -34,6 +34,7 @@ struct JobSpec {
   std::int64_t spill_over = -1;  // -1: the executor's default
   bool converter = false;        // the executor lists a converter (converter.identity) the trainer must speak
   std::string round_timeout = "0s";
+  std::string launch_mode = "job";  // the executor's `launch`: one trainer per job, or one per task
 };
 
 // The final model of the test trainer's job: round 0 answers ones, each later round adds one: 3 rounds → 3.
@@ -62,6 +63,7 @@ class JobE2E : public ::testing::TestWithParam<std::string> {
             "\", \"--mode\", \""
          << spec.mode << "\", \"--bad-site\", \"" << spec.bad_site << "\", \"--from-round\", \""
          << spec.from_round << "\"]\n"
+         << "launch = \"" << spec.launch_mode << "\"\n"
          << (spec.spill_over >= 0 ? "spill_over = " + std::to_string(spec.spill_over) + "\n" : std::string())
          << (spec.converter
                  ? "converters = [\"tensors\"]\n[components.tensors]\ntype = \"converter.identity\"\n"
@@ -104,6 +106,13 @@ TEST_P(JobE2E, AllSitesFinishTheRoundsAndTheModelIsSaved) {
   EXPECT_TRUE(fs::exists(dir_.path() / "ws" / "metrics.jsonl"));
   EXPECT_TRUE(fs::exists(dir_.path() / "ws" / "site-1" / "log.txt"));
   EXPECT_TRUE(fs::exists(dir_.path() / "ws" / "server" / "checkpoints" / "round-2.safetensors"));
+  expect_no_trainer_left();
+}
+
+TEST_P(JobE2E, OneTrainerPerTaskGivesTheSameModel) {
+  auto run = simulate(write_job({.launch_mode = "task"}));
+  EXPECT_EQ(run.exit_code, kernel::exit_code::ok) << run.out << run.err;
+  expect_final_model_is_three(dir_.path() / "ws" / "server" / "model.safetensors");
   expect_no_trainer_left();
 }
 

@@ -198,6 +198,16 @@ class ExternalTrainer final : public Executor {
 
   Result<void> launch_trainer() {
     ++launches_;
+    if (launches_ > 1) {
+      // A fresh pipe component for each trainer: the previous one may still hold what its job end left
+      // behind (the file pipe keeps unread frames until its component goes), and is dropped first.
+      pipe_.reset();
+      auto pipe = registry_.create_configured_as<Pipe>(pipe_id_);
+      if (!pipe) {
+        return fail(pipe.error().code, site() + ": pipe '" + pipe_id_ + "': " + pipe.error().message);
+      }
+      pipe_ = *pipe;
+    }
     auto token = session::make_token();
     if (!token) {
       return fail(std::move(token.error()));
