@@ -141,11 +141,16 @@ class SimHost final : public WorkflowHost {
     };
     auto shared = std::make_shared<Shared>();
     const auto started = Clock::now();
-    const std::string label =
-        task.total_rounds != 0 && task.round >= task.total_rounds
-            ? task.name + " (after round " + std::to_string(task.total_rounds) + ")"
-            : task.name + " round " + std::to_string(task.round + 1) +
-                  (task.total_rounds != 0 ? "/" + std::to_string(task.total_rounds) : "");
+    // Appended piece by piece: GCC 12 at -O3 reports a false -Wrestrict for `"/" + std::to_string(...)` here.
+    std::string label = task.name;
+    if (task.total_rounds != 0 && task.round >= task.total_rounds) {
+      label.append(" (after round ").append(std::to_string(task.total_rounds)).append(")");
+    } else {
+      label.append(" round ").append(std::to_string(task.round + 1));
+      if (task.total_rounds != 0) {
+        label.append("/").append(std::to_string(task.total_rounds));
+      }
+    }
     if (progress_) {
       std::lock_guard lock(out_mutex_);
       out_ << label << ": sending " << bytes_text(params_bytes(task)) << " to " << targets.size() << " site"

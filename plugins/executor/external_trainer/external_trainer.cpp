@@ -2,6 +2,7 @@
 // job's launcher, hands it a 0600 bootstrap file, runs the session over the job's pipe, passes tasks and
 // results, forwards the trainer's LOG metrics, and turns every failure into a task error that says why.
 
+#include <algorithm>
 #include <atomic>
 #include <mutex>
 #include <optional>
@@ -404,10 +405,9 @@ class ExternalTrainer final : public Executor {
                 std::to_string((accepted ? job_.timeouts.result_wait : job_.timeouts.task_wait).count()) +
                 " ms");
       }
-      auto received = s.receive(std::min<Clock::duration>(deadline - now, 100ms) > 0ms
-                                    ? std::chrono::duration_cast<std::chrono::milliseconds>(
-                                          std::min<Clock::duration>(deadline - now, 100ms))
-                                    : 1ms);
+      // Short waits, so the stop token and the trainer process are checked in between.
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
+      auto received = s.receive(std::clamp<std::chrono::milliseconds>(left, 1ms, 100ms));
       if (!received) {
         return fail(task_error(received.error(), task));
       }
