@@ -133,6 +133,7 @@ class SimHost final : public WorkflowHost {
                          std::chrono::milliseconds timeout,
                          const std::function<void(SiteResult&&)>& on_result) override {
     flush_round();
+    last_task_total_ = task.total_rounds;
     struct Shared {
       std::mutex mutex;
       std::condition_variable done;
@@ -231,6 +232,7 @@ class SimHost final : public WorkflowHost {
   }
 
   void report(const std::string& key, double value, std::uint64_t round) override {
+    last_total_ = last_task_total_;
     write_metric("server", key, value, round, std::nullopt);
     std::lock_guard lock(out_mutex_);
     rounds_[round][key] = value;
@@ -259,7 +261,11 @@ class SimHost final : public WorkflowHost {
     if (!progress_) {
       return;
     }
-    out_ << "round " << last_round_ + 1 << " aggregated:";
+    if (last_total_ != 0 && last_round_ >= last_total_) {
+      out_ << "final model evaluated:";
+    } else {
+      out_ << "round " << last_round_ + 1 << " aggregated:";
+    }
     for (const auto& [k, v] : rounds_[last_round_]) {
       out_ << "  " << k << "=" << number(v);
     }
@@ -288,6 +294,8 @@ class SimHost final : public WorkflowHost {
   std::ofstream metrics_;
   std::map<std::uint64_t, std::map<std::string, double>> rounds_;
   std::uint64_t last_round_ = 0;
+  std::uint64_t last_total_ = 0;       // total_rounds of the task the reported round belongs to
+  std::uint64_t last_task_total_ = 0;  // total_rounds of the last task broadcast
   bool have_round_ = false;
   std::int64_t printed_through_ = -1;
   std::uint64_t bytes_moved_ = 0;
