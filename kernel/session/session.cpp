@@ -37,6 +37,15 @@ bool control_lane(Op op) {
 // advances and does not resend it merely because the receiver is slow.
 constexpr std::uint32_t progress_every = 8;
 
+// The most memory parts one frame's payload is sent from without copying; a chunk made of more (many
+// small tensors) is copied into the frame instead.
+constexpr std::size_t max_gather_parts = 64;
+
+std::chrono::milliseconds ceil_ms(std::chrono::steady_clock::duration d) {
+  return std::chrono::ceil<std::chrono::milliseconds>(
+      std::max(d, std::chrono::steady_clock::duration::zero()));
+}
+
 std::string ms(std::chrono::milliseconds d) {
   return std::to_string(d.count()) + " ms";
 }
@@ -89,6 +98,15 @@ Result<void> BytesSource::read(std::uint64_t offset, std::span<std::byte> out) c
   return ok();
 }
 
+bool BytesSource::view(std::uint64_t offset, std::size_t size,
+                       std::vector<std::span<const std::byte>>& out) const {
+  if (offset > bytes_.size() || size > bytes_.size() - offset) {
+    return false;
+  }
+  out.emplace_back(bytes_.data() + offset, size);
+  return true;
+}
+
 PeerAdmission admit_hello(std::string token, wire::Limits limits) {
   return [token = std::move(token), limits](std::span<const std::byte> first) {
     auto frame = wire::decode_frame(first, limits);
@@ -114,7 +132,8 @@ struct Session::Outgoing {
   std::uint64_t offset = 0;
   std::uint32_t chunk = 0;
   int sends = 0;
-  Clock::time_point deadline;   // resend when no receipt by then
+  bool parked = false;          // in unacked_ and due_
+  Clock::time_point deadline;   // resend when no receipt by then (while parked)
   std::uint64_t confirmed = 0;  // bytes the receiver said it holds (progress receipts)
   bool done = false;
   std::optional<Error> error;
@@ -144,7 +163,12 @@ Session::Session(Role role, std::unique_ptr<PipeEndpoint> pipe, Settings setting
       log_(std::move(logger)),
       events_(events),
       peer_(pipe_->describe()),
-      last_rx_(Clock::now()) {
+      poll_(std::clamp(settings_.heartbeat_interval / 4, std::chrono::milliseconds(1),
+                       std::chrono::milliseconds(50))),
+      grace_(std::clamp(settings_.heartbeat_interval / 8, std::chrono::milliseconds(1),
+                        std::chrono::milliseconds(5))),
+      last_rx_(Clock::now()),
+      last_tx_(Clock::now()) {
   reader_ = std::thread([this] { reader_loop(); });
   writer_ = std::thread([this] { writer_loop(); });
 }
@@ -197,34 +221,80 @@ void Session::lost(Error error) {
 
 // Called with the mutex held. Moves the session to its end state, failing everything still pending.
 void Session::end(State state, Error error) {
-  if (state_ == State::closed || state_ == State::peer_gone) {
+  if (ended()) {
     return;
   }
   state_ = state;
   failure_ = std::move(error);
-  auto fail_all = [&](auto& container) {
-    for (auto& item : container) {
-      auto& out = [&]() -> Outgoing& {
-        if constexpr (std::is_same_v<std::decay_t<decltype(item)>, std::shared_ptr<Outgoing>>) {
-          return *item;
-        } else {
-          return *item.second;
-        }
-      }();
-      if (!out.done) {
-        out.done = true;
-        out.error = *failure_;
-      }
+  auto fail_one = [&](Outgoing& out) {
+    if (!out.done) {
+      out.done = true;
+      out.error = *failure_;
     }
-    container.clear();
   };
-  fail_all(bulk_);
-  fail_all(unacked_);
+  for (auto& out : bulk_) {
+    fail_one(*out);
+  }
+  for (auto& [id, out] : unacked_) {
+    fail_one(*out);
+    out->parked = false;
+  }
+  bulk_.clear();
+  unacked_.clear();
+  due_.clear();
   in_flight_ = 0;
+  changed_.notify_all();
+  writer_cv_.notify_all();
+  reader_cv_.notify_all();
+}
+
+// Called with the mutex held: `out` is acknowledged (no error) or has failed.
+void Session::finish(Outgoing& out, std::optional<Error> error) {
+  if (out.done) {
+    return;
+  }
+  out.done = true;
+  out.error = std::move(error);
+  in_flight_ = in_flight_ > 0 ? in_flight_ - 1 : 0;
   changed_.notify_all();
 }
 
-void Session::send_control(Op op, wire::MessageType type, std::uint64_t req_id, wire::Headers headers) {
+void Session::park(const std::shared_ptr<Outgoing>& out, Clock::time_point deadline) {
+  if (out->parked) {
+    due_.erase({out->deadline, out->msg_id});
+  }
+  out->parked = true;
+  out->deadline = deadline;
+  unacked_[out->msg_id] = out;
+  due_.emplace(deadline, out->msg_id);
+}
+
+std::shared_ptr<Session::Outgoing> Session::unpark(std::uint64_t msg_id) {
+  auto it = unacked_.find(msg_id);
+  if (it == unacked_.end()) {
+    return nullptr;
+  }
+  auto out = std::move(it->second);
+  unacked_.erase(it);
+  due_.erase({out->deadline, out->msg_id});
+  out->parked = false;
+  return out;
+}
+
+// Puts a message back in line to be sent again: an urgent one first, another behind the message under way,
+// so that one's chunks stay contiguous.
+void Session::requeue(const std::shared_ptr<Outgoing>& out) {
+  if (out->urgent) {
+    bulk_.push_front(out);
+  } else {
+    auto pos = (!bulk_.empty() && bulk_.front()->chunk > 0) ? std::next(bulk_.begin()) : bulk_.begin();
+    bulk_.insert(pos, out);
+  }
+  writer_cv_.notify_one();
+}
+
+std::vector<std::byte> Session::encode_control(Op op, wire::MessageType type, std::uint64_t req_id,
+                                               const wire::Headers& headers) {
   wire::FrameHeader header;
   header.type = type;
   header.op = op;
@@ -232,10 +302,19 @@ void Session::send_control(Op op, wire::MessageType type, std::uint64_t req_id, 
   header.msg_id = next_id();
   header.req_id = req_id;
   std::vector<std::byte> frame;
-  if (wire::encode_frame(frame, header, {}, headers, {}, settings_.limits)) {
+  if (!wire::encode_frame(frame, header, {}, headers, {}, settings_.limits)) {
+    frame.clear();
+  }
+  return frame;
+}
+
+// Called with the mutex held: queues a control frame for the writer thread.
+void Session::send_control(Op op, wire::MessageType type, std::uint64_t req_id, wire::Headers headers) {
+  auto frame = encode_control(op, type, req_id, headers);
+  if (!frame.empty()) {
     control_.push_back(std::move(frame));
     control_pending_++;
-    changed_.notify_all();
+    writer_cv_.notify_one();
   }
 }
 
@@ -247,11 +326,84 @@ Result<void> Session::write_frame(std::span<const std::byte> frame) {
   std::lock_guard lock(mutex_);
   stats_.frames_sent++;
   stats_.bytes_sent += frame.size();
+  last_tx_ = Clock::now();
   return ok();
 }
 
-// Sends the next frame of `out` (the lock is released during the pipe write); true when it was the last.
-bool Session::send_next_chunk(Outgoing& out, std::unique_lock<std::mutex>& lock) {
+// Writes the frame encode_chunk() laid out in tx_iov_ (the caller holds writing_).
+Result<void> Session::write_encoded() {
+  if (tx_iov_.size() == 1) {
+    return write_frame(tx_iov_.front());
+  }
+  std::size_t bytes = 0;
+  for (const auto& part : tx_iov_) {
+    bytes += part.size();
+  }
+  auto sent = pipe_->send_parts(tx_iov_, settings_.stream_idle);
+  if (!sent) {
+    return sent;
+  }
+  std::lock_guard lock(mutex_);
+  stats_.frames_sent++;
+  stats_.bytes_sent += bytes;
+  last_tx_ = Clock::now();
+  return ok();
+}
+
+// Lays out one frame of `out` in the writing thread's buffers (the caller holds writing_): straight from the
+// source's memory when it holds those bytes there, else with the bytes read into tx_frame_. tx_iov_ lists
+// the frame's parts afterwards.
+Result<void> Session::encode_chunk(Outgoing& out, const wire::FrameHeader& header, std::uint64_t offset,
+                                   std::size_t len, std::string_view topic, const wire::Headers& headers) {
+  tx_parts_.clear();
+  tx_iov_.clear();
+  if (len > 0 && out.payload && out.payload->view(offset, len, tx_parts_) &&
+      tx_parts_.size() <= max_gather_parts) {
+    std::size_t viewed = 0;
+    for (const auto& part : tx_parts_) {
+      viewed += part.size();
+    }
+    if (viewed == len) {
+      auto encoded =
+          wire::encode_frame_around(tx_gather_, header, topic, headers, tx_parts_, settings_.limits);
+      if (!encoded) {
+        return encoded;
+      }
+      tx_iov_.emplace_back(tx_gather_.head);
+      tx_iov_.insert(tx_iov_.end(), tx_parts_.begin(), tx_parts_.end());
+      tx_iov_.emplace_back(tx_gather_.trailer);
+      return ok();
+    }
+  }
+  const PayloadSource* payload = out.payload.get();
+  auto encoded = wire::encode_frame_with(
+      tx_frame_, header, topic, headers, len,
+      [&](std::span<std::byte> into) { return payload->read(offset, into); }, settings_.limits);
+  if (!encoded) {
+    return encoded;
+  }
+  tx_iov_.emplace_back(tx_frame_);
+  return ok();
+}
+
+// Called with the mutex held: a frame of `out` could not be sent.
+void Session::chunk_failed(Outgoing& out, const Error& error) {
+  if (error.code == Errc::invalid_argument || error.code == Errc::io_error) {
+    // This message cannot be sent (its source failed, or it breaks a limit): fail it, keep the session.
+    if (out.parked) {
+      unpark(out.msg_id);
+    }
+    finish(out, Error{error.code, "cannot send " + std::string(wire::to_string(out.op)) + " msg_id " +
+                                      std::to_string(out.msg_id) + ": " + error.message});
+    return;
+  }
+  lost(Error{error.code == Errc::timeout ? Errc::timeout : Errc::peer_gone,
+             "sending to " + peer_ + " failed: " + error.message});
+}
+
+// Sends the next frame of `out` (the caller holds writing_; the lock is released during the pipe write);
+// true when it was the last.
+bool Session::send_next_chunk(Outgoing& out, Lock& lock) {
   wire::FrameHeader header;
   header.type = out.type;
   header.op = out.op;
@@ -264,32 +416,19 @@ bool Session::send_next_chunk(Outgoing& out, std::unique_lock<std::mutex>& lock)
   bool last = out.offset + len == out.size;
   header.flags = static_cast<std::uint8_t>((first ? wire::flags::first : 0) | (last ? wire::flags::last : 0) |
                                            (out.urgent ? wire::flags::control : 0));
-  auto payload = out.payload;
-  std::string topic = first ? out.topic : std::string();
-  wire::Headers headers = first ? out.headers : wire::Headers();
   std::uint64_t offset = out.offset;
   lock.unlock();
-  // The source is read straight into the frame, which is reused from chunk to chunk (writer thread only).
-  Result<void> result = wire::encode_frame_with(
-      frame_buffer_, header, topic, headers, len,
-      [&](std::span<std::byte> into) { return payload->read(offset, into); }, settings_.limits);
+  // Topic, headers and payload are not changed once posted, so they are read without the lock.
+  static const wire::Headers no_headers;
+  Result<void> result =
+      encode_chunk(out, header, offset, len, first ? std::string_view(out.topic) : std::string_view(),
+                   first ? out.headers : no_headers);
   if (result) {
-    result = write_frame(frame_buffer_);
+    result = write_encoded();
   }
   lock.lock();
   if (!result) {
-    if (result.error().code == Errc::invalid_argument || result.error().code == Errc::io_error) {
-      // This message cannot be sent (its source failed, or it breaks a limit): fail it, keep the session.
-      out.done = true;
-      out.error =
-          Error{result.error().code, "cannot send " + std::string(wire::to_string(out.op)) + " msg_id " +
-                                         std::to_string(out.msg_id) + ": " + result.error().message};
-      in_flight_ = in_flight_ > 0 ? in_flight_ - 1 : 0;
-      changed_.notify_all();
-      return true;
-    }
-    lost(Error{result.error().code == Errc::timeout ? Errc::timeout : Errc::peer_gone,
-               "sending to " + peer_ + " failed: " + result.error().message});
+    chunk_failed(out, result.error());
     return true;
   }
   if (out.offset != offset || out.done) {
@@ -300,66 +439,141 @@ bool Session::send_next_chunk(Outgoing& out, std::unique_lock<std::mutex>& lock)
   return last;
 }
 
+// Writes a single-frame message from the calling thread (the writer is idle and nothing waits to go before
+// it), then the receipts this thread owes. Called with the lock held and writing_ free; returns with the
+// lock held.
+bool Session::write_direct(Lock& lock, const std::shared_ptr<Outgoing>& out) {
+  writing_ = true;
+  out->sends = 1;
+  // Parked before the write: its receipt may come back before this thread has the lock again.
+  park(out, Clock::now() + settings_.heartbeat_interval);
+  auto receipts = std::move(receipts_);
+  receipts_.clear();
+  wire::FrameHeader header;
+  header.type = out->type;
+  header.op = out->op;
+  header.msg_id = out->msg_id;
+  header.req_id = out->req_id;
+  header.total_len = out->size;
+  header.flags = static_cast<std::uint8_t>(wire::flags::first | wire::flags::last |
+                                           (out->urgent ? wire::flags::control : 0));
+  lock.unlock();
+  auto result = encode_chunk(*out, header, 0, static_cast<std::size_t>(out->size), out->topic, out->headers);
+  bool encoded = result.has_value();
+  if (result) {
+    result = write_encoded();
+  }
+  for (auto it = receipts.begin(); result && it != receipts.end(); it = receipts.erase(it)) {
+    result = write_frame(*it);
+  }
+  lock.lock();
+  writing_ = false;
+  if (!encoded) {
+    for (auto& receipt : receipts) {  // not ours to drop: the writer sends them
+      control_.push_back(std::move(receipt));
+      control_pending_++;
+    }
+    chunk_failed(*out, result.error());
+  } else if (!result) {
+    lost(Error{Errc::peer_gone, "sending to " + peer_ + " failed: " + result.error().message});
+  }
+  if (!control_.empty() || !bulk_.empty() || writer_waits_) {
+    writer_cv_.notify_one();
+  }
+  return result.has_value();
+}
+
+// Called with the mutex held by the thread that holds the read token, before it blocks reading: sends the
+// receipts it owes, itself when nobody is writing, else through the writer thread.
+void Session::flush_receipts(Lock& lock) {
+  if (writing_) {
+    while (!receipts_.empty()) {
+      control_.push_back(std::move(receipts_.front()));
+      receipts_.pop_front();
+      control_pending_++;
+    }
+    writer_cv_.notify_one();
+    return;
+  }
+  writing_ = true;
+  auto receipts = std::move(receipts_);
+  receipts_.clear();
+  lock.unlock();
+  Result<void> sent = ok();
+  for (auto it = receipts.begin(); sent && it != receipts.end(); ++it) {
+    sent = write_frame(*it);
+  }
+  lock.lock();
+  writing_ = false;
+  if (!sent) {
+    lost(Error{Errc::peer_gone, "sending to " + peer_ + " failed: " + sent.error().message});
+  }
+  if (!control_.empty() || !bulk_.empty() || writer_waits_) {
+    writer_cv_.notify_one();
+  }
+}
+
 void Session::writer_loop() {
-  std::unique_lock lock(mutex_);
-  auto next_heartbeat = Clock::now();
-  while (state_ != State::closed && state_ != State::peer_gone) {
+  Lock lock(mutex_);
+  while (!ended()) {
     auto now = Clock::now();
-    // Heartbeats begin with the handshake: a trainer's first frame must be its HELLO (pipes admit peers by
-    // it), and before the handshake nobody checks liveness anyway.
-    if (live_ && now >= next_heartbeat) {
+    // Any frame counts as life, so a heartbeat goes only when nothing else went out for an interval. They
+    // begin with the handshake: a trainer's first frame must be its HELLO (pipes admit peers by it), and
+    // before the handshake nobody checks liveness anyway.
+    if (live_ && !writing_ && control_.empty() && now >= last_tx_ + settings_.heartbeat_interval) {
       send_control(Op::heartbeat, wire::MessageType::request, 0);
-      next_heartbeat = now + settings_.heartbeat_interval;
     }
     // Messages whose receipt did not come in time are sent again, a bounded number of times.
-    auto wake = live_ ? next_heartbeat : now + settings_.heartbeat_interval;
-    for (auto it = unacked_.begin(); it != unacked_.end();) {
-      auto& out = *it->second;
-      if (now < out.deadline) {
-        wake = std::min(wake, out.deadline);
-        ++it;
+    while (!due_.empty() && due_.begin()->first <= now) {
+      auto out = unpark(due_.begin()->second);
+      if (out->sends > settings_.max_resends) {
+        finish(*out, Error{Errc::timeout, "no receipt from " + peer_ + " for " +
+                                              std::string(wire::to_string(out->op)) + " msg_id " +
+                                              std::to_string(out->msg_id) + " after " +
+                                              std::to_string(out->sends) + " sends"});
         continue;
       }
-      if (out.sends > settings_.max_resends) {
-        out.done = true;
-        out.error =
-            Error{Errc::timeout, "no receipt from " + peer_ + " for " + std::string(wire::to_string(out.op)) +
-                                     " msg_id " + std::to_string(out.msg_id) + " after " +
-                                     std::to_string(out.sends) + " sends"};
-        in_flight_ = in_flight_ > 0 ? in_flight_ - 1 : 0;
-        changed_.notify_all();
-      } else {
-        // Go back to what the receiver confirmed holding (from the start if nothing was confirmed).
-        out.chunk = static_cast<std::uint32_t>(out.confirmed / settings_.chunk_size);
-        out.offset = std::uint64_t{out.chunk} * settings_.chunk_size;
-        if (out.offset >= out.size) {
-          out.chunk = 0;
-          out.offset = 0;
-        }
-        stats_.resends++;
-        log_->debug("resending " + std::string(wire::to_string(out.op)) + " msg_id " +
-                    std::to_string(out.msg_id));
-        if (out.urgent) {
-          bulk_.push_front(it->second);
-        } else {
-          // Behind a message already under way, so its chunks stay contiguous.
-          auto pos = (!bulk_.empty() && bulk_.front()->chunk > 0) ? std::next(bulk_.begin()) : bulk_.begin();
-          bulk_.insert(pos, it->second);
-        }
+      // Go back to what the receiver confirmed holding (from the start if nothing was confirmed).
+      out->chunk = static_cast<std::uint32_t>(out->confirmed / settings_.chunk_size);
+      out->offset = std::uint64_t{out->chunk} * settings_.chunk_size;
+      if (out->offset >= out->size) {
+        out->chunk = 0;
+        out->offset = 0;
       }
-      it = unacked_.erase(it);
+      stats_.resends++;
+      log_->debug("resending " + std::string(wire::to_string(out->op)) + " msg_id " +
+                  std::to_string(out->msg_id));
+      requeue(out);
+    }
+    auto wake = now + settings_.heartbeat_interval;
+    if (live_) {
+      wake = std::max(now + std::chrono::milliseconds(1), last_tx_ + settings_.heartbeat_interval);
+    }
+    if (!due_.empty()) {
+      wake = std::min(wake, due_.begin()->first);
+    }
+    if (writing_) {
+      // A caller is writing a frame of its own; it wakes this thread when it is done.
+      writer_waits_ = true;
+      writer_cv_.wait_until(lock, wake);
+      writer_waits_ = false;
+      continue;
     }
     if (!control_.empty()) {
       auto frame = std::move(control_.front());
       control_.pop_front();
+      writing_ = true;
       lock.unlock();
       auto sent = write_frame(frame);
       lock.lock();
+      writing_ = false;
       control_pending_--;
       if (!sent) {
         lost(Error{Errc::peer_gone, "sending to " + peer_ + " failed: " + sent.error().message});
       }
-      changed_.notify_all();
+      if (closing_) {
+        changed_.notify_all();  // close() waits for its farewell to go out
+      }
       continue;
     }
     // A single-frame control-lane message goes before the next chunk of a large one.
@@ -373,26 +587,29 @@ void Session::writer_loop() {
         bulk_.erase(pick);
         continue;
       }
+      writing_ = true;
       bool last = send_next_chunk(*out, lock);
-      if (state_ == State::closed || state_ == State::peer_gone) {
+      writing_ = false;
+      if (ended()) {
         break;
       }
       if (last) {
-        bulk_.erase(std::find(bulk_.begin(), bulk_.end(), out));
+        if (auto it = std::find(bulk_.begin(), bulk_.end(), out); it != bulk_.end()) {
+          bulk_.erase(it);
+        }
         if (!out->done) {
           out->sends++;
-          out->deadline = Clock::now() + settings_.heartbeat_interval;
-          unacked_[out->msg_id] = out;
+          park(out, Clock::now() + settings_.heartbeat_interval);
         }
       }
       continue;
     }
-    changed_.wait_until(lock, wake);
+    writer_cv_.wait_until(lock, wake);
   }
 }
 
 void Session::check_liveness(Clock::time_point now) {
-  if (!live_ || state_ == State::closed || state_ == State::peer_gone) {
+  if (!live_ || ended()) {
     return;
   }
   auto silent = std::chrono::duration_cast<std::chrono::milliseconds>(now - last_rx_);
@@ -403,53 +620,120 @@ void Session::check_liveness(Clock::time_point now) {
   }
 }
 
-void Session::reader_loop() {
-  auto poll = std::clamp(settings_.heartbeat_interval / 4, std::chrono::milliseconds(1),
-                         std::chrono::milliseconds(50));
-  while (true) {
-    {
-      std::lock_guard lock(mutex_);
-      if (state_ == State::closed || state_ == State::peer_gone) {
-        break;
-      }
+// Reads one frame from the pipe, within `timeout`, and handles it. The caller holds the read token (not the
+// lock); `app` says it is an application thread.
+void Session::pump(std::chrono::milliseconds timeout, bool app) {
+  auto got = pipe_->receive_into(rx_frame_, timeout);
+  auto now = Clock::now();
+  if (!got) {
+    Lock lock(mutex_);
+    if (got.error().code == Errc::malformed) {
+      stats_.frames_rejected++;
+      lock.unlock();
+      log_->error("rejected input from " + peer_ + ": " + got.error().message);
+      publish("session.frame_rejected", {{"reason", got.error().message}});
+      return;
     }
-    auto got = pipe_->receive(poll);
-    auto now = Clock::now();
-    if (!got) {
-      std::unique_lock lock(mutex_);
-      if (got.error().code == Errc::malformed) {
+    lost(Error{Errc::peer_gone, "PEER_GONE: " + peer_ + ": " + got.error().message});
+    return;
+  }
+  if (*got) {
+    auto frame = wire::decode_frame(rx_frame_, settings_.limits);
+    if (!frame) {
+      {
+        Lock lock(mutex_);
         stats_.frames_rejected++;
-        lock.unlock();
-        log_->error("rejected input from " + peer_ + ": " + got.error().message);
-        publish("session.frame_rejected", {{"reason", got.error().message}});
-        continue;
+        last_rx_ = now;  // damaged, but still a sign of life
       }
-      lost(Error{Errc::peer_gone, "PEER_GONE: " + peer_ + ": " + got.error().message});
+      log_->error("rejected frame from " + peer_ + ": " + frame.error().message);
+      publish("session.frame_rejected", {{"reason", frame.error().message}});
+    } else {
+      {
+        Lock lock(mutex_);
+        last_rx_ = now;
+        stats_.frames_received++;
+        stats_.bytes_received += rx_frame_.size();
+      }
+      handle_frame(*frame, app);
+    }
+  }
+  Lock lock(mutex_);
+  check_liveness(Clock::now());
+}
+
+// Waits, with the lock held, until `done()`, the end of the session or `deadline`, reading the pipe itself
+// whenever no other thread does. A thread that finds `done()` at once changes nothing.
+template <class Done>
+void Session::await(Lock& lock, Clock::time_point deadline, Done done) {
+  if (done()) {
+    return;
+  }
+  ++app_readers_;
+  bool first = true;
+  while (!done() && !ended()) {
+    auto now = Clock::now();
+    if (now >= deadline && !first) {
       break;
     }
-    if (got->has_value()) {
-      auto frame = wire::decode_frame(**got, settings_.limits);
-      if (!frame) {
-        {
-          std::lock_guard lock(mutex_);
-          stats_.frames_rejected++;
-          last_rx_ = now;  // damaged, but still a sign of life
-        }
-        log_->error("rejected frame from " + peer_ + ": " + frame.error().message);
-        publish("session.frame_rejected", {{"reason", frame.error().message}});
-      } else {
-        {
-          std::lock_guard lock(mutex_);
-          last_rx_ = now;
-          stats_.frames_received++;
-          stats_.bytes_received += (*got)->size();
-        }
-        handle_frame(*frame);
+    first = false;
+    auto step = std::min<Clock::duration>(poll_, std::max(deadline - now, Clock::duration::zero()));
+    if (read_token_) {
+      if (step <= Clock::duration::zero()) {
+        break;
       }
+      changed_.wait_until(lock, now + step);
+      continue;
     }
-    std::unique_lock lock(mutex_);
-    check_liveness(Clock::now());
+    read_token_ = true;
+    if (!receipts_.empty()) {
+      flush_receipts(lock);
+    }
+    if (!done() && !ended()) {
+      lock.unlock();
+      pump(ceil_ms(step), true);
+      lock.lock();
+    }
+    read_token_ = false;
+    app_read_at_ = Clock::now();
+    if (app_readers_ > 1) {
+      changed_.notify_all();  // another application thread may take the token
+    }
   }
+  --app_readers_;
+  app_read_at_ = Clock::now();
+}
+
+void Session::reader_loop() {
+  Lock lock(mutex_);
+  while (!ended()) {
+    auto now = Clock::now();
+    if (read_token_ || app_readers_ > 0) {
+      reader_cv_.wait_until(lock, now + poll_);
+      continue;
+    }
+    if (now < app_read_at_ + grace_) {
+      reader_cv_.wait_until(lock, app_read_at_ + grace_);
+      continue;
+    }
+    read_token_ = true;
+    // The application has not read for a while: the receipts it owes go out through the writer now.
+    if (!receipts_.empty()) {
+      while (!receipts_.empty()) {
+        control_.push_back(std::move(receipts_.front()));
+        receipts_.pop_front();
+        control_pending_++;
+      }
+      writer_cv_.notify_one();
+    }
+    lock.unlock();
+    pump(poll_, false);
+    lock.lock();
+    read_token_ = false;
+    if (app_readers_ > 0) {
+      changed_.notify_all();  // an application thread waits for the token
+    }
+  }
+  lock.unlock();
   announce_end();
 }
 
@@ -496,38 +780,32 @@ void Session::resume_outgoing(std::uint64_t msg_id, const std::string& at, const
     }
   }
   std::uint64_t offset = std::uint64_t{chunk} * settings_.chunk_size;
-  if (out) {
-    if (received != nullptr) {
-      note_progress(*out, *received);
-    }
+  if (out && received != nullptr) {
+    note_progress(*out, *received);
   }
   if (!out || out->done || chunk == 0 || chunk > out->chunk || offset >= out->size) {
     return;  // stale, or already rewound
   }
   if (++out->sends > settings_.max_resends + 1) {
-    out->done = true;
-    out->error =
-        Error{Errc::timeout, "too many chunks of " + std::string(wire::to_string(out->op)) + " msg_id " +
-                                 std::to_string(msg_id) + " lost on the way to " + peer_};
-    in_flight_ = in_flight_ > 0 ? in_flight_ - 1 : 0;
     if (from_unacked) {
-      unacked_.erase(msg_id);
+      unpark(msg_id);
     }
-    changed_.notify_all();
+    finish(*out,
+           Error{Errc::timeout, "too many chunks of " + std::string(wire::to_string(out->op)) + " msg_id " +
+                                    std::to_string(msg_id) + " lost on the way to " + peer_});
     return;
   }
   stats_.resends++;
   out->offset = offset;
   out->chunk = chunk;
   if (from_unacked) {
-    unacked_.erase(msg_id);
-    auto pos = (!bulk_.empty() && bulk_.front()->chunk > 0) ? std::next(bulk_.begin()) : bulk_.begin();
-    bulk_.insert(pos, out);
+    unpark(msg_id);
+    requeue(out);
   }
-  changed_.notify_all();
+  writer_cv_.notify_one();
 }
 
-void Session::handle_frame(const wire::FrameView& frame) {
+void Session::handle_frame(const wire::FrameView& frame, bool app) {
   const auto& h = frame.header;
   if (h.op == Op::heartbeat) {
     std::lock_guard lock(mutex_);
@@ -540,27 +818,23 @@ void Session::handle_frame(const wire::FrameView& frame) {
       resume_outgoing(h.req_id, *resume, frame.header_value("received"));
       return;
     }
-    bool progress = frame.header_value("received") != nullptr;
-    auto it = unacked_.find(h.req_id);
-    if (it != unacked_.end()) {
-      if (progress) {
-        it->second->deadline = Clock::now() + settings_.heartbeat_interval;
-        note_progress(*it->second, *frame.header_value("received"));
+    const auto* received = frame.header_value("received");
+    if (auto it = unacked_.find(h.req_id); it != unacked_.end()) {
+      auto out = it->second;
+      if (received != nullptr) {
+        park(out, Clock::now() + settings_.heartbeat_interval);
+        note_progress(*out, *received);
         return;
       }
-      it->second->done = true;
-      unacked_.erase(it);
-      in_flight_ = in_flight_ > 0 ? in_flight_ - 1 : 0;
-      changed_.notify_all();
+      unpark(h.req_id);
+      finish(*out, std::nullopt);
       return;
     }
-    if (!progress) {
+    if (received == nullptr) {
       // A receipt for a message queued for resending: it arrived after all.
       for (auto& out : bulk_) {
-        if (out->msg_id == h.req_id && !out->done) {
-          out->done = true;
-          in_flight_ = in_flight_ > 0 ? in_flight_ - 1 : 0;
-          changed_.notify_all();
+        if (out->msg_id == h.req_id) {
+          finish(*out, std::nullopt);
         }
       }
     }
@@ -696,7 +970,15 @@ void Session::handle_frame(const wire::FrameView& frame) {
     }
   }
   std::lock_guard lock(mutex_);
-  send_control(Op::ack, wire::MessageType::reply, h.msg_id);
+  if (app && !done->duplicate) {
+    // Owed, not sent yet: the application thread that takes this message will likely answer it, and its
+    // answer goes first (the receipt follows in the same burst), or it sends the receipt before it blocks.
+    if (auto receipt = encode_control(Op::ack, wire::MessageType::reply, h.msg_id); !receipt.empty()) {
+      receipts_.push_back(std::move(receipt));
+    }
+  } else {
+    send_control(Op::ack, wire::MessageType::reply, h.msg_id);
+  }
   if (done->duplicate) {
     stats_.duplicates_dropped++;
     return;
@@ -736,7 +1018,9 @@ void Session::handle_frame(const wire::FrameView& frame) {
       break;
   }
   inbox_.push_back(std::move(done->msg));
-  changed_.notify_all();
+  if (app_readers_ > (app ? 1 : 0)) {
+    changed_.notify_all();
+  }
 }
 
 Result<std::shared_ptr<Session::Ticket>> Session::post(Op op, std::string topic, wire::Headers headers,
@@ -758,12 +1042,10 @@ Result<std::shared_ptr<Session::Ticket>> Session::post(Op op, std::string topic,
     return fail(Errc::invalid_argument,
                 "payload of " + std::to_string(out->size) + " bytes exceeds max_message");
   }
-  std::unique_lock lock(mutex_);
-  // Back-pressure: at most `window` messages in flight. Acks or the resend budget always end the wait.
-  changed_.wait(lock, [&] {
-    return in_flight_ < settings_.window || state_ == State::closed || state_ == State::peer_gone || closing_;
-  });
-  if (state_ == State::closed || state_ == State::peer_gone) {
+  Lock lock(mutex_);
+  // Back-pressure: at most `window` messages in flight. Receipts or the resend budget always end the wait.
+  await(lock, Clock::time_point::max(), [&] { return in_flight_ < settings_.window || closing_; });
+  if (ended()) {
     return fail(*failure_);
   }
   if (closing_) {
@@ -771,16 +1053,30 @@ Result<std::shared_ptr<Session::Ticket>> Session::post(Op op, std::string topic,
   }
   out->msg_id = next_id();
   in_flight_++;
-  bulk_.push_back(out);
-  changed_.notify_all();
   auto ticket = std::make_shared<Ticket>();
-  ticket->out = std::move(out);
+  ticket->out = out;
+  if (out->size <= settings_.chunk_size && !writing_ && control_.empty() && bulk_.empty()) {
+    // The writer is idle and nothing waits to go first: this thread writes the frame itself.
+    write_direct(lock, out);
+    return ticket;
+  }
+  // Receipts this thread owes go before it, through the writer.
+  while (!receipts_.empty()) {
+    control_.push_back(std::move(receipts_.front()));
+    receipts_.pop_front();
+    control_pending_++;
+  }
+  bulk_.push_back(std::move(out));
+  writer_cv_.notify_one();
   return ticket;
 }
 
 Result<std::uint64_t> Session::wait(const std::shared_ptr<Ticket>& ticket) {
-  std::unique_lock lock(mutex_);
-  changed_.wait(lock, [&] { return ticket->out->done; });
+  Lock lock(mutex_);
+  await(lock, Clock::time_point::max(), [&] { return ticket->out->done; });
+  if (!ticket->out->done) {
+    return fail(failure_.value_or(Error{Errc::closed, "session closed"}));
+  }
   if (ticket->out->error) {
     return fail(*ticket->out->error);
   }
@@ -797,38 +1093,39 @@ Result<std::uint64_t> Session::send(Op op, std::string topic, wire::Headers head
 }
 
 Result<std::optional<Message>> Session::receive(std::chrono::milliseconds timeout) {
-  std::unique_lock lock(mutex_);
-  changed_.wait_for(lock, timeout,
-                    [&] { return !inbox_.empty() || state_ == State::closed || state_ == State::peer_gone; });
+  Lock lock(mutex_);
+  auto now = Clock::now();
+  auto deadline = timeout >= std::chrono::hours(24 * 365) ? Clock::time_point::max() : now + timeout;
+  await(lock, deadline, [&] { return !inbox_.empty(); });
   if (!inbox_.empty()) {
     auto msg = std::move(inbox_.front());
     inbox_.pop_front();
     return std::optional<Message>(std::move(msg));
   }
-  if (state_ == State::closed || state_ == State::peer_gone) {
+  if (ended()) {
     return fail(*failure_);
   }
   return std::optional<Message>();
 }
 
 Result<Message> Session::wait_for(Op op, Clock::time_point deadline, std::initializer_list<Op> also) {
-  std::unique_lock lock(mutex_);
-  while (true) {
-    for (auto it = inbox_.begin(); it != inbox_.end(); ++it) {
-      if (it->op == op || std::find(also.begin(), also.end(), it->op) != also.end()) {
-        auto msg = std::move(*it);
-        inbox_.erase(it);
-        return msg;
-      }
-    }
-    if (state_ == State::closed || state_ == State::peer_gone) {
-      return fail(*failure_);
-    }
-    if (changed_.wait_until(lock, deadline) == std::cv_status::timeout && Clock::now() >= deadline) {
-      return fail(Errc::timeout, "no " + std::string(wire::to_string(op)) + " from " + peer_ +
-                                     " within the launch " + "timeout (" + ms(settings_.launch) + ")");
-    }
+  Lock lock(mutex_);
+  auto match = [&] {
+    return std::find_if(inbox_.begin(), inbox_.end(), [&](const Message& m) {
+      return m.op == op || std::find(also.begin(), also.end(), m.op) != also.end();
+    });
+  };
+  await(lock, deadline, [&] { return match() != inbox_.end(); });
+  if (auto it = match(); it != inbox_.end()) {
+    auto msg = std::move(*it);
+    inbox_.erase(it);
+    return msg;
   }
+  if (ended()) {
+    return fail(*failure_);
+  }
+  return fail(Errc::timeout, "no " + std::string(wire::to_string(op)) + " from " + peer_ +
+                                 " within the launch timeout (" + ms(settings_.launch) + ")");
 }
 
 Result<PeerHello> Session::accept(std::string_view token, const wire::Headers& accept_headers) {
@@ -887,24 +1184,28 @@ Result<wire::Headers> Session::hello(std::string_view token, const wire::Headers
 
 void Session::close(Op farewell, std::string reason) noexcept {
   try {
-    std::unique_lock lock(mutex_);
+    Lock lock(mutex_);
     if (!closing_) {
       closing_ = true;
       if (state_ == State::ready || state_ == State::handshake) {
+        // Receipts still owed go first, then the farewell.
+        while (!receipts_.empty()) {
+          control_.push_back(std::move(receipts_.front()));
+          receipts_.pop_front();
+          control_pending_++;
+        }
         wire::Headers headers;
         if (!reason.empty()) {
           headers.emplace_back("reason", reason);
         }
         send_control(farewell, wire::MessageType::request, 0, std::move(headers));
         // Best effort: give the writer close_bound to put the farewell on the wire, then go regardless.
-        changed_.wait_for(lock, settings_.close_bound, [&] {
-          return control_pending_ == 0 || state_ == State::closed || state_ == State::peer_gone;
-        });
+        changed_.wait_for(lock, settings_.close_bound, [&] { return control_pending_ == 0 || ended(); });
       }
       end(State::closed, Error{Errc::closed, "session closed"});
     }
     lock.unlock();
-    pipe_->close();  // wakes a reader or writer blocked in the pipe
+    pipe_->close();  // wakes a thread blocked in the pipe
     if (reader_.joinable() && reader_.get_id() != std::this_thread::get_id()) {
       reader_.join();
     }

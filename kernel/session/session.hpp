@@ -77,6 +77,14 @@ class PayloadSource {
   virtual std::uint64_t size() const = 0;
   /// Fills `out` with the bytes at `offset`.
   virtual Result<void> read(std::uint64_t offset, std::span<std::byte> out) const = 0;
+  /// Appends to `out` the memory that holds the `size` bytes at `offset`, in order, when the source keeps
+  /// them in memory that stays unchanged until the message is acknowledged or fails; the session then sends
+  /// them from there without copying. False (the default) makes the session read() them.
+  virtual bool view(std::uint64_t offset, std::size_t size,
+                    std::vector<std::span<const std::byte>>& out) const {
+    (void)offset, (void)size, (void)out;
+    return false;
+  }
 };
 
 /// A payload held in memory.
@@ -85,6 +93,8 @@ class BytesSource final : public PayloadSource {
   explicit BytesSource(std::vector<std::byte> bytes) : bytes_(std::move(bytes)) {}
   std::uint64_t size() const override { return bytes_.size(); }
   Result<void> read(std::uint64_t offset, std::span<std::byte> out) const override;
+  bool view(std::uint64_t offset, std::size_t size,
+            std::vector<std::span<const std::byte>>& out) const override;
 
  private:
   std::vector<std::byte> bytes_;
@@ -171,20 +181,49 @@ class Session {
  private:
   struct Outgoing;
   struct Incoming;
+  using Clock = std::chrono::steady_clock;
+  using Lock = std::unique_lock<std::mutex>;
 
+  bool ended() const { return state_ == State::closed || state_ == State::peer_gone; }
+
+  // Reading. One thread at a time holds the read token and reads the pipe: an application thread that
+  // waits for the session (receive, wait, post's window, the handshake) reads it itself, so the frame it
+  // waits for is handled in its own thread; the reader thread reads when no application thread has for a
+  // short while (receipts, heartbeats, an ABORT while the trainer trains).
   void reader_loop();
+  template <class Done>
+  void await(Lock& lock, Clock::time_point deadline, Done done);
+  void pump(std::chrono::milliseconds timeout, bool app);
+  void handle_frame(const wire::FrameView& frame, bool app);
+  void check_liveness(Clock::time_point now);
+
+  // Writing. One thread at a time holds writing_ and writes to the pipe: the writer thread, or a caller
+  // whose single-frame message finds the writer idle and writes it at once (no hand-off).
   void writer_loop();
-  void handle_frame(const wire::FrameView& frame);
+  bool write_direct(Lock& lock, const std::shared_ptr<Outgoing>& out);
+  void flush_receipts(Lock& lock);
+  bool send_next_chunk(Outgoing& out, Lock& lock);
+  Result<void> encode_chunk(Outgoing& out, const wire::FrameHeader& header, std::uint64_t offset,
+                            std::size_t len, std::string_view topic, const wire::Headers& headers);
+  Result<void> write_frame(std::span<const std::byte> frame);
+  Result<void> write_encoded();
+  std::vector<std::byte> encode_control(wire::Op op, wire::MessageType type, std::uint64_t req_id,
+                                        const wire::Headers& headers = {});
+  void send_control(wire::Op op, wire::MessageType type, std::uint64_t req_id, wire::Headers headers = {});
+  void chunk_failed(Outgoing& out, const Error& error);
+
+  // Messages sent whole and waiting for their receipt, ordered by the time they are due to be resent.
+  void park(const std::shared_ptr<Outgoing>& out, Clock::time_point deadline);
+  std::shared_ptr<Outgoing> unpark(std::uint64_t msg_id);
+  void requeue(const std::shared_ptr<Outgoing>& out);
+  void finish(Outgoing& out, std::optional<Error> error);
+
   void resume_outgoing(std::uint64_t msg_id, const std::string& at, const std::string* received);
   void note_progress(Outgoing& out, const std::string& received);
-  void send_control(wire::Op op, wire::MessageType type, std::uint64_t req_id, wire::Headers headers = {});
   void end(State state, Error error);
   void lost(Error error);
   void announce_end();
-  void check_liveness(std::chrono::steady_clock::time_point now);
-  Result<void> write_frame(std::span<const std::byte> frame);
-  bool send_next_chunk(Outgoing& out, std::unique_lock<std::mutex>& lock);
-  Result<Message> wait_for(wire::Op op, std::chrono::steady_clock::time_point deadline,
+  Result<Message> wait_for(wire::Op op, Clock::time_point deadline,
                            std::initializer_list<wire::Op> also = {});
   void publish(const std::string& topic, std::map<std::string, std::string> fields);
   std::uint64_t next_id() { return next_msg_id_++; }
@@ -195,24 +234,43 @@ class Session {
   std::shared_ptr<Logger> log_;
   EventBus* events_;
   std::string peer_;
+  const std::chrono::milliseconds poll_;   // longest single pipe read, so liveness is checked often
+  const std::chrono::milliseconds grace_;  // how long the read token stays with the application
 
   mutable std::mutex mutex_;
-  std::condition_variable changed_;
+  std::condition_variable changed_;    // application threads: inbox, receipts, window, end
+  std::condition_variable writer_cv_;  // the writer thread: frames to write, resends, end
+  std::condition_variable reader_cv_;  // the reader thread: end
   State state_ = State::handshake;
   std::optional<Error> failure_;
   bool closing_ = false;
   bool announced_ = false;  // PEER_GONE logged and published
   bool peer_aborted_ = false;
   bool live_ = false;  // liveness is checked only once the handshake has begun on the peer's side
-  std::chrono::steady_clock::time_point last_rx_;
+  Clock::time_point last_rx_;
+  Clock::time_point last_tx_;
   std::uint64_t next_msg_id_ = 1;
 
+  // Reading.
+  bool read_token_ = false;          // a thread is reading the pipe
+  int app_readers_ = 0;              // application threads waiting for the session
+  Clock::time_point app_read_at_;    // when an application thread last gave the token back
+  std::vector<std::byte> rx_frame_;  // the token holder's receive buffer, reused
+
   // Outgoing.
-  std::deque<std::vector<std::byte>> control_;                  // encoded frames, sent before any bulk chunk
-  std::size_t control_pending_ = 0;                             // control frames queued or being written
-  std::deque<std::shared_ptr<Outgoing>> bulk_;                  // messages waiting for (or in) their turn
+  bool writing_ = false;       // a thread is writing to the pipe; it owns tx_frame_, tx_gather_, tx_parts_
+  bool writer_waits_ = false;  // the writer thread waits for a caller's write to end
+  std::deque<std::vector<std::byte>> control_;   // encoded frames, sent before any bulk chunk
+  std::size_t control_pending_ = 0;              // control frames queued or being written
+  std::deque<std::vector<std::byte>> receipts_;  // ACKs of messages an application thread took, not sent
+  std::deque<std::shared_ptr<Outgoing>> bulk_;   // messages waiting for (or in) their turn
   std::map<std::uint64_t, std::shared_ptr<Outgoing>> unacked_;  // fully sent, awaiting ACK
+  std::set<std::pair<Clock::time_point, std::uint64_t>> due_;   // unacked_ by resend time
   std::size_t in_flight_ = 0;
+  std::vector<std::byte> tx_frame_;
+  wire::GatherFrame tx_gather_;
+  std::vector<std::span<const std::byte>> tx_parts_;  // payload parts, then the whole frame's parts
+  std::vector<std::span<const std::byte>> tx_iov_;
 
   // Incoming.
   std::unique_ptr<Incoming> incoming_;
@@ -221,7 +279,6 @@ class Session {
   std::deque<std::uint64_t> seen_order_;
   SinkFactory sink_factory_;
 
-  std::vector<std::byte> frame_buffer_;  // the writer's reusable frame
   Stats stats_;
   std::thread reader_;
   std::thread writer_;

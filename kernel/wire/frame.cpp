@@ -151,11 +151,14 @@ std::size_t encoded_size(std::string_view topic, std::size_t headers_bytes,
   return frame_overhead + topic.size() + headers_bytes + payload_len;
 }
 
-Result<void> encode_frame_with(std::vector<std::byte>& out, FrameHeader header, std::string_view topic,
-                               const Headers& headers, std::size_t payload_len, const PayloadFill& fill,
-                               const Limits& limits) {
-  // The encoder refuses whatever decode_frame would reject, so a frame it writes always decodes: the
-  // length fields are 16 bits whatever the limits say, and type and op must be ones the decoder knows.
+namespace {
+
+// Checks the parts of a frame against the limits and writes its fixed header, topic and headers at `p`
+// (room for frame_header_size + topic + headers bytes). The encoder refuses whatever decode_frame would
+// reject, so a frame it writes always decodes: the length fields are 16 bits whatever the limits say, and
+// type and op must be ones the decoder knows.
+Result<void> check_parts(const FrameHeader& header, std::string_view topic, const Headers& headers,
+                         std::size_t headers_bytes, std::size_t payload_len, const Limits& limits) {
   auto type = static_cast<std::uint8_t>(header.type);
   if (type != 1 && type != 2) {
     return fail(Errc::invalid_argument, "unknown message type " + std::to_string(type));
@@ -175,7 +178,6 @@ Result<void> encode_frame_with(std::vector<std::byte>& out, FrameHeader header, 
     return fail(Errc::invalid_argument, std::to_string(headers.size()) + " headers exceed the limit of " +
                                             std::to_string(limits.max_header_count));
   }
-  std::size_t headers_bytes = encoded_headers_size(headers);
   if (headers_bytes > limits.max_headers || headers_bytes > 0xFFFF) {
     return fail(Errc::invalid_argument,
                 "headers of " + std::to_string(headers_bytes) + " bytes exceed the limit");
@@ -201,9 +203,12 @@ Result<void> encode_frame_with(std::vector<std::byte>& out, FrameHeader header, 
   if ((topic.size() != 0 || !headers.empty()) && (header.flags & flags::first) == 0) {
     return fail(Errc::invalid_argument, "only the first chunk of a message carries a topic and headers");
   }
-  header.payload_len = static_cast<std::uint32_t>(payload_len);
-  out.resize(encoded_size(topic, headers_bytes, payload_len));
-  std::byte* p = out.data();
+  return ok();
+}
+
+// Writes the fixed header, topic and headers at `p`; returns the first byte after them.
+std::byte* put_head(std::byte* p, const FrameHeader& header, std::string_view topic, const Headers& headers,
+                    std::size_t headers_bytes) {
   std::memcpy(p, magic, 4);
   p[4] = static_cast<std::byte>(frame_version);
   p[5] = static_cast<std::byte>(header.type);
@@ -230,6 +235,22 @@ Result<void> encode_frame_with(std::vector<std::byte>& out, FrameHeader header, 
     std::memcpy(q + 2, v.data(), v.size());
     q += 2 + v.size();
   }
+  return q;
+}
+
+}  // namespace
+
+Result<void> encode_frame_with(std::vector<std::byte>& out, FrameHeader header, std::string_view topic,
+                               const Headers& headers, std::size_t payload_len, const PayloadFill& fill,
+                               const Limits& limits) {
+  std::size_t headers_bytes = encoded_headers_size(headers);
+  if (auto checked = check_parts(header, topic, headers, headers_bytes, payload_len, limits); !checked) {
+    return checked;
+  }
+  header.payload_len = static_cast<std::uint32_t>(payload_len);
+  out.resize(encoded_size(topic, headers_bytes, payload_len));
+  std::byte* p = out.data();
+  std::byte* q = put_head(p, header, topic, headers, headers_bytes);
   if (payload_len > 0) {
     auto filled = fill(std::span<std::byte>(q, payload_len));
     if (!filled) {
@@ -238,6 +259,28 @@ Result<void> encode_frame_with(std::vector<std::byte>& out, FrameHeader header, 
   }
   q += payload_len;
   put_u32(q, crc32c(0, std::span<const std::byte>(p, static_cast<std::size_t>(q - p))));
+  return ok();
+}
+
+Result<void> encode_frame_around(GatherFrame& out, FrameHeader header, std::string_view topic,
+                                 const Headers& headers, std::span<const std::span<const std::byte>> payload,
+                                 const Limits& limits) {
+  std::size_t payload_len = 0;
+  for (const auto& part : payload) {
+    payload_len += part.size();
+  }
+  std::size_t headers_bytes = encoded_headers_size(headers);
+  if (auto checked = check_parts(header, topic, headers, headers_bytes, payload_len, limits); !checked) {
+    return checked;
+  }
+  header.payload_len = static_cast<std::uint32_t>(payload_len);
+  out.head.resize(frame_header_size + topic.size() + headers_bytes);
+  put_head(out.head.data(), header, topic, headers, headers_bytes);
+  std::uint32_t crc = crc32c(0, out.head);
+  for (const auto& part : payload) {
+    crc = crc32c(crc, part);
+  }
+  put_u32(out.trailer.data(), crc);
   return ok();
 }
 

@@ -19,6 +19,7 @@
 //   end    4    CRC-32C of every byte before it
 // All integers little-endian.
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -125,6 +126,19 @@ using PayloadFill = std::function<Result<void>(std::span<std::byte> into)>;
 Result<void> encode_frame_with(std::vector<std::byte>& out, FrameHeader header, std::string_view topic,
                                const Headers& headers, std::size_t payload_len, const PayloadFill& fill,
                                const Limits& limits = {});
+
+/// A frame whose payload stays where it is: `head` (fixed header, topic, headers) and `trailer` (the
+/// CRC-32C) go around the caller's payload parts, and head, parts and trailer are sent as one gather write.
+struct GatherFrame {
+  std::vector<std::byte> head;
+  std::array<std::byte, frame_trailer_size> trailer{};
+};
+
+/// Encodes the frame whose payload is the concatenation of `payload` (read only to checksum it) into `out`,
+/// with the same checks as encode_frame: head, payload parts and trailer, in that order, are the frame.
+Result<void> encode_frame_around(GatherFrame& out, FrameHeader header, std::string_view topic,
+                                 const Headers& headers, std::span<const std::span<const std::byte>> payload,
+                                 const Limits& limits = {});
 
 /// Reads the fixed header and returns the whole frame's size, checking every bound first: a stream reader
 /// calls it on the first 48 bytes before it allocates the rest.

@@ -37,6 +37,36 @@ class EMBER_API PipeEndpoint {
   /// (or died) and every frame it sent has been received; Errc::malformed for input the pipe itself could
   /// not take apart (the message names the file or offset).
   virtual Result<std::optional<std::vector<std::byte>>> receive(std::chrono::milliseconds timeout) = 0;
+  /// Sends one frame given as consecutive parts (a gather write), exactly as send() sends their
+  /// concatenation; the parts are read only during the call, so the caller may change them afterwards. A
+  /// pipe that can write from several buffers at once overrides it; the default joins the parts.
+  virtual Result<void> send_parts(std::span<const std::span<const std::byte>> parts,
+                                  std::chrono::milliseconds timeout) {
+    std::size_t size = 0;
+    for (const auto& part : parts) {
+      size += part.size();
+    }
+    std::vector<std::byte> joined;
+    joined.reserve(size);
+    for (const auto& part : parts) {
+      joined.insert(joined.end(), part.begin(), part.end());
+    }
+    return send(joined, timeout);
+  }
+  /// Like receive(), into `frame`: true when a frame arrived (it is then all of `frame`), false when none
+  /// did within `timeout`. A pipe may reuse `frame`'s memory from call to call instead of allocating (and
+  /// zero-filling) a buffer per frame; the default calls receive(). Errors as receive().
+  virtual Result<bool> receive_into(std::vector<std::byte>& frame, std::chrono::milliseconds timeout) {
+    auto got = receive(timeout);
+    if (!got) {
+      return fail(std::move(got.error()));
+    }
+    if (!*got) {
+      return false;
+    }
+    frame = std::move(**got);
+    return true;
+  }
   /// Closes this end; never blocks on the peer. Idempotent.
   virtual void close() noexcept = 0;
   /// Who is on the other side, for messages ("unix:/ws/pipe.sock peer pid 4242").
