@@ -70,7 +70,8 @@ Result<std::shared_ptr<Pipe>> make_pipe(kernel::Kernel& k, const Spec& spec, con
                                       "bench");
 }
 
-// A payload of any size from one 1 MiB pattern block, repeated: a copy per read, as any source makes.
+// A payload of any size from one 1 MiB pattern block, repeated. Like a model's tensors it lies in memory,
+// so the session sends it from there (view()) as the raw baselines send their one block; read() copies.
 class RepeatSource final : public session::PayloadSource {
  public:
   explicit RepeatSource(std::uint64_t size) : size_(size), block_(pattern_bytes(1u << 20)) {}
@@ -84,6 +85,17 @@ class RepeatSource final : public session::PayloadSource {
       done += n;
     }
     return ok();
+  }
+  bool view(std::uint64_t offset, std::size_t size,
+            std::vector<std::span<const std::byte>>& out) const override {
+    std::size_t done = 0;
+    while (done < size) {
+      auto at = static_cast<std::size_t>((offset + done) % block_.size());
+      auto n = std::min(size - done, block_.size() - at);
+      out.emplace_back(block_.data() + at, n);
+      done += n;
+    }
+    return true;
   }
 
  private:

@@ -18,6 +18,10 @@ class BundleSource final : public PayloadSource {
   Result<void> read(std::uint64_t offset, std::span<std::byte> out) const override {
     return source_.read(offset, out);
   }
+  bool view(std::uint64_t offset, std::size_t size,
+            std::vector<std::span<const std::byte>>& out) const override {
+    return source_.view(offset, size, out);
+  }
 
  private:
   wire::SafetensorsSource source_;
@@ -43,12 +47,12 @@ Result<std::shared_ptr<const PayloadSource>> task_payload(const TaskData& task) 
 class BundleInbox::Sink final : public PayloadSink {
  public:
   Sink(BundleInbox& inbox, const Message& header)
-      : inbox_(inbox), header_(header), reader_(consumer_, inbox.limits_) {}
+      : inbox_(inbox), header_(header), consumer_(inbox.pool_), reader_(consumer_, inbox.limits_) {}
 
   Result<void> write(std::uint64_t, std::span<const std::byte> bytes) override { return reader_.feed(bytes); }
   void reset() override {
     reader_.reset();
-    consumer_ = wire::CollectingConsumer{};
+    consumer_ = wire::CollectingConsumer{inbox_.pool_};
   }
   Result<void> finish() override {
     if (auto done = reader_.finish(); !done) {
@@ -170,6 +174,7 @@ SinkFactory BundleInbox::sink_factory() {
     if (spill_over_ != 0 && !spill_dir_.empty() && header.payload_size >= spill_over_) {
       return std::make_unique<SpillSink>(*this, header);
     }
+    pool_->expect(header.payload_size);
     return std::make_unique<Sink>(*this, header);
   };
 }
@@ -189,7 +194,7 @@ Result<TaskData> BundleInbox::take(const Message& message) {
     }
   }
   // Kept in memory (no sink was asked for): decode it now.
-  wire::CollectingConsumer consumer;
+  wire::CollectingConsumer consumer(pool_);
   wire::SafetensorsStreamReader reader(consumer, limits_);
   auto fed = reader.feed(message.payload);
   if (fed) {

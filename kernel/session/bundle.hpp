@@ -28,9 +28,14 @@ class BundleInbox {
  public:
   /// Bundles of `spill_over` bytes or more (0: never) stream into an unlinked file in `spill_dir` and their
   /// tensors point into a read-only mapping of it, so a relay never holds a large model in its own memory.
+  /// Other bundles are decoded into buffers that come back to the inbox when the TaskData's tensors let go
+  /// of them, and the next bundle of the same layout is decoded into them (see wire::TensorBufferPool).
   explicit BundleInbox(wire::SafetensorsLimits limits = {}, std::filesystem::path spill_dir = {},
                        std::uint64_t spill_over = 0)
-      : limits_(limits), spill_dir_(std::move(spill_dir)), spill_over_(spill_over) {}
+      : limits_(limits),
+        spill_dir_(std::move(spill_dir)),
+        spill_over_(spill_over),
+        pool_(wire::TensorBufferPool::make()) {}
 
   /// The factory to hand Session::set_sink_factory; other ops keep their payload in memory.
   SinkFactory sink_factory();
@@ -46,6 +51,7 @@ class BundleInbox {
   wire::SafetensorsLimits limits_;
   std::filesystem::path spill_dir_;
   std::uint64_t spill_over_ = 0;
+  std::shared_ptr<wire::TensorBufferPool> pool_;
   std::mutex mutex_;
   std::map<std::uint64_t, Result<TaskData>> done_;
 };

@@ -1,7 +1,5 @@
 #include "wire/safetensors.hpp"
 
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <charconv>
 #include <cstring>
@@ -518,6 +516,38 @@ Result<void> SafetensorsSource::read(std::uint64_t offset, std::span<std::byte> 
   return ok();
 }
 
+bool SafetensorsSource::view(std::uint64_t offset, std::size_t size,
+                             std::vector<std::span<const std::byte>>& out) const {
+  if (offset > this->size() || size > this->size() - offset) {
+    return false;
+  }
+  const auto* head = reinterpret_cast<const std::byte*>(header_.data());
+  std::size_t done = 0;
+  if (offset < header_.size() && size > 0) {
+    done = std::min<std::size_t>(size, header_.size() - offset);
+    out.emplace_back(head + offset, done);
+    offset += done;
+  }
+  if (done == size) {
+    return true;
+  }
+  std::uint64_t at = offset - header_.size();
+  auto i =
+      static_cast<std::size_t>(std::upper_bound(starts_.begin(), starts_.end(), at) - starts_.begin()) - 1;
+  while (done < size) {
+    const auto& bytes = tensors_[i].bytes;
+    std::uint64_t in = at - starts_[i];
+    if (in < bytes.size()) {
+      auto n = std::min<std::size_t>(size - done, bytes.size() - in);
+      out.emplace_back(bytes.data() + in, n);
+      done += n;
+      at += n;
+    }
+    ++i;
+  }
+  return true;
+}
+
 // ---- reader
 
 SafetensorsStreamReader::SafetensorsStreamReader(Consumer& consumer, SafetensorsLimits limits)
@@ -666,21 +696,6 @@ Result<void> SafetensorsStreamReader::finish() {
 
 // ---- collecting consumer
 
-std::shared_ptr<std::byte[]> allocate_tensor_buffer(std::size_t size) {
-  // Large buffers on 2 MiB boundaries, with transparent huge pages asked for: a 100 MiB tensor then costs 50
-  // page faults instead of 25,600, which is most of what receiving it costs beyond the copy itself.
-  constexpr std::size_t huge = std::size_t{2} << 20;
-  if (size >= 2 * huge) {
-    std::size_t rounded = (size + huge - 1) / huge * huge;
-    if (void* p = std::aligned_alloc(huge, rounded)) {
-      ::madvise(p, rounded, MADV_HUGEPAGE);
-      return std::shared_ptr<std::byte[]>(static_cast<std::byte*>(p), [](std::byte* q) { std::free(q); });
-    }
-    return nullptr;
-  }
-  return std::shared_ptr<std::byte[]>(new (std::nothrow) std::byte[size]);
-}
-
 Result<void> CollectingConsumer::on_header(const SafetensorsHeader& header) {
   tensors_.clear();
   buffers_.clear();
@@ -706,7 +721,7 @@ Result<void> CollectingConsumer::on_tensor_data(std::size_t tensor_index, std::u
   }
   if (buffers_[tensor_index] == nullptr) {
     auto size = static_cast<std::size_t>(sizes_[tensor_index]);
-    auto buffer = allocate_tensor_buffer(size);
+    auto buffer = pool_ ? pool_->take(size) : allocate_tensor_buffer(size);
     if (!buffer) {
       return fail(Errc::internal, "safetensors: " + tensor_at(tensors_[tensor_index].name) +
                                       "cannot allocate " + std::to_string(size) + " bytes");

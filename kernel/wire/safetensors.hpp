@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -21,6 +22,8 @@
 #include <ember/result.hpp>
 #include <ember/task.hpp>
 #include <ember/tensor.hpp>
+
+#include "wire/buffer_pool.hpp"
 
 namespace ember::wire {
 
@@ -81,6 +84,10 @@ class SafetensorsSource {
   /// Fills `out` with the file's bytes from `offset`; Errc::invalid_argument if that runs past the end.
   Result<void> read(std::uint64_t offset, std::span<std::byte> out) const;
 
+  /// Appends the memory holding the `size` bytes at `offset` to `out` (the header and the tensors' own
+  /// buffers, in order, empty tensors skipped); false, leaving `out` as it was, if that runs past the end.
+  bool view(std::uint64_t offset, std::size_t size, std::vector<std::span<const std::byte>>& out) const;
+
  private:
   SafetensorsSource() = default;
 
@@ -139,14 +146,13 @@ class SafetensorsStreamReader {
   std::optional<Error> error_;   // set once feed() or finish() failed
 };
 
-/// Uninitialised memory for a tensor of `size` bytes (null if it cannot be had); large buffers are aligned to
-/// 2 MiB and marked for transparent huge pages.
-std::shared_ptr<std::byte[]> allocate_tensor_buffer(std::size_t size);
-
 /// A Consumer that keeps the tensors: one buffer per tensor, allocated when its first byte arrives (so
-/// `limits.max_data` of the reader bounds it), owned by the WireTensor it yields.
+/// `limits.max_data` of the reader bounds it), owned by the WireTensor it yields. With a pool, the buffers
+/// come from it and go back to it when their last owner lets go.
 class CollectingConsumer final : public SafetensorsStreamReader::Consumer {
  public:
+  explicit CollectingConsumer(std::shared_ptr<TensorBufferPool> pool = nullptr) : pool_(std::move(pool)) {}
+
   Result<void> on_header(const SafetensorsHeader& header) override;
   Result<void> on_tensor_data(std::size_t tensor_index, std::uint64_t offset_in_tensor,
                               std::span<const std::byte> bytes) override;
@@ -163,6 +169,7 @@ class CollectingConsumer final : public SafetensorsStreamReader::Consumer {
   std::vector<std::byte*> buffers_;  // writable views of the owners
   std::vector<std::uint64_t> sizes_;
   std::map<std::string, std::string> metadata_;
+  std::shared_ptr<TensorBufferPool> pool_;
 };
 
 /// Keys under which a params bundle keeps a TaskData's fields in "__metadata__". Metrics are decimal text

@@ -535,9 +535,9 @@ constexpr OptionSpec options[] = {
     {"gpus", OptionType::string_list, "[]", "GPU ids for the trainer (CUDA_VISIBLE_DEVICES)"},
     {"check_layout", OptionType::boolean, "true",
      "reject a result whose tensor names, dtypes or shapes differ from the task's"},
-    {"spill_over", OptionType::integer, "67108864",
+    {"spill_over", OptionType::integer, "268435456",
      "results of this many bytes or more stream into an unlinked file in the workspace and are mapped, not "
-     "held in memory (0: never)"},
+     "held in memory, so the client job's own memory stays bounded whatever the model's size (0: never)"},
 };
 
 constexpr ComponentDescriptor components[] = {

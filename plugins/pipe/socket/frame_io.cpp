@@ -17,7 +17,7 @@ FrameReader::FrameReader(std::size_t max_frame, const char* bound_name, std::siz
       capacity_(std::max(buffer_bytes, length_prefix_bytes)),
       buffer_(std::make_unique_for_overwrite<std::byte[]>(capacity_)) {}
 
-Result<std::optional<std::vector<std::byte>>> FrameReader::end_of_stream(const char* how) const {
+Result<bool> FrameReader::end_of_stream(const char* how) const {
   if (!have_length_ && begin_ == end_) {
     return fail(Errc::closed, std::string("the peer ") + how);
   }
@@ -37,13 +37,45 @@ Result<bool> FrameReader::start_frame() {
                                      std::to_string(max_frame_));
   }
   begin_ += length_prefix_bytes;
-  frame_ = std::vector<std::byte>(length);
+  // A large frame goes into a retired buffer of exactly its size when there is one (the chunks of a large
+  // message all have one size), so it is neither allocated nor zero-filled again.
+  if (length >= capacity_) {
+    auto same = std::find_if(retired_.begin(), retired_.end(),
+                             [&](const std::vector<std::byte>& b) { return b.size() == length; });
+    if (same == retired_.end() && !retired_.empty()) {
+      same = std::max_element(retired_.begin(), retired_.end(),
+                              [](const auto& a, const auto& b) { return a.capacity() < b.capacity(); });
+    }
+    if (same != retired_.end()) {
+      frame_ = std::move(*same);
+      retired_.erase(same);
+    }
+  }
+  frame_.resize(length);
   filled_ = 0;
   have_length_ = true;
   return true;
 }
 
 Result<std::optional<std::vector<std::byte>>> FrameReader::read(int fd, bool wait) {
+  std::vector<std::byte> frame;
+  auto got = read_into(fd, frame, wait);
+  if (!got) {
+    return fail(std::move(got.error()));
+  }
+  return *got ? std::optional<std::vector<std::byte>>(std::move(frame))
+              : std::optional<std::vector<std::byte>>();
+}
+
+Result<bool> FrameReader::read_into(int fd, std::vector<std::byte>& frame, bool wait) {
+  // The caller's buffer from the last frame comes back here: a large one is kept for a later large frame.
+  if (frame.capacity() >= capacity_) {
+    if (retired_.size() == max_retired) {
+      retired_.erase(retired_.begin());
+    }
+    retired_.push_back(std::move(frame));
+    frame = std::vector<std::byte>();
+  }
   // Only the first read may block (for as long as the socket's SO_RCVTIMEO allows): it returns as soon as
   // bytes arrive, and the caller decides whether there is time to wait again.
   int flags = wait ? 0 : MSG_DONTWAIT;
@@ -58,7 +90,7 @@ Result<std::optional<std::vector<std::byte>>> FrameReader::read(int fd, bool wai
         }
       } else {
         if (drained) {
-          return std::optional<std::vector<std::byte>>();
+          return false;
         }
         if (begin_ > 0) {
           std::memmove(buffer_.get(), buffer_.get() + begin_, end_ - begin_);
@@ -80,7 +112,7 @@ Result<std::optional<std::vector<std::byte>>> FrameReader::read(int fd, bool wai
           continue;
         }
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
-          return std::optional<std::vector<std::byte>>();
+          return false;
         }
         if (errno == ECONNRESET) {
           return end_of_stream("reset the connection");
@@ -97,12 +129,14 @@ Result<std::optional<std::vector<std::byte>>> FrameReader::read(int fd, bool wai
     if (filled_ == frame_.size()) {
       have_length_ = false;
       large_ = frame_.size() >= capacity_;
-      return std::optional<std::vector<std::byte>>(std::move(frame_));
+      frame = std::move(frame_);
+      frame_ = std::vector<std::byte>();
+      return true;
     }
     // The read-ahead buffer is empty: read the rest of the frame in place, and whatever follows it (the
     // next frames) into the buffer, with one call.
     if (drained) {
-      return std::optional<std::vector<std::byte>>();
+      return false;
     }
     begin_ = end_ = 0;
     std::size_t missing = frame_.size() - filled_;
@@ -126,7 +160,7 @@ Result<std::optional<std::vector<std::byte>>> FrameReader::read(int fd, bool wai
       continue;
     }
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      return std::optional<std::vector<std::byte>>();
+      return false;
     }
     if (errno == ECONNRESET) {
       return end_of_stream("reset the connection");

@@ -64,12 +64,19 @@ class FrameReader {
   /// frames, Errc::malformed for a length above the bound or end of stream inside a frame,
   /// Errc::io_error when the socket fails otherwise.
   Result<std::optional<std::vector<std::byte>>> read(int fd, bool wait = false);
+  /// Like read(), into `frame`: true when a whole frame is there. A large vector handed in is kept for a
+  /// later frame of its size, so a caller that passes the same vector each time reuses a few buffers
+  /// instead of allocating and zero-filling one per frame.
+  Result<bool> read_into(int fd, std::vector<std::byte>& frame, bool wait = false);
+
+  /// How many large buffers handed back are kept for reuse.
+  static constexpr std::size_t max_retired = 3;
 
   /// Whether a frame is partly read (or a whole one waits in the read-ahead buffer).
   bool holds_bytes() const noexcept { return have_length_ || begin_ != end_; }
 
  private:
-  Result<std::optional<std::vector<std::byte>>> end_of_stream(const char* how) const;
+  Result<bool> end_of_stream(const char* how) const;
   Result<bool> start_frame();
   // How much to read ahead into the buffer: all of it while frames are small (one read picks up many),
   // a little after a large frame, whose successor is likely large too and better read in place than copied.
@@ -83,10 +90,11 @@ class FrameReader {
   std::unique_ptr<std::byte[]> buffer_;  // read-ahead: [begin_, end_) not consumed yet
   std::size_t begin_ = 0;
   std::size_t end_ = 0;
-  bool have_length_ = false;      // a prefix was read: frame_ has its final size
-  std::vector<std::byte> frame_;  // the frame being filled
-  std::size_t filled_ = 0;        // bytes of frame_ received so far
-  bool large_ = false;            // the last frame did not fit the read-ahead buffer
+  bool have_length_ = false;                     // a prefix was read: frame_ has its final size
+  std::vector<std::byte> frame_;                 // the frame being filled
+  std::size_t filled_ = 0;                       // bytes of frame_ received so far
+  bool large_ = false;                           // the last frame did not fit the read-ahead buffer
+  std::vector<std::vector<std::byte>> retired_;  // large buffers to fill again, oldest first
 };
 
 }  // namespace ember::socket_pipe

@@ -61,6 +61,8 @@ constexpr auto connect_retry = 20ms;
 // (it is sending, or busy) must not make our send() wait for it. (SO_SNDTIMEO counts in jiffies: at
 // HZ=250 this is up to 4 ms.)
 constexpr auto stall_patience = 2ms;
+// The most iovecs one sendmsg() takes (IOV_MAX on Linux): the length prefix and the frame's parts.
+constexpr std::size_t max_iov = 1024;
 
 std::string os_error(int error) {
   return std::system_category().message(error);
@@ -198,16 +200,31 @@ class SocketEndpoint final : public PipeEndpoint {
   }
 
   Result<void> send(std::span<const std::byte> frame, std::chrono::milliseconds timeout) override {
+    const std::span<const std::byte> parts[1] = {frame};
+    return send_parts(parts, timeout);
+  }
+
+  Result<void> send_parts(std::span<const std::span<const std::byte>> parts,
+                          std::chrono::milliseconds timeout) override {
     try {
-      return send_frame(frame, timeout);
+      return send_frame(parts, timeout);
     } catch (const std::exception& e) {
       return fail(Errc::internal, "pipe.socket " + describe() + ": " + e.what());
     }
   }
 
   Result<std::optional<Frame>> receive(std::chrono::milliseconds timeout) override {
+    Frame frame;
+    auto got = receive_into(frame, timeout);
+    if (!got) {
+      return fail(std::move(got.error()));
+    }
+    return *got ? std::optional<Frame>(std::move(frame)) : std::optional<Frame>();
+  }
+
+  Result<bool> receive_into(Frame& frame, std::chrono::milliseconds timeout) override {
     try {
-      return receive_frame(timeout);
+      return receive_frame(frame, timeout);
     } catch (const std::bad_alloc&) {
       close();
       return fail(Errc::io_error,
@@ -326,14 +343,19 @@ class SocketEndpoint final : public PipeEndpoint {
     return ready == 0 ? Wait::timeout : Wait::ready;
   }
 
-  Result<void> send_frame(std::span<const std::byte> frame, std::chrono::milliseconds timeout) {
+  Result<void> send_frame(std::span<const std::span<const std::byte>> parts,
+                          std::chrono::milliseconds timeout) {
+    std::size_t frame_size = 0;
+    for (const auto& part : parts) {
+      frame_size += part.size();
+    }
     auto deadline = deadline_after(timeout);
     Use use(*this);
     if (!use) {
       return closed_error();
     }
-    if (frame.size() > settings_.max_frame) {
-      return error(Errc::invalid_argument, "frame of " + std::to_string(frame.size()) +
+    if (frame_size > settings_.max_frame) {
+      return error(Errc::invalid_argument, "frame of " + std::to_string(frame_size) +
                                                " bytes exceeds max_frame_bytes " +
                                                std::to_string(settings_.max_frame));
     }
@@ -353,12 +375,23 @@ class SocketEndpoint final : public PipeEndpoint {
                                       " (the peer is not reading); nothing of this frame was sent");
     }
     std::byte prefix[length_prefix_bytes];
-    encode_length(static_cast<std::uint32_t>(frame.size()), prefix);
-    iovec parts[2] = {{prefix, sizeof prefix}, {const_cast<std::byte*>(frame.data()), frame.size()}};
+    encode_length(static_cast<std::uint32_t>(frame_size), prefix);
+    // The length prefix and every part in one sendmsg(): a frame's payload is sent from where it lies.
+    iov_.clear();
+    iov_.push_back({prefix, sizeof prefix});
+    for (const auto& part : parts) {
+      if (!part.empty()) {
+        iov_.push_back({const_cast<std::byte*>(part.data()), part.size()});
+      }
+    }
+    if (iov_.size() > max_iov) {
+      return error(Errc::invalid_argument, "frame of " + std::to_string(parts.size()) +
+                                               " parts exceeds the limit of " + std::to_string(max_iov - 1));
+    }
     msghdr message{};
-    message.msg_iov = parts;
-    message.msg_iovlen = frame.empty() ? 1 : 2;
-    std::size_t left = sizeof prefix + frame.size();
+    message.msg_iov = iov_.data();
+    message.msg_iovlen = iov_.size();
+    std::size_t left = sizeof prefix + frame_size;
     const int fd = peer_.get();
     // The peer is attached, so its socket blocks: sendmsg() waits for room itself, each wait bounded by
     // SO_SNDTIMEO = stall_patience (or what is left of the timeout), and close()'s shutdown() wakes it.
@@ -537,7 +570,7 @@ class SocketEndpoint final : public PipeEndpoint {
     return std::nullopt;
   }
 
-  Result<std::optional<Frame>> receive_frame(std::chrono::milliseconds timeout) {
+  Result<bool> receive_frame(Frame& frame, std::chrono::milliseconds timeout) {
     auto deadline = deadline_after(timeout);
     Use use(*this);
     if (!use) {
@@ -548,12 +581,12 @@ class SocketEndpoint final : public PipeEndpoint {
       return fail(std::move(attached.error()));
     }
     if (!*attached) {
-      return std::optional<Frame>();
+      return false;
     }
     if (first_frame_) {
-      std::optional<Frame> first = std::move(first_frame_);
+      frame = std::move(*first_frame_);
       first_frame_.reset();
-      return first;
+      return true;
     }
     const int fd = peer_.get();
     // The peer is attached, so its socket blocks: the read waits for bytes itself, bounded by SO_RCVTIMEO
@@ -564,9 +597,9 @@ class SocketEndpoint final : public PipeEndpoint {
       if (wait && !bound_wait(fd, SO_RCVTIMEO, left, receive_timeout_)) {
         return break_with(Errc::io_error, "setsockopt SO_RCVTIMEO: " + os_error(errno));
       }
-      auto got = reader_.read(fd, wait);
+      auto got = reader_.read_into(fd, frame, wait);
       if (got && *got) {
-        return std::move(*got);
+        return true;
       }
       if (closing_.load(std::memory_order_acquire)) {
         return closed_error();  // our close() shut the socket down under the read
@@ -575,7 +608,7 @@ class SocketEndpoint final : public PipeEndpoint {
         return break_with(got.error().code, got.error().message);
       }
       if (!wait) {
-        return std::optional<Frame>();
+        return false;
       }
     }
   }
@@ -786,6 +819,7 @@ class SocketEndpoint final : public PipeEndpoint {
 
   Clock::duration receive_timeout_{};  // SO_RCVTIMEO as last set (the receiving thread's)
   Clock::duration send_timeout_{};     // SO_SNDTIMEO as last set (the sending thread's)
+  std::vector<iovec> iov_;             // the sending thread's sendmsg() parts, reused
 
   // The background writer: backlog_ is the rest of one frame, owned by the writer while backlog_busy_.
   std::condition_variable backlog_cv_;

@@ -99,8 +99,9 @@ constexpr OptionSpec socket_options[] = {
     {"allow_remote", OptionType::boolean, "false", "allow a TCP host other than loopback (127.0.0.0/8, ::1)"},
     {"max_frame_bytes", OptionType::integer, "68157440",
      "largest frame sent or received, in bytes; a longer length prefix drops the connection"},
-    {"socket_buffer_bytes", OptionType::integer, "0",
-     "SO_SNDBUF and SO_RCVBUF, in bytes (0: system default)"},
+    {"socket_buffer_bytes", OptionType::integer, "1048576",
+     "SO_SNDBUF and SO_RCVBUF, in bytes, capped by the system's wmem_max / rmem_max (0: the system's "
+     "default, about 208 KiB, which a 1 MiB chunk fills several times over)"},
 };
 
 constexpr ComponentDescriptor components[] = {
