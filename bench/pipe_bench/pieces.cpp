@@ -1,7 +1,8 @@
 // The pieces of the session's work, timed alone in one process, to say where the time of a transfer goes:
-// per chunk a copy, the CRC-32C, encoding a frame (copy + CRC) and decoding one (checks + CRC); per
-// message the hand-off between two threads (the session hands every message from the caller to its
-// writer thread, and from its reader thread to the caller).
+// per chunk a copy, the CRC-32C (on the path crc32c() takes, and forced onto each other path this CPU has),
+// encoding a frame (copy + CRC) and decoding one (checks + CRC); per message the hand-off between two
+// threads (the session hands every message from the caller to its writer thread, and from its reader
+// thread to the caller).
 
 #include "pieces.hpp"
 
@@ -76,6 +77,20 @@ double handoff_us(int repeats) {
   return samples.empty() ? 0 : samples[samples.size() / 2];
 }
 
+std::string path_id(wire::Crc32cPath path) {
+  switch (path) {
+    case wire::Crc32cPath::table:
+      return "table";
+    case wire::Crc32cPath::crc32_3way:
+      return "sse42_3way";
+    case wire::Crc32cPath::pclmul:
+      return "pclmul";
+    case wire::Crc32cPath::avx512:
+      return "avx512";
+  }
+  return "unknown";
+}
+
 }  // namespace
 
 std::vector<Piece> measure_pieces(std::size_t bytes, int repeats) {
@@ -97,9 +112,20 @@ std::vector<Piece> measure_pieces(std::size_t bytes, int repeats) {
                       std::memcpy(target.data(), source.data(), bytes);
                       keep(target.data());
                     })});
-  pieces.push_back(
-      {"crc32c", std::string("CRC-32C of the chunk (") + (wire::crc32c_hardware() ? "SSE4.2" : "table") + ")",
-       median_us(repeats, [&] { keep(wire::crc32c(0, source)); })});
+  pieces.push_back({"crc32c",
+                    "CRC-32C of the chunk (" + std::string(wire::crc32c_path_name(wire::crc32c_path())) + ")",
+                    median_us(repeats, [&] { keep(wire::crc32c(0, source)); })});
+  // The paths crc32c() passes over on this CPU, forced, so one run shows what the chosen one gains.
+  for (auto path : {wire::Crc32cPath::avx512, wire::Crc32cPath::crc32_3way, wire::Crc32cPath::pclmul,
+                    wire::Crc32cPath::table}) {
+    if (path == wire::crc32c_path() || !wire::crc32c_path_supported(path)) {
+      continue;
+    }
+    pieces.push_back(
+        {"crc32c_" + path_id(path),
+         "CRC-32C of the chunk, forced onto the " + std::string(wire::crc32c_path_name(path)) + " path",
+         median_us(repeats, [&] { keep(wire::crc32c_path_for_testing(path, 0, source)); })});
+  }
   pieces.push_back(
       {"encode_frame", "wire::encode_frame of the chunk (into a reused vector)", median_us(repeats, [&] {
          (void)wire::encode_frame(frame, header, "bench", {}, source);

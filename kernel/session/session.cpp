@@ -533,13 +533,11 @@ void Session::writer_loop() {
                                               std::to_string(out->sends) + " sends"});
         continue;
       }
-      // Go back to what the receiver confirmed holding (from the start if nothing was confirmed).
-      out->chunk = static_cast<std::uint32_t>(out->confirmed / settings_.chunk_size);
+      // Go back to what the receiver confirmed holding (from the start if nothing was confirmed; the last
+      // chunk if it confirmed everything, so that its receipt comes again).
+      const std::uint64_t last_chunk = out->size == 0 ? 0 : (out->size - 1) / settings_.chunk_size;
+      out->chunk = static_cast<std::uint32_t>(std::min(out->confirmed / settings_.chunk_size, last_chunk));
       out->offset = std::uint64_t{out->chunk} * settings_.chunk_size;
-      if (out->offset >= out->size) {
-        out->chunk = 0;
-        out->offset = 0;
-      }
       stats_.resends++;
       log_->debug("resending " + std::string(wire::to_string(out->op)) + " msg_id " +
                   std::to_string(out->msg_id));
@@ -585,6 +583,14 @@ void Session::writer_loop() {
       auto out = *pick;
       if (out->done) {  // acknowledged (or failed) while waiting for a resend
         bulk_.erase(pick);
+        continue;
+      }
+      if (out->payload && out->offset < out->size &&
+          !out->payload->ready(out->offset, static_cast<std::size_t>(std::min<std::uint64_t>(
+                                                settings_.chunk_size, out->size - out->offset)))) {
+        // Its source is still being filled (a relay): wait for poke(), sending only heartbeats and control
+        // frames meanwhile, so the messages behind it keep their order.
+        writer_cv_.wait_until(lock, std::min(wake, now + poll_));
         continue;
       }
       writing_ = true;
@@ -635,6 +641,8 @@ void Session::pump(std::chrono::milliseconds timeout, bool app) {
       return;
     }
     lost(Error{Errc::peer_gone, "PEER_GONE: " + peer_ + ": " + got.error().message});
+    lock.unlock();
+    drop_incoming();
     return;
   }
   if (*got) {
@@ -655,10 +663,32 @@ void Session::pump(std::chrono::milliseconds timeout, bool app) {
         stats_.bytes_received += rx_frame_.size();
       }
       handle_frame(*frame, app);
+      // Time spent handling the frame (a sink that waits for room, as a relay's does) is not the peer's
+      // silence: the frames it sent meanwhile wait in the pipe.
+      Lock lock(mutex_);
+      last_rx_ = Clock::now();
+      if (ended()) {
+        lock.unlock();
+        drop_incoming();
+      }
+      return;
     }
   }
   Lock lock(mutex_);
   check_liveness(Clock::now());
+  if (ended()) {
+    lock.unlock();
+    drop_incoming();
+  }
+}
+
+// Called by the read token's holder, without the lock, once the session has ended: a message that was
+// arriving never will, and its sink is told so by being destroyed unfinished (a relay fails its copy).
+void Session::drop_incoming() {
+  if (incoming_) {
+    log_->debug("msg_id " + std::to_string(incoming_->msg.msg_id) + " was cut off by the end of the session");
+    incoming_.reset();
+  }
 }
 
 // Waits, with the lock held, until `done()`, the end of the session or `deadline`, reading the pipe itself
@@ -733,7 +763,14 @@ void Session::reader_loop() {
       changed_.notify_all();  // an application thread waits for the token
     }
   }
+  // Nobody reads an ended session: once an application thread still reading returns the token (within a
+  // poll), this thread keeps it and cuts off the message that was arriving, if one was.
+  while (read_token_) {
+    reader_cv_.wait_for(lock, poll_);
+  }
+  read_token_ = true;
   lock.unlock();
+  drop_incoming();
   announce_end();
 }
 
@@ -754,9 +791,30 @@ void Session::announce_end() {
 
 void Session::note_progress(Outgoing& out, const std::string& received) {
   try {
-    out.confirmed = std::max<std::uint64_t>(out.confirmed, std::stoull(received));
+    out.confirmed =
+        std::max<std::uint64_t>(out.confirmed, std::min<std::uint64_t>(std::stoull(received), out.size));
   } catch (const std::exception&) {
+    return;
   }
+  // A resend goes back to the chunk holding the first byte not confirmed (and to the last chunk at the
+  // latest, which a lost final receipt makes the sender repeat): below it is never read again, nor below
+  // the chunk the writer reads next (it may be reading it now, after going back for a resend).
+  const std::uint64_t last_chunk = out.size == 0 ? 0 : (out.size - 1) / settings_.chunk_size;
+  const std::uint64_t keep_from =
+      std::min({out.confirmed / settings_.chunk_size, last_chunk, out.offset / settings_.chunk_size});
+  confirm(out, keep_from * settings_.chunk_size);
+}
+
+// Called with the mutex held: tells the source of `out` what it may let go of.
+void Session::confirm(Outgoing& out, std::uint64_t bytes) {
+  if (out.payload) {
+    out.payload->confirmed(bytes);
+  }
+}
+
+void Session::poke() {
+  std::lock_guard lock(mutex_);
+  writer_cv_.notify_one();
 }
 
 // Called with the mutex held: the receiver lost a chunk of `msg_id` and asks to resume at chunk `at`.
@@ -783,8 +841,15 @@ void Session::resume_outgoing(std::uint64_t msg_id, const std::string& at, const
   if (out && received != nullptr) {
     note_progress(*out, *received);
   }
-  if (!out || out->done || chunk == 0 || chunk > out->chunk || offset >= out->size) {
-    return;  // stale, or already rewound
+  if (!out || out->done || chunk == 0 || offset >= out->size) {
+    return;  // stale
+  }
+  if (chunk > out->chunk) {
+    // The receiver holds more than this sender has sent again since going back: skip what it holds.
+    out->chunk = chunk;
+    out->offset = offset;
+    writer_cv_.notify_one();
+    return;
   }
   if (++out->sends > settings_.max_resends + 1) {
     if (from_unacked) {
@@ -827,15 +892,20 @@ void Session::handle_frame(const wire::FrameView& frame, bool app) {
         return;
       }
       unpark(h.req_id);
+      confirm(*out, out->size);
       finish(*out, std::nullopt);
       return;
     }
-    if (received == nullptr) {
-      // A receipt for a message queued for resending: it arrived after all.
-      for (auto& out : bulk_) {
-        if (out->msg_id == h.req_id) {
-          finish(*out, std::nullopt);
-        }
+    for (auto& out : bulk_) {
+      if (out->msg_id != h.req_id || out->done) {
+        continue;
+      }
+      if (received != nullptr) {
+        note_progress(*out, *received);  // a message still being sent
+      } else {
+        // A receipt for a message queued for resending: it arrived after all.
+        confirm(*out, out->size);
+        finish(*out, std::nullopt);
       }
     }
     return;
@@ -848,6 +918,14 @@ void Session::handle_frame(const wire::FrameView& frame, bool app) {
   std::unique_ptr<Incoming>* slot = &incoming_;
   if (single) {
     slot = &single_holder;
+  }
+  if (first && !single && incoming_ && incoming_->msg.msg_id == h.msg_id && incoming_->next_chunk > 0 &&
+      h.total_len == incoming_->msg.payload_size) {
+    // The first chunk again (duplicated, or sent again from the start): what arrived is kept, and the
+    // chunks already held are skipped until the next one missing comes.
+    incoming_->resume_asked = 0;
+    incoming_->last_index = 0;
+    return;
   }
   if (first) {
     if (!single && incoming_) {
@@ -1055,7 +1133,8 @@ Result<std::shared_ptr<Session::Ticket>> Session::post(Op op, std::string topic,
   in_flight_++;
   auto ticket = std::make_shared<Ticket>();
   ticket->out = out;
-  if (out->size <= settings_.chunk_size && !writing_ && control_.empty() && bulk_.empty()) {
+  if (out->size <= settings_.chunk_size && !writing_ && control_.empty() && bulk_.empty() &&
+      (!out->payload || out->payload->ready(0, static_cast<std::size_t>(out->size)))) {
     // The writer is idle and nothing waits to go first: this thread writes the frame itself.
     write_direct(lock, out);
     return ticket;

@@ -85,6 +85,15 @@ class PayloadSource {
     (void)offset, (void)size, (void)out;
     return false;
   }
+  /// Whether the `size` bytes at `offset` can be read now. A source that is still being filled (a relay)
+  /// says false until they are; the session sends other frames meanwhile and tries again when poke()d.
+  virtual bool ready(std::uint64_t offset, std::size_t size) const {
+    (void)offset, (void)size;
+    return true;
+  }
+  /// The receiver holds the first `bytes` and the session will never read below them again (even to
+  /// resend): a source may let them go.
+  virtual void confirmed(std::uint64_t bytes) const { (void)bytes; }
 };
 
 /// A payload held in memory.
@@ -101,6 +110,8 @@ class BytesSource final : public PayloadSource {
 };
 
 /// Where an incoming payload's bytes go, chunk by chunk and in order.
+/// Where an incoming payload goes as it arrives. A sink destroyed without finish() was cut off: the
+/// message will not arrive (the session ended, or the sender gave it up for another).
 class PayloadSink {
  public:
   virtual ~PayloadSink() = default;
@@ -159,6 +170,8 @@ class Session {
   Result<std::optional<Message>> receive(std::chrono::milliseconds timeout);
   /// Routes large incoming payloads to sinks (set before the peer sends them).
   void set_sink_factory(SinkFactory factory);
+  /// A payload source that said it was not ready() has more bytes now.
+  void poke();
 
   /// Says goodbye with `farewell` (SHUTDOWN or ABORT, best effort within close_bound) and closes the pipe.
   /// Never blocks on a dead peer. Idempotent.
@@ -220,6 +233,8 @@ class Session {
 
   void resume_outgoing(std::uint64_t msg_id, const std::string& at, const std::string* received);
   void note_progress(Outgoing& out, const std::string& received);
+  void confirm(Outgoing& out, std::uint64_t bytes);
+  void drop_incoming();
   void end(State state, Error error);
   void lost(Error error);
   void announce_end();

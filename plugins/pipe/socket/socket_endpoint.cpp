@@ -61,7 +61,7 @@ constexpr auto connect_retry = 20ms;
 // (it is sending, or busy) must not make our send() wait for it. (SO_SNDTIMEO counts in jiffies: at
 // HZ=250 this is up to 4 ms.)
 constexpr auto stall_patience = 2ms;
-// The most iovecs one sendmsg() takes (IOV_MAX on Linux): the length prefix and the frame's parts.
+// The most iovecs one sendmsg() takes (IOV_MAX on Linux); a frame of more parts takes several calls.
 constexpr std::size_t max_iov = 1024;
 
 std::string os_error(int error) {
@@ -384,10 +384,7 @@ class SocketEndpoint final : public PipeEndpoint {
         iov_.push_back({const_cast<std::byte*>(part.data()), part.size()});
       }
     }
-    if (iov_.size() > max_iov) {
-      return error(Errc::invalid_argument, "frame of " + std::to_string(parts.size()) +
-                                               " parts exceeds the limit of " + std::to_string(max_iov - 1));
-    }
+    // `message` holds every part left; each sendmsg() takes at most max_iov of them.
     msghdr message{};
     message.msg_iov = iov_.data();
     message.msg_iovlen = iov_.size();
@@ -400,7 +397,9 @@ class SocketEndpoint final : public PipeEndpoint {
       if (wait > Clock::duration::zero() && !bound_wait(fd, SO_SNDTIMEO, wait, send_timeout_)) {
         return break_with(Errc::io_error, "setsockopt SO_SNDTIMEO: " + os_error(errno));
       }
-      ssize_t n = ::sendmsg(fd, &message, MSG_NOSIGNAL | (wait > Clock::duration::zero() ? 0 : MSG_DONTWAIT));
+      msghdr some = message;
+      some.msg_iovlen = std::min<std::size_t>(message.msg_iovlen, max_iov);
+      ssize_t n = ::sendmsg(fd, &some, MSG_NOSIGNAL | (wait > Clock::duration::zero() ? 0 : MSG_DONTWAIT));
       if (n > 0) {
         left -= static_cast<std::size_t>(n);
         if (left == 0) {

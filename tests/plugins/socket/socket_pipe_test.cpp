@@ -326,6 +326,47 @@ TEST_F(SocketPipeTest, ManySmallFramesArriveInOrder) {
   stream(*trainer, *job, frames);
 }
 
+TEST_F(SocketPipeTest, GatherSendsAndReusedReceiveBuffersCarryBigAndSmallFramesAlternately) {
+  auto pipe = make();
+  auto job = open_job(*pipe);
+  auto trainer = open_trainer(pipe->address());
+  ASSERT_TRUE(job && trainer);
+  // Frames of 8 MiB, 1 MiB + 3 and a few bytes in turn, each sent in parts (empty ones among them, and
+  // more parts than one sendmsg takes), received into one vector whose memory the pipe may reuse.
+  std::vector<Frame> frames;
+  for (unsigned i = 0; i < 24; ++i) {
+    std::size_t size = i % 3 == 0 ? (std::size_t{8} << 20) : i % 3 == 1 ? (std::size_t{1} << 20) + 3 : 17;
+    frames.push_back(pattern(size, 100 + i));
+  }
+  std::thread sender([&] {
+    for (std::size_t i = 0; i < frames.size(); ++i) {
+      std::span<const std::byte> all(frames[i]);
+      std::vector<std::span<const std::byte>> parts;
+      const std::size_t piece = i % 2 == 0 ? 4096 : all.size() / 5 + 1;
+      for (std::size_t at = 0; at < all.size(); at += piece) {
+        parts.push_back(all.subspan(at, std::min(piece, all.size() - at)));
+        if (at % (7 * piece) == 0) {
+          parts.push_back({});
+        }
+      }
+      auto sent = trainer->send_parts(parts, 10s);
+      ASSERT_TRUE(sent) << "frame " << i << ": " << sent.error().message;
+    }
+  });
+  std::vector<std::byte> into;
+  for (std::size_t i = 0; i < frames.size(); ++i) {
+    Result<bool> got = false;
+    for (int tries = 0; tries < 100 && got && !*got; ++tries) {
+      got = job->receive_into(into, 100ms);
+    }
+    ASSERT_TRUE(got) << got.error().message;
+    ASSERT_TRUE(*got) << "frame " << i << " did not arrive";
+    ASSERT_EQ(into.size(), frames[i].size()) << "frame " << i;
+    EXPECT_TRUE(into == frames[i]) << "frame " << i << " differs";
+  }
+  sender.join();
+}
+
 TEST_F(SocketPipeTest, PartialFramesSurviveReceiveTimeouts) {
   auto pipe = make();
   auto job = open_job(*pipe);
