@@ -28,7 +28,7 @@ using Timeouts = ember::JobTimeouts;
 
 /// Session settings that are not timeouts.
 struct SessionSettings {
-  std::int64_t max_resends = 3;  ///< bounded resends of an unacknowledged message
+  std::int64_t max_resends = 3;  ///< bounded resends of a message without progress
 };
 
 /// Where a value came from.

@@ -99,6 +99,12 @@ class Relay::Stream final : public PayloadSource {
     return ok();
   }
 
+  // Whether the copy failed (the upstream broke off, or the downstream never confirmed in time).
+  bool failed() const {
+    std::lock_guard lock(mutex_);
+    return failure_.has_value();
+  }
+
   void abort(std::string why) {
     {
       std::lock_guard lock(mutex_);
@@ -188,7 +194,9 @@ SinkFactory Relay::sink_factory(SinkFactory others) {
       return std::make_unique<RefusingSink>(std::move(why));
     }
     failed_.erase(header.msg_id);
-    tickets_.insert_or_assign(header.msg_id, std::move(*ticket));  // a restarted message replaces its copy
+    // Copies whose upstream message broke off are never forward()ed: they go here.
+    std::erase_if(copies_, [](const auto& entry) { return entry.second.stream->failed(); });
+    copies_.insert_or_assign(header.msg_id, Copy{std::move(*ticket), stream});
     return std::make_unique<Sink>(std::move(stream));
   };
 }
@@ -197,9 +205,9 @@ Result<std::uint64_t> Relay::forward(const Message& received) {
   std::shared_ptr<Session::Ticket> ticket;
   {
     std::lock_guard lock(mutex_);
-    if (auto it = tickets_.find(received.msg_id); it != tickets_.end()) {
-      ticket = std::move(it->second);
-      tickets_.erase(it);
+    if (auto it = copies_.find(received.msg_id); it != copies_.end()) {
+      ticket = std::move(it->second.ticket);
+      copies_.erase(it);
     } else if (auto f = failed_.find(received.msg_id); f != failed_.end()) {
       auto why = f->second;
       failed_.erase(f);

@@ -63,8 +63,12 @@ class Relay {
   const Route route_;
   const Options options_;
   mutable std::mutex mutex_;
-  std::map<std::uint64_t, std::shared_ptr<Session::Ticket>> tickets_;  // by upstream msg_id
-  std::map<std::uint64_t, Error> failed_;                              // posting downstream failed
+  struct Copy {
+    std::shared_ptr<Session::Ticket> ticket;  // the downstream message
+    std::shared_ptr<Stream> stream;           // its bytes
+  };
+  std::map<std::uint64_t, Copy> copies_;   // by upstream msg_id, until forward() or the stream fails
+  std::map<std::uint64_t, Error> failed_;  // posting downstream failed
   std::shared_ptr<std::atomic<std::uint64_t>> peak_;  // shared with the streams, which may outlive a call
 };
 

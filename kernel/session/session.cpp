@@ -533,10 +533,7 @@ void Session::writer_loop() {
                                               std::to_string(out->sends) + " sends"});
         continue;
       }
-      // Go back to what the receiver confirmed holding (from the start if nothing was confirmed; the last
-      // chunk if it confirmed everything, so that its receipt comes again).
-      const std::uint64_t last_chunk = out->size == 0 ? 0 : (out->size - 1) / settings_.chunk_size;
-      out->chunk = static_cast<std::uint32_t>(std::min(out->confirmed / settings_.chunk_size, last_chunk));
+      out->chunk = resend_from(*out);
       out->offset = std::uint64_t{out->chunk} * settings_.chunk_size;
       stats_.resends++;
       log_->debug("resending " + std::string(wire::to_string(out->op)) + " msg_id " +
@@ -641,8 +638,6 @@ void Session::pump(std::chrono::milliseconds timeout, bool app) {
       return;
     }
     lost(Error{Errc::peer_gone, "PEER_GONE: " + peer_ + ": " + got.error().message});
-    lock.unlock();
-    drop_incoming();
     return;
   }
   if (*got) {
@@ -667,28 +662,11 @@ void Session::pump(std::chrono::milliseconds timeout, bool app) {
       // silence: the frames it sent meanwhile wait in the pipe.
       Lock lock(mutex_);
       last_rx_ = Clock::now();
-      if (ended()) {
-        lock.unlock();
-        drop_incoming();
-      }
       return;
     }
   }
   Lock lock(mutex_);
   check_liveness(Clock::now());
-  if (ended()) {
-    lock.unlock();
-    drop_incoming();
-  }
-}
-
-// Called by the read token's holder, without the lock, once the session has ended: a message that was
-// arriving never will, and its sink is told so by being destroyed unfinished (a relay fails its copy).
-void Session::drop_incoming() {
-  if (incoming_) {
-    log_->debug("msg_id " + std::to_string(incoming_->msg.msg_id) + " was cut off by the end of the session");
-    incoming_.reset();
-  }
 }
 
 // Waits, with the lock held, until `done()`, the end of the session or `deadline`, reading the pipe itself
@@ -764,13 +742,17 @@ void Session::reader_loop() {
     }
   }
   // Nobody reads an ended session: once an application thread still reading returns the token (within a
-  // poll), this thread keeps it and cuts off the message that was arriving, if one was.
+  // poll), this thread keeps it. A message that was arriving never will: its sink is destroyed unfinished,
+  // which tells it so (a relay fails its copy).
   while (read_token_) {
     reader_cv_.wait_for(lock, poll_);
   }
   read_token_ = true;
   lock.unlock();
-  drop_incoming();
+  if (incoming_) {
+    log_->debug("msg_id " + std::to_string(incoming_->msg.msg_id) + " was cut off by the end of the session");
+    incoming_.reset();
+  }
   announce_end();
 }
 
@@ -790,19 +772,32 @@ void Session::announce_end() {
 }
 
 void Session::note_progress(Outgoing& out, const std::string& received) {
+  std::uint64_t held = 0;
   try {
-    out.confirmed =
-        std::max<std::uint64_t>(out.confirmed, std::min<std::uint64_t>(std::stoull(received), out.size));
+    held = std::min<std::uint64_t>(std::stoull(received), out.size);
   } catch (const std::exception&) {
     return;
   }
-  // A resend goes back to the chunk holding the first byte not confirmed (and to the last chunk at the
-  // latest, which a lost final receipt makes the sender repeat): below it is never read again, nor below
-  // the chunk the writer reads next (it may be reading it now, after going back for a resend).
-  const std::uint64_t last_chunk = out.size == 0 ? 0 : (out.size - 1) / settings_.chunk_size;
+  if (held > out.confirmed) {
+    out.confirmed = held;
+    // The resend budget bounds sends of data that does not get through: once the receiver holds more, the
+    // send under way counts as the first of what remains, so a large message on a lossy link is not failed
+    // for losing many different chunks.
+    out.sends = std::min(out.sends, 1);
+  }
+  // Nothing below the chunk a resend would start from is read again, nor below the chunk the writer reads
+  // next (it may be reading it now, after going back for a resend).
   const std::uint64_t keep_from =
-      std::min({out.confirmed / settings_.chunk_size, last_chunk, out.offset / settings_.chunk_size});
+      std::min<std::uint64_t>(resend_from(out), out.offset / settings_.chunk_size);
   confirm(out, keep_from * settings_.chunk_size);
+}
+
+// The chunk an overdue message is sent again from: the one holding the first byte the receiver has not
+// confirmed (0 if it confirmed nothing), and the last chunk at the latest, whose receipt a resend is for
+// when the receiver confirmed everything.
+std::uint32_t Session::resend_from(const Outgoing& out) const {
+  const std::uint64_t last_chunk = out.size == 0 ? 0 : (out.size - 1) / settings_.chunk_size;
+  return static_cast<std::uint32_t>(std::min(out.confirmed / settings_.chunk_size, last_chunk));
 }
 
 // Called with the mutex held: tells the source of `out` what it may let go of.
@@ -919,15 +914,11 @@ void Session::handle_frame(const wire::FrameView& frame, bool app) {
   if (single) {
     slot = &single_holder;
   }
-  if (first && !single && incoming_ && incoming_->msg.msg_id == h.msg_id && incoming_->next_chunk > 0 &&
-      h.total_len == incoming_->msg.payload_size) {
-    // The first chunk again (duplicated, or sent again from the start): what arrived is kept, and the
-    // chunks already held are skipped until the next one missing comes.
-    incoming_->resume_asked = 0;
-    incoming_->last_index = 0;
-    return;
-  }
-  if (first) {
+  // The first chunk of the message under way again (duplicated, or sent again from the start) is a repeated
+  // chunk like any other: what arrived is kept.
+  const bool first_again = first && !single && incoming_ && incoming_->msg.msg_id == h.msg_id &&
+                           incoming_->next_chunk > 0 && h.total_len == incoming_->msg.payload_size;
+  if (first && !first_again) {
     if (!single && incoming_) {
       if (incoming_->msg.msg_id != h.msg_id) {
         log_->debug("msg_id " + std::to_string(incoming_->msg.msg_id) + " abandoned mid-transfer; msg_id " +
@@ -968,7 +959,8 @@ void Session::handle_frame(const wire::FrameView& frame, bool app) {
       }
     }
     *slot = std::move(in);
-  } else if (!incoming_ || incoming_->msg.msg_id != h.msg_id || incoming_->next_chunk != h.chunk_index) {
+  } else if (first_again || !incoming_ || incoming_->msg.msg_id != h.msg_id ||
+             incoming_->next_chunk != h.chunk_index) {
     // A gap in the message under way: keep what arrived and ask the sender to resume at the first missing
     // chunk, once per gap and again each time the sender has gone back. Repeated chunks are ignored.
     if (incoming_ && incoming_->msg.msg_id == h.msg_id) {

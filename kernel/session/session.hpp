@@ -38,7 +38,7 @@ struct Settings {
   std::chrono::milliseconds stream_idle{
       std::chrono::seconds(60)};  ///< a pipe send that makes no progress this long fails
   std::chrono::milliseconds close_bound{std::chrono::seconds(1)};  ///< best-effort farewell before closing
-  int max_resends = 3;                              ///< sends of one message = 1 + max_resends at most
+  int max_resends = 3;                              ///< resends without the receiver confirming more
   std::uint32_t chunk_size = 1u << 20;              ///< payload bytes per frame
   std::uint64_t max_buffered_message = 256u << 20;  ///< largest payload held in memory without a sink
   std::size_t window = 256;                         ///< messages posted but not yet acknowledged
@@ -109,9 +109,8 @@ class BytesSource final : public PayloadSource {
   std::vector<std::byte> bytes_;
 };
 
-/// Where an incoming payload's bytes go, chunk by chunk and in order.
-/// Where an incoming payload goes as it arrives. A sink destroyed without finish() was cut off: the
-/// message will not arrive (the session ended, or the sender gave it up for another).
+/// Where an incoming payload's bytes go, chunk by chunk and in order. A sink destroyed without finish() was
+/// cut off: the message will not arrive (the session ended, or the sender gave it up for another).
 class PayloadSink {
  public:
   virtual ~PayloadSink() = default;
@@ -234,7 +233,7 @@ class Session {
   void resume_outgoing(std::uint64_t msg_id, const std::string& at, const std::string* received);
   void note_progress(Outgoing& out, const std::string& received);
   void confirm(Outgoing& out, std::uint64_t bytes);
-  void drop_incoming();
+  std::uint32_t resend_from(const Outgoing& out) const;
   void end(State state, Error error);
   void lost(Error error);
   void announce_end();

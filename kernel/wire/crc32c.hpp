@@ -19,14 +19,13 @@ bool crc32c_hardware() noexcept;
 enum class Crc32cPath {
   table,       ///< portable slicing-by-8 tables
   crc32_3way,  ///< SSE4.2 CRC instruction, three streams side by side
-  pclmul,      ///< PCLMULQDQ folding of 128-bit blocks
   avx512,      ///< AVX-512 VPCLMULQDQ folding of 512-bit blocks
 };
 
 /// The path crc32c() takes for large inputs on this CPU (for benchmarks and logs).
 Crc32cPath crc32c_path() noexcept;
 
-/// A path's name as benchmarks and logs print it ("table", "SSE4.2 3-way", ...).
+/// A path's name, for benchmarks, logs and test names: "table", "sse42_3way", "avx512_vpclmulqdq".
 std::string_view crc32c_path_name(Crc32cPath path) noexcept;
 
 /// Whether this CPU can run `path` (the table path always can).

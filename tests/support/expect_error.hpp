@@ -2,6 +2,7 @@
 // Assertions on ember::Result errors, and byte helpers, shared by the wire-format tests.
 
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <string_view>
 #include <vector>
@@ -38,6 +39,17 @@ inline std::vector<std::byte> to_bytes(std::string_view text) {
   std::vector<std::byte> out(text.size());
   if (!text.empty()) {
     std::memcpy(out.data(), text.data(), text.size());
+  }
+  return out;
+}
+
+/// `size` pseudo-random bytes, the same for the same `seed`.
+inline std::vector<std::byte> pattern(std::size_t size, unsigned seed = 1) {
+  std::vector<std::byte> out(size);
+  std::uint32_t x = seed * 2654435761u + 1;
+  for (auto& b : out) {
+    x = x * 1664525u + 1013904223u;
+    b = static_cast<std::byte>(x >> 24);
   }
   return out;
 }

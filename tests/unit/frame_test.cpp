@@ -19,19 +19,10 @@ namespace {
 
 using test::expect_invalid;
 using test::expect_malformed;
+using test::pattern;
 using test::to_bytes;
 
 using Bytes = std::vector<std::byte>;
-
-Bytes pattern(std::size_t size, unsigned seed = 1) {
-  Bytes out(size);
-  std::uint32_t x = seed * 2654435761u + 1;
-  for (auto& b : out) {
-    x = x * 1664525u + 1013904223u;
-    b = static_cast<std::byte>(x >> 24);
-  }
-  return out;
-}
 
 void put_le(Bytes& frame, std::size_t at, std::uint64_t value, std::size_t size) {
   for (std::size_t i = 0; i < size; ++i) {

@@ -9,6 +9,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "expect_error.hpp"
 #include "fault_proxy.hpp"
 #include "support.hpp"
 
@@ -16,6 +17,7 @@ namespace ember::session {
 namespace {
 
 using namespace std::chrono_literals;
+using test::pattern;
 
 using ::testing::HasSubstr;
 using wire::Op;
@@ -30,16 +32,6 @@ Settings fast() {
   s.max_resends = 30;
   s.chunk_size = 64 * 1024;
   return s;
-}
-
-std::vector<std::byte> pattern(std::size_t n, unsigned seed) {
-  std::vector<std::byte> v(n);
-  std::uint32_t x = seed;
-  for (auto& b : v) {
-    x = x * 1664525u + 1013904223u;
-    b = static_cast<std::byte>(x >> 24);
-  }
-  return v;
 }
 
 class CollectSink final : public PayloadSink {

@@ -25,6 +25,7 @@ namespace {
 
 using test::expect_invalid;
 using test::expect_malformed;
+using test::pattern;
 using test::to_bytes;
 
 using Bytes = std::vector<std::byte>;
@@ -33,16 +34,6 @@ using Metadata = std::map<std::string, std::string>;
 constexpr DType all_dtypes[] = {DType::BOOL, DType::U8,  DType::I8,  DType::I16, DType::U16,
                                 DType::I32,  DType::U32, DType::I64, DType::U64, DType::F16,
                                 DType::BF16, DType::F32, DType::F64};
-
-Bytes pattern(std::size_t size, unsigned seed = 1) {
-  Bytes out(size);
-  std::uint32_t x = seed * 2654435761u + 1;
-  for (auto& b : out) {
-    x = x * 1664525u + 1013904223u;
-    b = static_cast<std::byte>(x >> 24);
-  }
-  return out;
-}
 
 // A tensor owning `bytes` (patterned unless given).
 WireTensor make_tensor(std::string name, DType dtype, std::vector<std::int64_t> shape, unsigned seed = 1) {

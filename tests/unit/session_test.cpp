@@ -9,6 +9,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "expect_error.hpp"
 #include "fault_proxy.hpp"
 #include "support.hpp"
 
@@ -16,6 +17,7 @@ namespace ember::session {
 namespace {
 
 using namespace std::chrono_literals;
+using test::pattern;
 
 using ::testing::HasSubstr;
 using wire::Op;
@@ -31,16 +33,6 @@ Settings fast() {
   s.max_resends = 8;
   s.chunk_size = 64 * 1024;
   return s;
-}
-
-std::vector<std::byte> pattern(std::size_t n, unsigned seed = 7) {
-  std::vector<std::byte> v(n);
-  std::uint32_t x = seed;
-  for (auto& b : v) {
-    x = x * 1664525u + 1013904223u;
-    b = static_cast<std::byte>(x >> 24);
-  }
-  return v;
 }
 
 class SessionPair : public ::testing::Test {
@@ -260,6 +252,26 @@ TEST_F(SessionPair, DroppedDuplicatedAndCorruptFramesStillDeliverExactlyOnce) {
   EXPECT_GT(trainer_faults_->dropped() + job_faults_->dropped(), 0u);
   EXPECT_GT(trainer_faults_->duplicated(), 0u);
   EXPECT_GT(job_->stats().duplicates_dropped + job_->stats().frames_rejected, 0u);
+}
+
+TEST_F(SessionPair, ResendBudgetCountsLossesWithoutProgressNotLossesPerMessage) {
+  // The default budget (3 resends) against a 16 MiB message of 256 chunks on a link losing 3 % of frames
+  // each way: several different chunks are lost, each resent once or twice, and the message still arrives,
+  // because every resend that gets through renews the budget.
+  auto settings = fast();
+  settings.max_resends = 3;
+  open(settings, test::FaultPolicy{0.03, 0, 0, 0ms, 11}, test::FaultPolicy{0.03, 0, 0, 0ms, 12});
+  handshake();
+  auto big = pattern(16u << 20, 5);
+  std::vector<std::byte> received;
+  trainer_->set_sink_factory([&](const Message&) { return std::make_unique<CollectSink>(received); });
+  auto sent = job_->send(Op::task_ready, "train", {}, std::make_shared<BytesSource>(big));
+  ASSERT_TRUE(sent) << sent.error().message;
+  auto got = trainer_->receive(10s);
+  ASSERT_TRUE(got && *got);
+  EXPECT_EQ(received, big);
+  EXPECT_GT(job_->stats().resends, static_cast<std::uint64_t>(settings.max_resends))
+      << "too few losses to show anything";
 }
 
 TEST_F(SessionPair, SilentPeerBecomesPeerGoneWithinHeartbeatTimeout) {
