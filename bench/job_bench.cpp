@@ -179,23 +179,31 @@ TaskData model_task(std::uint64_t bytes) {
   return task;
 }
 
-json bench_round(Bench& b, const fs::path& trainer, int clients, int runs, std::uint64_t bytes) {
-  auto job = b.write_job("round", {trainer.string()});
-  std::vector<std::unique_ptr<kernel::JobScope>> scopes;
-  std::vector<std::shared_ptr<Executor>> executors;
-  for (int i = 0; i < clients; ++i) {
-    scopes.push_back(b.scope(job, "site-" + std::to_string(i + 1), "round-" + std::to_string(clients)));
-    executors.push_back(b.executor(*scopes.back()));
-    if (auto s = executors.back()->start(); !s) {
-      std::cerr << "job_bench: round start: " << s.error().message << "\n";
-      std::exit(1);
+// N executors, each with its trainer, set up once; run() is one round of the task to all of them at once.
+class RealRounds {
+ public:
+  RealRounds(Bench& b, const fs::path& trainer, int clients, std::uint64_t bytes) : task_(model_task(bytes)) {
+    auto job = b.write_job("round", {trainer.string()});
+    for (int i = 0; i < clients; ++i) {
+      scopes_.push_back(b.scope(job, "site-" + std::to_string(i + 1), "round-" + std::to_string(clients)));
+      executors_.push_back(b.executor(*scopes_.back()));
+      if (auto s = executors_.back()->start(); !s) {
+        std::cerr << "job_bench: round start: " << s.error().message << "\n";
+        std::exit(1);
+      }
     }
   }
-  auto task = model_task(bytes);
-  std::vector<double> samples, net;
-  // One warm-up round first: the trainers allocate their model memory once, as real trainers do.
-  for (int r = 0; r <= runs; ++r) {
-    task.round = static_cast<std::uint64_t>(r);
+  RealRounds(const RealRounds&) = delete;
+  RealRounds& operator=(const RealRounds&) = delete;
+  ~RealRounds() {
+    for (auto& e : executors_) {
+      e->stop();
+    }
+  }
+
+  // The round's wall time and the slowest trainer's own work on the tensors, in ms.
+  std::pair<double, double> run() {
+    task_.round = round_++;
     std::atomic<int> failed{0};
     std::mutex train_mutex;
     double train_ms = 0;
@@ -203,9 +211,9 @@ json bench_round(Bench& b, const fs::path& trainer, int clients, int runs, std::
     {
       // std::thread, not jthread: a jthread's destructor requests stop, which would cancel the tasks.
       std::vector<std::thread> threads;
-      for (auto& e : executors) {
+      for (auto& e : executors_) {
         threads.emplace_back([&, e] {
-          auto result = e->execute(task, {});
+          auto result = e->execute(task_, {});
           if (!result) {
             std::cerr << "job_bench: round: " << result.error().message << "\n";
             ++failed;
@@ -223,20 +231,15 @@ json bench_round(Bench& b, const fs::path& trainer, int clients, int runs, std::
     if (failed != 0) {
       std::exit(1);
     }
-    if (r > 0) {
-      samples.push_back(took);
-      net.push_back(took - train_ms);
-    }
+    return {took, train_ms};
   }
-  for (auto& e : executors) {
-    e->stop();
-  }
-  // Beyond training: the round's wall time less the slowest trainer's own work on the tensors.
-  return json{{"clients", clients},
-              {"median_ms", median(samples)},
-              {"beyond_training_ms", median(net)},
-              {"samples_ms", samples}};
-}
+
+ private:
+  TaskData task_;
+  std::uint64_t round_ = 0;
+  std::vector<std::unique_ptr<kernel::JobScope>> scopes_;
+  std::vector<std::shared_ptr<Executor>> executors_;
+};
 
 // The same bytes through the same pipe and session layer, without a trainer process: N pairs in this process.
 class CountingSink final : public session::PayloadSink {
@@ -265,45 +268,51 @@ class ZeroSource final : public session::PayloadSource {
   std::uint64_t n_;
 };
 
-json bench_round_baseline(Bench& b, int clients, int runs, std::uint64_t bytes) {
-  session::Settings settings;
-  settings.heartbeat_interval = 2s;
-  settings.heartbeat_timeout = 30s;
-  struct Pair {
-    std::shared_ptr<Pipe> pipe;
-    std::unique_ptr<session::Session> job, trainer;
-  };
-  std::vector<Pair> pairs(static_cast<std::size_t>(clients));
-  const std::string token(64, 'a');
-  for (int i = 0; i < clients; ++i) {
-    auto& p = pairs[static_cast<std::size_t>(i)];
-    Options options;
-    options.set("address", "unix:" + (b.work / ("base-" + std::to_string(i) + ".sock")).string());
-    p.pipe = *b.kernel->registry().create_as<Pipe>("pipe.socket", options);
-    auto job_end = p.pipe->open(PipeSide::job, 10s, session::admit_hello(token));
-    std::unique_ptr<PipeEndpoint> trainer_end;
-    std::jthread attach([&] { trainer_end = std::move(*p.pipe->open(PipeSide::trainer, 10s)); });
-    auto log = b.kernel->logs().get("bench");
-    p.job = std::make_unique<session::Session>(session::Role::job, std::move(*job_end), settings, log);
-    attach.join();
-    p.trainer =
-        std::make_unique<session::Session>(session::Role::trainer, std::move(trainer_end), settings, log);
-    for (auto* s : {p.job.get(), p.trainer.get()}) {
-      s->set_sink_factory([](const session::Message&) { return std::make_unique<CountingSink>(); });
+class BaselineRounds {
+ public:
+  BaselineRounds(Bench& b, int clients, std::uint64_t bytes)
+      : pairs_(static_cast<std::size_t>(clients)), source_(std::make_shared<ZeroSource>(bytes)) {
+    session::Settings settings;
+    settings.heartbeat_interval = 2s;
+    settings.heartbeat_timeout = 30s;
+    const std::string token(64, 'a');
+    for (int i = 0; i < clients; ++i) {
+      auto& p = pairs_[static_cast<std::size_t>(i)];
+      Options options;
+      options.set("address", "unix:" + (b.work / ("base-" + std::to_string(i) + ".sock")).string());
+      p.pipe = *b.kernel->registry().create_as<Pipe>("pipe.socket", options);
+      auto job_end = p.pipe->open(PipeSide::job, 10s, session::admit_hello(token));
+      std::unique_ptr<PipeEndpoint> trainer_end;
+      std::jthread attach([&] { trainer_end = std::move(*p.pipe->open(PipeSide::trainer, 10s)); });
+      auto log = b.kernel->logs().get("bench");
+      p.job = std::make_unique<session::Session>(session::Role::job, std::move(*job_end), settings, log);
+      attach.join();
+      p.trainer =
+          std::make_unique<session::Session>(session::Role::trainer, std::move(trainer_end), settings, log);
+      for (auto* s : {p.job.get(), p.trainer.get()}) {
+        s->set_sink_factory([](const session::Message&) { return std::make_unique<CountingSink>(); });
+      }
+      std::jthread hello([&] { (void)p.trainer->hello(token); });
+      (void)p.job->accept(token);
     }
-    std::jthread hello([&] { (void)p.trainer->hello(token); });
-    (void)p.job->accept(token);
   }
-  auto source = std::make_shared<ZeroSource>(bytes);
-  std::vector<double> samples;
-  for (int r = 0; r < runs; ++r) {
+  BaselineRounds(const BaselineRounds&) = delete;
+  BaselineRounds& operator=(const BaselineRounds&) = delete;
+  ~BaselineRounds() {
+    for (auto& p : pairs_) {
+      p.trainer->close();
+      p.job->close();
+    }
+  }
+
+  // One round's wall time in ms: every pair's job end sends the bytes, its trainer end answers with as many.
+  double run() {
     auto t0 = Clock::now();
     {
       std::vector<std::jthread> threads;
-      for (auto& p : pairs) {
-        threads.emplace_back([&p, source] {
+      for (auto& p : pairs_) {
+        threads.emplace_back([&p, source = source_] {
           std::jthread back([&] {
-            // The trainer end receives the task, then answers with as many bytes.
             while (true) {
               auto m = p.trainer->receive(100ms);
               if (m && *m && (*m)->op == wire::Op::task_ready) {
@@ -322,13 +331,49 @@ json bench_round_baseline(Bench& b, int clients, int runs, std::uint64_t bytes) 
         });
       }
     }
-    samples.push_back(ms_since(t0));
+    return ms_since(t0);
   }
-  for (auto& p : pairs) {
-    p.trainer->close();
-    p.job->close();
+
+ private:
+  struct Pair {
+    std::shared_ptr<Pipe> pipe;
+    std::unique_ptr<session::Session> job, trainer;
+  };
+  std::vector<Pair> pairs_;
+  std::shared_ptr<ZeroSource> source_;
+};
+
+// Rounds through trainers and baseline rounds taken in turn (the order swapped every run), so a slow moment
+// of the machine falls on both alike. One warm-up round of each first: the trainers allocate their model
+// memory once, as real trainers do, and the executors' receive buffers are allocated once.
+std::pair<json, json> bench_rounds(Bench& b, const fs::path& trainer, int clients, int runs,
+                                   std::uint64_t bytes) {
+  RealRounds real(b, trainer, clients, bytes);
+  BaselineRounds baseline(b, clients, bytes);
+  (void)real.run();
+  (void)baseline.run();
+  std::vector<double> samples, net, base;
+  for (int r = 0; r < runs; ++r) {
+    auto one_real = [&] {
+      auto [took, train_ms] = real.run();
+      samples.push_back(took);
+      net.push_back(took - train_ms);
+    };
+    if (r % 2 == 0) {
+      one_real();
+      base.push_back(baseline.run());
+    } else {
+      base.push_back(baseline.run());
+      one_real();
+    }
   }
-  return json{{"clients", clients}, {"median_ms", median(samples)}, {"samples_ms", samples}};
+  // Beyond training: the round's wall time less the slowest trainer's own work on the tensors.
+  return {json{{"clients", clients},
+               {"median_ms", median(samples)},
+               {"beyond_training_ms", median(net)},
+               {"samples_ms", samples},
+               {"beyond_training_samples_ms", net}},
+          json{{"clients", clients}, {"median_ms", median(base)}, {"samples_ms", base}}};
 }
 
 json bench_relay(Bench& b, const fs::path& trainer, std::uint64_t bytes) {
@@ -431,8 +476,9 @@ int main(int argc, char** argv) {
   out["round"] = json::array();
   out["round_baseline"] = json::array();
   for (int clients : {2, 8}) {
-    out["round"].push_back(bench_round(b, trainer, clients, round_runs, model));
-    out["round_baseline"].push_back(bench_round_baseline(b, clients, round_runs, model));
+    auto [round, baseline] = bench_rounds(b, trainer, clients, round_runs, model);
+    out["round"].push_back(std::move(round));
+    out["round_baseline"].push_back(std::move(baseline));
   }
   std::error_code ec;
   fs::remove_all(b.work, ec);

@@ -118,7 +118,7 @@ job_load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 if [ -x "$job_bench" ]; then
   echo "run_benchmarks.sh: the job path (trainer launch, rounds, relay)"
   "$job_bench" --ember-build "$build_dir" --trainer "$build_dir/bench/ember-bench-trainer" \
-    --hello-trainer "$build_dir/examples/ember-hello-trainer" --launch-runs 20 --round-runs 3 \
+    --hello-trainer "$build_dir/examples/ember-hello-trainer" --launch-runs 20 --round-runs 9 \
     --relay-mib 1024 --json "$work/job.json" >/dev/null
   job_args="--job $work/job.json"
 fi

@@ -548,9 +548,10 @@ def write_job(add, job, section, meta):
     add("A round: the executors send the task (a params bundle streamed from the model's buffer) to every site "
         "at once, each trainer adds one to every element into a buffer it keeps across rounds (its training, "
         "timed by the trainer and subtracted for the second row), answers, and the executor decodes and checks "
-        "the result (results of 64 MiB or more stream into an unlinked file and are mapped: `spill_over`). The "
-        "baseline moves the same bytes each way through sessions over the same pipe, with no trainer process, no "
-        "decoding and nothing kept. The relay keeps the client job's own memory flat: the task streams from the "
+        "the result into memory it reuses from round to round (a result of `spill_over`, 256 MiB by default, or "
+        "more would stream into an unlinked file and be mapped instead). The baseline moves the same bytes each "
+        "way through sessions over the same pipe, with no trainer process, no decoding and nothing kept; rounds "
+        "through trainers and baseline rounds are taken in turn, after one warm-up round of each. The relay keeps the client job's own memory flat: the task streams from the "
         "buffer it was handed, the result goes to a mapped file; VmRSS counts the model handed in and the "
         "mapped pages read.")
     add("")
