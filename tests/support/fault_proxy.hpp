@@ -18,6 +18,10 @@ struct FaultPolicy {
   double corrupt = 0;                  ///< probability one bit of a sent frame is flipped
   std::chrono::milliseconds delay{0};  ///< added before each sent frame
   std::uint64_t seed = 1;
+  /// When not 0, every this-many-th frame of `large_bytes` or more vanishes too: losses of data chunks at
+  /// known intervals, whatever the timing of the small frames around them.
+  std::uint64_t drop_every_large = 0;
+  std::size_t large_bytes = 32 * 1024;
 };
 
 class FaultyEndpoint final : public PipeEndpoint {
@@ -54,7 +58,9 @@ class FaultyEndpoint final : public PipeEndpoint {
     if (policy.delay.count() > 0) {
       std::this_thread::sleep_for(policy.delay);
     }
-    if (r_drop < policy.drop) {
+    const bool nth_large = policy.drop_every_large != 0 && frame.size() >= policy.large_bytes &&
+                           ++large_sent_ % policy.drop_every_large == 0;
+    if (r_drop < policy.drop || nth_large) {
       ++dropped_;
       return ok();
     }
@@ -84,7 +90,7 @@ class FaultyEndpoint final : public PipeEndpoint {
   FaultPolicy policy_;
   std::mt19937_64 rng_;
   std::atomic<bool> silent_{false};
-  std::atomic<std::uint64_t> dropped_{0}, duplicated_{0}, corrupted_{0};
+  std::atomic<std::uint64_t> dropped_{0}, duplicated_{0}, corrupted_{0}, large_sent_{0};
 };
 
 }  // namespace ember::test

@@ -37,11 +37,12 @@ Settings fast() {
 
 class SessionPair : public ::testing::Test {
  protected:
-  // Opens both ends of a memory pipe; `job_faults` / `trainer_faults` wrap what each end sends.
+  // Opens both ends of a memory pipe holding `capacity` frames each way; `job_faults` / `trainer_faults`
+  // wrap what each end sends.
   void open(Settings settings = fast(), std::optional<test::FaultPolicy> job_faults = {},
-            std::optional<test::FaultPolicy> trainer_faults = {}) {
+            std::optional<test::FaultPolicy> trainer_faults = {}, std::int64_t capacity = 256) {
     Options options;
-    options.set("capacity", std::int64_t{256});
+    options.set("capacity", capacity);
     pipe_ = *kernel_->registry().create_as<Pipe>("pipe.memory", options, "s");
     std::unique_ptr<PipeEndpoint> job_end = std::move(*pipe_->open(PipeSide::job, 1s));
     std::unique_ptr<PipeEndpoint> trainer_end = std::move(*pipe_->open(PipeSide::trainer, 1s));
@@ -255,12 +256,16 @@ TEST_F(SessionPair, DroppedDuplicatedAndCorruptFramesStillDeliverExactlyOnce) {
 }
 
 TEST_F(SessionPair, ResendBudgetCountsLossesWithoutProgressNotLossesPerMessage) {
-  // The default budget (3 resends) against a 16 MiB message of 256 chunks on a link losing 3 % of frames
-  // each way: several different chunks are lost, each resent once or twice, and the message still arrives,
-  // because every resend that gets through renews the budget.
+  // The default budget (3 resends) against a 16 MiB message of 256 chunks on a link that loses every 32nd
+  // chunk it carries: eight different chunks are lost, each resent, and the message still arrives, because
+  // every resend that gets through renews the budget. The pipe holds only a few frames, so the sender is
+  // never far ahead of the receiver and each loss is repaired before the next one happens (a go-back from
+  // a far-ahead sender would repair several at once and the budget would not be put to the test).
   auto settings = fast();
   settings.max_resends = 3;
-  open(settings, test::FaultPolicy{0.03, 0, 0, 0ms, 11}, test::FaultPolicy{0.03, 0, 0, 0ms, 12});
+  test::FaultPolicy every_32nd_chunk;
+  every_32nd_chunk.drop_every_large = 32;
+  open(settings, every_32nd_chunk, test::FaultPolicy{}, 4);
   handshake();
   auto big = pattern(16u << 20, 5);
   std::vector<std::byte> received;
@@ -270,8 +275,9 @@ TEST_F(SessionPair, ResendBudgetCountsLossesWithoutProgressNotLossesPerMessage) 
   auto got = trainer_->receive(10s);
   ASSERT_TRUE(got && *got);
   EXPECT_EQ(received, big);
+  EXPECT_GE(job_faults_->dropped(), 8u);
   EXPECT_GT(job_->stats().resends, static_cast<std::uint64_t>(settings.max_resends))
-      << "too few losses to show anything";
+      << "the losses were repaired in fewer resends than the budget: the test shows nothing";
 }
 
 TEST_F(SessionPair, SilentPeerBecomesPeerGoneWithinHeartbeatTimeout) {
