@@ -442,8 +442,8 @@ def write_aggregation(add, cases, section, meta):
         "float) as it arrives, then `finish()` makes the mean the new model in place, and the model of the round "
         "before is dropped. The model is 100 MiB of F32 in 283 tensors (24 of 4 MiB, 3 of 1 MiB, 256 of 4 KiB), "
         "or its 4 MiB tail; every client has buffers of its own. GB/s (10^9 bytes per second) counts client bytes "
-        "(clients x model) over wall-clock time. The baseline reads the same client buffers in the same run: a sum of 64-bit words on "
-        f"one thread (and on two). Load average while measured: {meta.get('aggregation_load', '?')} on "
+        "(clients x model) over wall-clock time. The baseline reads the same client buffers in the same run: a "
+        f"sum of 64-bit words on one thread (and on two). Load average while measured: {meta.get('aggregation_load', '?')} on "
         f"{meta.get('nproc', '?')} cores; a second thread helps only when the other core is free.")
     add("")
     for model, label in [("100MiB", "100 MiB"), ("4MiB", "4 MiB")]:
@@ -551,9 +551,9 @@ def write_job(add, job, section, meta):
         "the result into memory it reuses from round to round (a result of `spill_over`, 256 MiB by default, or "
         "more would stream into an unlinked file and be mapped instead). The baseline moves the same bytes each "
         "way through sessions over the same pipe, with no trainer process, no decoding and nothing kept; rounds "
-        "through trainers and baseline rounds are taken in turn, after one warm-up round of each. The relay keeps the client job's own memory flat: the task streams from the "
-        "buffer it was handed, the result goes to a mapped file; VmRSS counts the model handed in and the "
-        "mapped pages read.")
+        "through trainers and baseline rounds are taken in turn, after one warm-up round of each. The relay "
+        "keeps the client job's own memory flat: the task streams from the buffer it was handed, the result (over "
+        "`spill_over`) goes to a mapped file; VmRSS counts the model handed in and the mapped pages read.")
     add("")
 
 def write(args):
