@@ -330,21 +330,60 @@ Result<void> Session::write_frame(std::span<const std::byte> frame) {
   return ok();
 }
 
-// Writes the frame encode_chunk() laid out in tx_iov_ (the caller holds writing_).
-Result<void> Session::write_encoded() {
-  if (tx_iov_.size() == 1) {
+// Writes the frames `first` (receipts this thread owes), then the frame encode_chunk() laid out in tx_iov_,
+// with one pipe call (the caller holds writing_): a small message and its receipts cost one system call on
+// a socket, and its peer reads them with one. The receipts lead, so a peer that waits for the answer has
+// taken in the receipt too when the answer arrives, and need not block again (nor send what it owes) to
+// learn of it.
+Result<void> Session::write_encoded(const std::deque<std::vector<std::byte>>& first) {
+  if (tx_iov_.size() == 1 && first.empty()) {
     return write_frame(tx_iov_.front());
   }
   std::size_t bytes = 0;
   for (const auto& part : tx_iov_) {
     bytes += part.size();
   }
-  auto sent = pipe_->send_parts(tx_iov_, settings_.stream_idle);
+  Result<void> sent = ok();
+  if (first.empty()) {
+    sent = pipe_->send_parts(tx_iov_, settings_.stream_idle);
+  } else {
+    tx_whole_.assign(first.begin(), first.end());
+    tx_frames_.clear();
+    for (const auto& frame : tx_whole_) {
+      tx_frames_.emplace_back(&frame, 1);
+      bytes += frame.size();
+    }
+    tx_frames_.emplace_back(tx_iov_);
+    sent = pipe_->send_frames(tx_frames_, settings_.stream_idle);
+  }
   if (!sent) {
     return sent;
   }
   std::lock_guard lock(mutex_);
-  stats_.frames_sent++;
+  stats_.frames_sent += 1 + first.size();
+  stats_.bytes_sent += bytes;
+  last_tx_ = Clock::now();
+  return ok();
+}
+
+// Writes frames that are whole in memory (receipts), with one pipe call (the caller holds writing_).
+Result<void> Session::write_frames(const std::deque<std::vector<std::byte>>& frames) {
+  if (frames.size() <= 1) {
+    return frames.empty() ? ok() : write_frame(frames.front());
+  }
+  tx_whole_.assign(frames.begin(), frames.end());
+  tx_frames_.clear();
+  std::size_t bytes = 0;
+  for (const auto& frame : tx_whole_) {
+    tx_frames_.emplace_back(&frame, 1);
+    bytes += frame.size();
+  }
+  auto sent = pipe_->send_frames(tx_frames_, settings_.stream_idle);
+  if (!sent) {
+    return sent;
+  }
+  std::lock_guard lock(mutex_);
+  stats_.frames_sent += frames.size();
   stats_.bytes_sent += bytes;
   last_tx_ = Clock::now();
   return ok();
@@ -440,7 +479,7 @@ bool Session::send_next_chunk(Outgoing& out, Lock& lock) {
 }
 
 // Writes a single-frame message from the calling thread (the writer is idle and nothing waits to go before
-// it), then the receipts this thread owes. Called with the lock held and writing_ free; returns with the
+// it), with the receipts this thread owes. Called with the lock held and writing_ free; returns with the
 // lock held.
 bool Session::write_direct(Lock& lock, const std::shared_ptr<Outgoing>& out) {
   writing_ = true;
@@ -461,10 +500,7 @@ bool Session::write_direct(Lock& lock, const std::shared_ptr<Outgoing>& out) {
   auto result = encode_chunk(*out, header, 0, static_cast<std::size_t>(out->size), out->topic, out->headers);
   bool encoded = result.has_value();
   if (result) {
-    result = write_encoded();
-  }
-  for (auto it = receipts.begin(); result && it != receipts.end(); it = receipts.erase(it)) {
-    result = write_frame(*it);
+    result = write_encoded(receipts);
   }
   lock.lock();
   writing_ = false;
@@ -499,10 +535,7 @@ void Session::flush_receipts(Lock& lock) {
   auto receipts = std::move(receipts_);
   receipts_.clear();
   lock.unlock();
-  Result<void> sent = ok();
-  for (auto it = receipts.begin(); sent && it != receipts.end(); ++it) {
-    sent = write_frame(*it);
-  }
+  Result<void> sent = write_frames(receipts);
   lock.lock();
   writing_ = false;
   if (!sent) {
@@ -1041,8 +1074,8 @@ void Session::handle_frame(const wire::FrameView& frame, bool app) {
   }
   std::lock_guard lock(mutex_);
   if (app && !done->duplicate) {
-    // Owed, not sent yet: the application thread that takes this message will likely answer it, and its
-    // answer goes first (the receipt follows in the same burst), or it sends the receipt before it blocks.
+    // Owed, not sent yet: the application thread that takes this message will likely answer it, and the
+    // receipt goes out with its answer (one write), or it sends the receipt before it blocks.
     if (auto receipt = encode_control(Op::ack, wire::MessageType::reply, h.msg_id); !receipt.empty()) {
       receipts_.push_back(std::move(receipt));
     }

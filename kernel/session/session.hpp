@@ -218,7 +218,8 @@ class Session {
   Result<void> encode_chunk(Outgoing& out, const wire::FrameHeader& header, std::uint64_t offset,
                             std::size_t len, std::string_view topic, const wire::Headers& headers);
   Result<void> write_frame(std::span<const std::byte> frame);
-  Result<void> write_encoded();
+  Result<void> write_encoded(const std::deque<std::vector<std::byte>>& first = {});
+  Result<void> write_frames(const std::deque<std::vector<std::byte>>& frames);
   std::vector<std::byte> encode_control(wire::Op op, wire::MessageType type, std::uint64_t req_id,
                                         const wire::Headers& headers = {});
   void send_control(wire::Op op, wire::MessageType type, std::uint64_t req_id, wire::Headers headers = {});
@@ -285,6 +286,8 @@ class Session {
   wire::GatherFrame tx_gather_;
   std::vector<std::span<const std::byte>> tx_parts_;  // payload parts, then the whole frame's parts
   std::vector<std::span<const std::byte>> tx_iov_;
+  std::vector<std::span<const std::byte>> tx_whole_;                    // frames sent whole, one part each
+  std::vector<std::span<const std::span<const std::byte>>> tx_frames_;  // what one send_frames() sends
 
   // Incoming.
   std::unique_ptr<Incoming> incoming_;

@@ -206,8 +206,14 @@ class SocketEndpoint final : public PipeEndpoint {
 
   Result<void> send_parts(std::span<const std::span<const std::byte>> parts,
                           std::chrono::milliseconds timeout) override {
+    const std::span<const std::span<const std::byte>> frames[1] = {parts};
+    return send_frames(frames, timeout);
+  }
+
+  Result<void> send_frames(std::span<const std::span<const std::span<const std::byte>>> frames,
+                           std::chrono::milliseconds timeout) override {
     try {
-      return send_frame(parts, timeout);
+      return write_frames(frames, timeout);
     } catch (const std::exception& e) {
       return fail(Errc::internal, "pipe.socket " + describe() + ": " + e.what());
     }
@@ -343,21 +349,29 @@ class SocketEndpoint final : public PipeEndpoint {
     return ready == 0 ? Wait::timeout : Wait::ready;
   }
 
-  Result<void> send_frame(std::span<const std::span<const std::byte>> parts,
-                          std::chrono::milliseconds timeout) {
-    std::size_t frame_size = 0;
-    for (const auto& part : parts) {
-      frame_size += part.size();
+  // Writes the frames, each behind its length prefix, with as few sendmsg() calls as the socket allows.
+  Result<void> write_frames(std::span<const std::span<const std::span<const std::byte>>> frames,
+                            std::chrono::milliseconds timeout) {
+    std::size_t total = 0;
+    for (const auto& parts : frames) {
+      std::size_t frame_size = 0;
+      for (const auto& part : parts) {
+        frame_size += part.size();
+      }
+      if (frame_size > settings_.max_frame) {
+        return error(Errc::invalid_argument, "frame of " + std::to_string(frame_size) +
+                                                 " bytes exceeds max_frame_bytes " +
+                                                 std::to_string(settings_.max_frame));
+      }
+      total += length_prefix_bytes + frame_size;
     }
     auto deadline = deadline_after(timeout);
     Use use(*this);
     if (!use) {
       return closed_error();
     }
-    if (frame_size > settings_.max_frame) {
-      return error(Errc::invalid_argument, "frame of " + std::to_string(frame_size) +
-                                               " bytes exceeds max_frame_bytes " +
-                                               std::to_string(settings_.max_frame));
+    if (frames.empty()) {
+      return ok();
     }
     auto attached = attach(deadline);
     if (!attached) {
@@ -374,21 +388,27 @@ class SocketEndpoint final : public PipeEndpoint {
       return error(Errc::timeout, "the previous frame is still being written after " + millis(timeout) +
                                       " (the peer is not reading); nothing of this frame was sent");
     }
-    std::byte prefix[length_prefix_bytes];
-    encode_length(static_cast<std::uint32_t>(frame_size), prefix);
-    // The length prefix and every part in one sendmsg(): a frame's payload is sent from where it lies.
+    // Each length prefix and every part in one sendmsg(): a frame's payload is sent from where it lies.
+    prefixes_.resize(frames.size());
     iov_.clear();
-    iov_.push_back({prefix, sizeof prefix});
-    for (const auto& part : parts) {
-      if (!part.empty()) {
-        iov_.push_back({const_cast<std::byte*>(part.data()), part.size()});
+    for (std::size_t f = 0; f < frames.size(); ++f) {
+      std::size_t frame_size = 0;
+      for (const auto& part : frames[f]) {
+        frame_size += part.size();
+      }
+      encode_length(static_cast<std::uint32_t>(frame_size), prefixes_[f].bytes);
+      iov_.push_back({prefixes_[f].bytes, length_prefix_bytes});
+      for (const auto& part : frames[f]) {
+        if (!part.empty()) {
+          iov_.push_back({const_cast<std::byte*>(part.data()), part.size()});
+        }
       }
     }
     // `message` holds every part left; each sendmsg() takes at most max_iov of them.
     msghdr message{};
     message.msg_iov = iov_.data();
     message.msg_iovlen = iov_.size();
-    std::size_t left = sizeof prefix + frame_size;
+    std::size_t left = total;
     const int fd = peer_.get();
     // The peer is attached, so its socket blocks: sendmsg() waits for room itself, each wait bounded by
     // SO_SNDTIMEO = stall_patience (or what is left of the timeout), and close()'s shutdown() wakes it.
@@ -468,9 +488,9 @@ class SocketEndpoint final : public PipeEndpoint {
     return !backlog_busy_;
   }
 
-  // The peer is not reading now: the rest of the frame is copied and written by the background writer,
+  // The peer is not reading now: the rest of the frames is copied and written by the background writer,
   // so that send() returns (a peer that sends before it reads cannot deadlock us, and a frame larger than
-  // the socket buffers can be sent before the peer starts reading). One frame at most waits there.
+  // the socket buffers can be sent before the peer starts reading). One send's rest at most waits there.
   Result<void> hand_over(const msghdr& message, std::size_t left) {
     try {
       Frame rest;
@@ -819,6 +839,10 @@ class SocketEndpoint final : public PipeEndpoint {
   Clock::duration receive_timeout_{};  // SO_RCVTIMEO as last set (the receiving thread's)
   Clock::duration send_timeout_{};     // SO_SNDTIMEO as last set (the sending thread's)
   std::vector<iovec> iov_;             // the sending thread's sendmsg() parts, reused
+  struct Prefix {
+    std::byte bytes[length_prefix_bytes];
+  };
+  std::vector<Prefix> prefixes_;  // and the length prefixes they point to
 
   // The background writer: backlog_ is the rest of one frame, owned by the writer while backlog_busy_.
   std::condition_variable backlog_cv_;

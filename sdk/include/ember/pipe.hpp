@@ -53,6 +53,19 @@ class EMBER_API PipeEndpoint {
     }
     return send(joined, timeout);
   }
+  /// Sends several frames in this order (`frames[i]` lists the parts of frame i), exactly as send_parts()
+  /// would send each in turn. A pipe that can write them with one system call overrides it (the session
+  /// sends a small message and the receipts it owes together); the default sends them one by one and stops
+  /// at the first failure. A frame is never half-sent on success.
+  virtual Result<void> send_frames(std::span<const std::span<const std::span<const std::byte>>> frames,
+                                   std::chrono::milliseconds timeout) {
+    for (const auto& parts : frames) {
+      if (auto sent = send_parts(parts, timeout); !sent) {
+        return sent;
+      }
+    }
+    return ok();
+  }
   /// Like receive(), into `frame`: true when a frame arrived (it is then all of `frame`), false when none
   /// did within `timeout`. A pipe may reuse `frame`'s memory from call to call instead of allocating (and
   /// zero-filling) a buffer per frame; the default calls receive(). Errors as receive().

@@ -367,6 +367,57 @@ TEST_F(SocketPipeTest, GatherSendsAndReusedReceiveBuffersCarryBigAndSmallFramesA
   sender.join();
 }
 
+TEST_F(SocketPipeTest, SeveralFramesSentInOneCallArriveAsThoseFramesInOrder) {
+  auto pipe = make();
+  auto job = open_job(*pipe);
+  auto trainer = open_trainer(pipe->address());
+  ASSERT_TRUE(job && trainer);
+  // Batches of small frames (a message and its receipts), one batch with an empty frame, and one with a
+  // frame larger than the socket buffers, so part of the batch waits for the background writer while the
+  // next batch is held back behind it.
+  std::vector<std::vector<Frame>> batches;
+  for (unsigned b = 0; b < 200; ++b) {
+    std::vector<Frame> batch;
+    for (unsigned f = 0; f < 1 + b % 4; ++f) {
+      batch.push_back(pattern(b == 7 && f == 1 ? 0 : 40 + (b * 7 + f) % 90, b * 10 + f));
+    }
+    if (b == 50) {
+      batch.insert(batch.begin() + 1, pattern(std::size_t{6} << 20, 5000));
+    }
+    batches.push_back(std::move(batch));
+  }
+  std::thread sender([&] {
+    for (std::size_t b = 0; b < batches.size(); ++b) {
+      // Each frame in two parts (the second empty for short frames), as the session lays out a frame.
+      std::vector<std::vector<std::span<const std::byte>>> parts;
+      for (const auto& frame : batches[b]) {
+        std::span<const std::byte> all(frame);
+        const std::size_t half = all.size() / 2;
+        parts.push_back({all.first(half), all.subspan(half)});
+      }
+      std::vector<std::span<const std::span<const std::byte>>> frames(parts.begin(), parts.end());
+      auto sent = trainer->send_frames(frames, 10s);
+      ASSERT_TRUE(sent) << "batch " << b << ": " << sent.error().message;
+    }
+  });
+  std::vector<std::byte> into;
+  for (std::size_t b = 0; b < batches.size(); ++b) {
+    for (std::size_t f = 0; f < batches[b].size(); ++f) {
+      Result<bool> got = false;
+      for (int tries = 0; tries < 100 && got && !*got; ++tries) {
+        got = job->receive_into(into, 100ms);
+      }
+      ASSERT_TRUE(got) << got.error().message;
+      ASSERT_TRUE(*got) << "batch " << b << " frame " << f << " did not arrive";
+      ASSERT_TRUE(into == batches[b][f]) << "batch " << b << " frame " << f << " differs";
+    }
+  }
+  sender.join();
+  auto nothing = job->receive(50ms);
+  ASSERT_TRUE(nothing) << nothing.error().message;
+  EXPECT_FALSE(nothing->has_value());
+}
+
 TEST_F(SocketPipeTest, PartialFramesSurviveReceiveTimeouts) {
   auto pipe = make();
   auto job = open_job(*pipe);
@@ -649,7 +700,7 @@ TEST_F(SocketPipeTest, SendFailsFastOnceThePeerIsGone) {
   EXPECT_LT(millis_since(start), 1000);
 }
 
-TEST_F(SocketPipeTest, OversizedFramesAreRefusedOnSendAndTheEndStaysUsable) {
+TEST_F(SocketPipeTest, OversizedFramesAndBatchesAreRefusedOnSendAndTheEndStaysUsable) {
   Options options;
   options.set("max_frame_bytes", std::int64_t{16});
   auto pipe = make(options);
@@ -662,8 +713,15 @@ TEST_F(SocketPipeTest, OversizedFramesAreRefusedOnSendAndTheEndStaysUsable) {
   ASSERT_FALSE(refused);
   EXPECT_EQ(refused.error().code, Errc::invalid_argument);
   EXPECT_THAT(refused.error().message, HasSubstr("frame of 17 bytes exceeds max_frame_bytes 16"));
+  // A batch with one frame too large is refused whole: the frame that fits is not sent either.
+  const Frame fits = pattern(16, 2), too_big = pattern(17, 3);
+  const std::span<const std::byte> fits_parts[1] = {fits}, too_big_parts[1] = {too_big};
+  const std::span<const std::span<const std::byte>> batch[2] = {fits_parts, too_big_parts};
+  refused = trainer->send_frames(batch, 1s);
+  ASSERT_FALSE(refused);
+  EXPECT_THAT(refused.error().message, HasSubstr("frame of 17 bytes exceeds max_frame_bytes 16"));
   ASSERT_TRUE(trainer->send(pattern(16, 1), 1s));
-  EXPECT_EQ(**job->receive(1s), pattern(16, 1));
+  EXPECT_EQ(**job->receive(1s), pattern(16, 1)) << "a frame of the refused batch was sent";
 }
 
 TEST_F(SocketPipeTest, AFrameWaitingForTheBackgroundWriterHoldsBackTheNextWithoutBreakingTheStream) {
