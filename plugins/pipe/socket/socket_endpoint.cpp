@@ -844,7 +844,7 @@ class SocketEndpoint final : public PipeEndpoint {
   };
   std::vector<Prefix> prefixes_;  // and the length prefixes they point to
 
-  // The background writer: backlog_ is the rest of one frame, owned by the writer while backlog_busy_.
+  // The background writer: backlog_ is the rest of one send, owned by the writer while backlog_busy_.
   std::condition_variable backlog_cv_;
   Frame backlog_;
   bool backlog_busy_ = false;
