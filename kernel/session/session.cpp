@@ -320,73 +320,51 @@ void Session::send_control(Op op, wire::MessageType type, std::uint64_t req_id, 
 
 Result<void> Session::write_frame(std::span<const std::byte> frame) {
   auto sent = pipe_->send(frame, settings_.stream_idle);
-  if (!sent) {
-    return sent;
+  if (sent) {
+    count_sent(1, frame.size());
   }
-  std::lock_guard lock(mutex_);
-  stats_.frames_sent++;
-  stats_.bytes_sent += frame.size();
-  last_tx_ = Clock::now();
-  return ok();
+  return sent;
 }
 
-// Writes the frames `first` (receipts this thread owes), then the frame encode_chunk() laid out in tx_iov_,
-// with one pipe call (the caller holds writing_): a small message and its receipts cost one system call on
-// a socket, and its peer reads them with one. The receipts lead, so a peer that waits for the answer has
-// taken in the receipt too when the answer arrives, and need not block again (nor send what it owes) to
-// learn of it.
-Result<void> Session::write_encoded(const std::deque<std::vector<std::byte>>& first) {
-  if (tx_iov_.size() == 1 && first.empty()) {
-    return write_frame(tx_iov_.front());
-  }
-  std::size_t bytes = 0;
-  for (const auto& part : tx_iov_) {
-    bytes += part.size();
-  }
-  Result<void> sent = ok();
-  if (first.empty()) {
-    sent = pipe_->send_parts(tx_iov_, settings_.stream_idle);
-  } else {
-    tx_whole_.assign(first.begin(), first.end());
-    tx_frames_.clear();
-    for (const auto& frame : tx_whole_) {
-      tx_frames_.emplace_back(&frame, 1);
-      bytes += frame.size();
-    }
-    tx_frames_.emplace_back(tx_iov_);
-    sent = pipe_->send_frames(tx_frames_, settings_.stream_idle);
-  }
-  if (!sent) {
-    return sent;
-  }
+// Counts frames just written (any frame counts as life for the peer: heartbeats wait another interval).
+void Session::count_sent(std::size_t frames, std::size_t bytes) {
   std::lock_guard lock(mutex_);
-  stats_.frames_sent += 1 + first.size();
+  stats_.frames_sent += frames;
   stats_.bytes_sent += bytes;
   last_tx_ = Clock::now();
-  return ok();
 }
 
-// Writes frames that are whole in memory (receipts), with one pipe call (the caller holds writing_).
-Result<void> Session::write_frames(const std::deque<std::vector<std::byte>>& frames) {
-  if (frames.size() <= 1) {
-    return frames.empty() ? ok() : write_frame(frames.front());
-  }
-  tx_whole_.assign(frames.begin(), frames.end());
+// Writes the frames `whole` (receipts this thread owes), then, with `encoded`, the frame encode_chunk() laid
+// out in tx_iov_, with one pipe call (the caller holds writing_): a small message and its receipts cost one
+// system call on a socket, and its peer reads them with one. The receipts lead, so a peer that waits for
+// the answer has taken in the receipt too when the answer arrives, and need not block again (nor send what
+// it owes) to learn of it.
+Result<void> Session::write_batch(const std::deque<std::vector<std::byte>>& whole, bool encoded) {
+  tx_whole_.assign(whole.begin(), whole.end());
   tx_frames_.clear();
   std::size_t bytes = 0;
   for (const auto& frame : tx_whole_) {
     tx_frames_.emplace_back(&frame, 1);
     bytes += frame.size();
   }
-  auto sent = pipe_->send_frames(tx_frames_, settings_.stream_idle);
-  if (!sent) {
-    return sent;
+  if (encoded) {
+    tx_frames_.emplace_back(tx_iov_);
+    for (const auto& part : tx_iov_) {
+      bytes += part.size();
+    }
   }
-  std::lock_guard lock(mutex_);
-  stats_.frames_sent += frames.size();
-  stats_.bytes_sent += bytes;
-  last_tx_ = Clock::now();
-  return ok();
+  if (tx_frames_.empty()) {
+    return ok();
+  }
+  if (tx_frames_.size() == 1 && tx_frames_.front().size() == 1) {
+    return write_frame(tx_frames_.front().front());
+  }
+  auto sent = tx_frames_.size() == 1 ? pipe_->send_parts(tx_frames_.front(), settings_.stream_idle)
+                                     : pipe_->send_frames(tx_frames_, settings_.stream_idle);
+  if (sent) {
+    count_sent(tx_frames_.size(), bytes);
+  }
+  return sent;
 }
 
 // Lays out one frame of `out` in the writing thread's buffers (the caller holds writing_): straight from the
@@ -463,7 +441,8 @@ bool Session::send_next_chunk(Outgoing& out, Lock& lock) {
       encode_chunk(out, header, offset, len, first ? std::string_view(out.topic) : std::string_view(),
                    first ? out.headers : no_headers);
   if (result) {
-    result = write_encoded();
+    static const std::deque<std::vector<std::byte>> no_receipts;
+    result = write_batch(no_receipts, true);
   }
   lock.lock();
   if (!result) {
@@ -500,7 +479,7 @@ bool Session::write_direct(Lock& lock, const std::shared_ptr<Outgoing>& out) {
   auto result = encode_chunk(*out, header, 0, static_cast<std::size_t>(out->size), out->topic, out->headers);
   bool encoded = result.has_value();
   if (result) {
-    result = write_encoded(receipts);
+    result = write_batch(receipts, true);
   }
   lock.lock();
   writing_ = false;
@@ -535,7 +514,7 @@ void Session::flush_receipts(Lock& lock) {
   auto receipts = std::move(receipts_);
   receipts_.clear();
   lock.unlock();
-  Result<void> sent = write_frames(receipts);
+  Result<void> sent = write_batch(receipts, false);
   lock.lock();
   writing_ = false;
   if (!sent) {

@@ -218,8 +218,8 @@ class Session {
   Result<void> encode_chunk(Outgoing& out, const wire::FrameHeader& header, std::uint64_t offset,
                             std::size_t len, std::string_view topic, const wire::Headers& headers);
   Result<void> write_frame(std::span<const std::byte> frame);
-  Result<void> write_encoded(const std::deque<std::vector<std::byte>>& first = {});
-  Result<void> write_frames(const std::deque<std::vector<std::byte>>& frames);
+  void count_sent(std::size_t frames, std::size_t bytes);
+  Result<void> write_batch(const std::deque<std::vector<std::byte>>& whole, bool encoded);
   std::vector<std::byte> encode_control(wire::Op op, wire::MessageType type, std::uint64_t req_id,
                                         const wire::Headers& headers = {});
   void send_control(wire::Op op, wire::MessageType type, std::uint64_t req_id, wire::Headers headers = {});

@@ -352,17 +352,26 @@ class SocketEndpoint final : public PipeEndpoint {
   // Writes the frames, each behind its length prefix, with as few sendmsg() calls as the socket allows.
   Result<void> write_frames(std::span<const std::span<const std::span<const std::byte>>> frames,
                             std::chrono::milliseconds timeout) {
+    // Each length prefix and every part in one sendmsg(): a frame's payload is sent from where it lies.
+    // Laid out first, so a batch with a frame over the bound is refused before any of it is sent.
+    prefixes_.resize(frames.size());
+    iov_.clear();
     std::size_t total = 0;
-    for (const auto& parts : frames) {
+    for (std::size_t f = 0; f < frames.size(); ++f) {
+      iov_.push_back({prefixes_[f].bytes, length_prefix_bytes});
       std::size_t frame_size = 0;
-      for (const auto& part : parts) {
+      for (const auto& part : frames[f]) {
         frame_size += part.size();
+        if (!part.empty()) {
+          iov_.push_back({const_cast<std::byte*>(part.data()), part.size()});
+        }
       }
       if (frame_size > settings_.max_frame) {
         return error(Errc::invalid_argument, "frame of " + std::to_string(frame_size) +
                                                  " bytes exceeds max_frame_bytes " +
                                                  std::to_string(settings_.max_frame));
       }
+      encode_length(static_cast<std::uint32_t>(frame_size), prefixes_[f].bytes);
       total += length_prefix_bytes + frame_size;
     }
     auto deadline = deadline_after(timeout);
@@ -387,22 +396,6 @@ class SocketEndpoint final : public PipeEndpoint {
     if (!*drained) {
       return error(Errc::timeout, "the previous frame is still being written after " + millis(timeout) +
                                       " (the peer is not reading); nothing of this frame was sent");
-    }
-    // Each length prefix and every part in one sendmsg(): a frame's payload is sent from where it lies.
-    prefixes_.resize(frames.size());
-    iov_.clear();
-    for (std::size_t f = 0; f < frames.size(); ++f) {
-      std::size_t frame_size = 0;
-      for (const auto& part : frames[f]) {
-        frame_size += part.size();
-      }
-      encode_length(static_cast<std::uint32_t>(frame_size), prefixes_[f].bytes);
-      iov_.push_back({prefixes_[f].bytes, length_prefix_bytes});
-      for (const auto& part : frames[f]) {
-        if (!part.empty()) {
-          iov_.push_back({const_cast<std::byte*>(part.data()), part.size()});
-        }
-      }
     }
     // `message` holds every part left; each sendmsg() takes at most max_iov of them.
     msghdr message{};
