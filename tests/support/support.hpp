@@ -2,6 +2,7 @@
 // Helpers shared by the test suites: temporary folders, kernels with the reference plugins, and running
 // the ember binary.
 
+#include <chrono>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -10,6 +11,12 @@
 #include "kernel.hpp"
 
 namespace ember::test {
+
+/// How soon a call blocked with a 10 s deadline must return once something wakes it (a close from
+/// another thread, a stop, room in the pipe). A call that was not woken returns only at its deadline, ten
+/// times later, so this still tells a wake from a timeout; it is generous because the suite runs two
+/// tests at a time on two cores, under sanitizers too, where a woken thread may wait 100 ms for a core.
+inline constexpr std::chrono::milliseconds kWakeBound{1000};
 
 /// A fresh folder under the system temp dir, removed with everything in it on destruction.
 class TempDir {
