@@ -13,8 +13,13 @@
 //
 // Cases: one-way throughput of 1 KiB, 1 MiB, 100 MiB and 1 GiB messages; the round trip of 64-byte
 // messages; 64-byte messages per second one way; each through pipe.socket (Unix socket and TCP loopback)
-// and pipe.file, and each beside a raw Unix socket, raw loopback TCP and raw files.
+// and pipe.file, and each beside a raw Unix socket, raw loopback TCP and raw files. The ends run where the
+// scheduler puts them; the socket cases of the round trip and of 100 MiB and 1 GiB are measured again with
+// both ends pinned, to one CPU (`/same-cpu`, round trip only) and to two (`/two-cpus`), because which of
+// those the scheduler picks for a pair of processes changes a round trip by 3x and a bulk copy by 2x, and
+// it may pick differently for the pipe and for its baseline.
 
+#include <sched.h>
 #include <sys/prctl.h>
 #include <unistd.h>
 
@@ -64,7 +69,24 @@ std::string size_name(std::uint64_t bytes) {
   return std::to_string(bytes) + "B";
 }
 
-std::vector<Case> all_cases() {
+// The CPUs this process may run on, in order.
+std::vector<int> allowed_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  std::vector<int> cpus;
+  if (::sched_getaffinity(0, sizeof set, &set) == 0) {
+    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+      if (CPU_ISSET(cpu, &set)) {
+        cpus.push_back(cpu);
+      }
+    }
+  }
+  return cpus;
+}
+
+// Every case; the pinned ones on the first one or two of `cpus` (those needing two are left out when
+// there is only one).
+std::vector<Case> all_cases(const std::vector<int>& cpus) {
   const std::vector<std::string> pipes = {"socket-unix", "socket-tcp", "file"};
   const std::vector<std::string> raws = {"raw-unix", "raw-tcp", "raw-file"};
   std::vector<std::string> every = pipes;
@@ -100,6 +122,30 @@ std::vector<Case> all_cases() {
   }
   for (const auto& t : every) {
     add(t, Kind::latency, 64, 200, 2000);
+  }
+  const std::vector<std::string> sockets = {"socket-unix", "raw-unix", "socket-tcp", "raw-tcp"};
+  auto pin = [&](int near, int far) {
+    cases.back().spec.near_cpu = near;
+    cases.back().spec.far_cpu = far;
+    cases.back().id.append("/").append(cases.back().spec.placement());
+  };
+  if (!cpus.empty()) {
+    for (const auto& t : sockets) {
+      add(t, Kind::latency, 64, 200, 2000);
+      pin(cpus[0], cpus[0]);
+    }
+  }
+  if (cpus.size() >= 2) {
+    for (const auto& t : sockets) {
+      add(t, Kind::latency, 64, 200, 2000);
+      pin(cpus[0], cpus[1]);
+    }
+    for (auto size : {Size{100u << 20, 1, 3}, Size{1u << 30, 0, 1}}) {
+      for (const auto& t : sockets) {
+        add(t, Kind::throughput, size.bytes, size.warmup, size.iterations);
+        pin(cpus[0], cpus[1]);
+      }
+    }
   }
   for (const auto& t : every) {
     add(t, Kind::rate, 64, 1000, 20000);
@@ -168,6 +214,9 @@ json summarise(const Case& c, const std::string& command) {
             {"block", s.block},
             {"warmup", s.warmup},
             {"iterations", s.iterations},
+            {"placement", s.placement()},
+            {"near_cpu", s.near_cpu},
+            {"far_cpu", s.far_cpu},
             {"runs", c.runs.size()},
             {"command", command}};
   std::vector<double> values, p99s;
@@ -271,7 +320,7 @@ int orchestrate(const std::vector<std::string>& args) {
       return usage();
     }
   }
-  auto cases = all_cases();
+  auto cases = all_cases(allowed_cpus());
   if (list) {
     for (const auto& c : cases) {
       std::cout << c.id << "\n";
@@ -353,6 +402,10 @@ int run_role(const std::vector<std::string>& args) {
     return 2;
   }
   prctl(PR_SET_NAME, ("pb-" + spec->role).c_str(), 0, 0, 0);
+  if (auto pinned = spec->pin(); !pinned) {
+    std::cerr << "pipe_bench: " << pinned.error().message << "\n";
+    return 1;
+  }
   if (spec->role == "trainer") {
     return run_trainer(*spec);
   }

@@ -1,8 +1,10 @@
 #include "spec.hpp"
 
+#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -45,7 +47,32 @@ std::vector<std::string> Spec::to_args() const {
   add("--result", result.string());
   add("--address", address);
   add("--token-file", token_file.string());
+  add("--near-cpu", near_cpu >= 0 ? std::to_string(near_cpu) : "");
+  add("--far-cpu", far_cpu >= 0 ? std::to_string(far_cpu) : "");
   return args;
+}
+
+std::string Spec::placement() const {
+  if (near_cpu < 0 && far_cpu < 0) {
+    return "";
+  }
+  return near_cpu == far_cpu ? "same-cpu" : "two-cpus";
+}
+
+Result<void> Spec::pin() const {
+  const bool near = role == "job" || role == "raw-near";
+  const int cpu = near ? near_cpu : far_cpu;
+  if (cpu < 0) {
+    return ok();
+  }
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  if (::sched_setaffinity(0, sizeof set, &set) != 0) {
+    return fail(Errc::io_error, "cannot pin the " + role + " end to CPU " + std::to_string(cpu) + ": " +
+                                    std::strerror(errno));
+  }
+  return ok();
 }
 
 Result<Spec> Spec::parse(const std::vector<std::string>& args) {
@@ -93,6 +120,10 @@ Result<Spec> Spec::parse(const std::vector<std::string>& args) {
         spec.address = value;
       } else if (key == "token-file") {
         spec.token_file = value;
+      } else if (key == "near-cpu") {
+        spec.near_cpu = std::stoi(value);
+      } else if (key == "far-cpu") {
+        spec.far_cpu = std::stoi(value);
       } else {
         return fail(Errc::invalid_argument, "unknown option --" + key);
       }

@@ -43,9 +43,15 @@ struct Spec {
   std::filesystem::path result;      ///< measuring end: where it writes its Measurement
   std::string address;               ///< far end: what to attach to
   std::filesystem::path token_file;  ///< trainer: the 0600 file holding the HELLO token
+  int near_cpu = -1;                 ///< the CPU the measuring end runs on, every thread of it; -1: any
+  int far_cpu = -1;                  ///< the CPU the far end runs on; -1: any
 
   /// Whether the session layer is measured (else a raw baseline).
   bool session() const { return !transport.starts_with("raw-"); }
+  /// Where the scheduler may run the two ends: "" (anywhere), "same-cpu", "two-cpus".
+  std::string placement() const;
+  /// Pins the calling process (before it starts threads) to its role's CPU, if the Spec names one.
+  Result<void> pin() const;
   /// The arguments that give this Spec to another process (after the program's path).
   std::vector<std::string> to_args() const;
   /// The Spec given by `args` (as to_args() writes them).

@@ -713,8 +713,7 @@ void Session::await(Lock& lock, Clock::time_point deadline, Done done) {
       pump(ceil_ms(step), true);
       lock.lock();
     }
-    read_token_ = false;
-    app_read_at_ = Clock::now();
+    read_token_ = false;  // app_read_at_ is read only once no application thread waits: set below
     if (app_readers_ > 1) {
       changed_.notify_all();  // another application thread may take the token
     }

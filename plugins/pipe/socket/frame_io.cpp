@@ -29,6 +29,21 @@ Result<bool> FrameReader::end_of_stream(const char* how) const {
                                    std::to_string(frame_.size()) + " bytes (the peer " + how + ")");
 }
 
+// A small frame wholly in the read-ahead buffer is copied into the caller's vector, whose capacity it
+// reuses: no allocation per frame. False leaves everything as it was (a large frame, one not all here yet,
+// or a length over the bound, which start_frame() reports).
+bool FrameReader::take_buffered(std::vector<std::byte>& frame) {
+  const std::uint32_t length = decode_length(buffer_.get() + begin_);
+  if (length >= capacity_ || length > max_frame_ || end_ - begin_ - length_prefix_bytes < length) {
+    return false;
+  }
+  const std::byte* body = buffer_.get() + begin_ + length_prefix_bytes;
+  frame.assign(body, body + length);
+  begin_ += length_prefix_bytes + length;
+  large_ = false;
+  return true;
+}
+
 Result<bool> FrameReader::start_frame() {
   std::uint32_t length = decode_length(buffer_.get() + begin_);
   // The bound is checked before the frame's vector exists: a hostile prefix costs nothing.
@@ -85,6 +100,9 @@ Result<bool> FrameReader::read_into(int fd, std::vector<std::byte>& frame, bool 
   for (;;) {
     if (!have_length_) {
       if (end_ - begin_ >= length_prefix_bytes) {
+        if (take_buffered(frame)) {
+          return true;
+        }
         if (auto started = start_frame(); !started) {
           return fail(std::move(started.error()));
         }

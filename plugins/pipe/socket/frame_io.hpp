@@ -74,10 +74,19 @@ class FrameReader {
 
   /// Whether a frame is partly read (or a whole one waits in the read-ahead buffer).
   bool holds_bytes() const noexcept { return have_length_ || begin_ != end_; }
+  /// Whether a whole small frame waits in the read-ahead buffer: read_into() then returns it at once,
+  /// without a system call (so a caller need not even compute how long it may wait).
+  bool frame_buffered() const noexcept {
+    if (have_length_ || end_ - begin_ < length_prefix_bytes) {
+      return false;
+    }
+    return end_ - begin_ - length_prefix_bytes >= decode_length(buffer_.get() + begin_);
+  }
 
  private:
   Result<bool> end_of_stream(const char* how) const;
   Result<bool> start_frame();
+  bool take_buffered(std::vector<std::byte>& frame);
   // How much to read ahead into the buffer: all of it while frames are small (one read picks up many),
   // a little after a large frame, whose successor is likely large too and better read in place than copied.
   std::size_t read_ahead() const noexcept {

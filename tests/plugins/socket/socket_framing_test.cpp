@@ -195,6 +195,54 @@ TEST_F(FrameReaderTest, ManyFramesInOneReadAndALargeOneReadInPlace) {
   EXPECT_EQ(*frame, big);
 }
 
+TEST_F(FrameReaderTest, FramesWaitingInTheBufferAreTakenWithoutTouchingTheSocketIntoTheCallersVector) {
+  std::vector<std::byte> stream;
+  for (int i = 0; i < 3; ++i) {
+    auto one = framed(pattern(static_cast<std::size_t>(10 + i), i));
+    stream.insert(stream.end(), one.begin(), one.end());
+  }
+  auto partial = framed(pattern(50, 7));
+  stream.insert(stream.end(), partial.begin(), partial.end() - 1);  // the last byte is still to come
+  write_bytes(stream);
+  FrameReader reader(1024, "max_frame_bytes", 4096);
+  EXPECT_FALSE(reader.frame_buffered());
+  std::vector<std::byte> frame;
+  frame.reserve(64);
+  const std::byte* storage = frame.data();
+  auto got = reader.read_into(reading_.get(), frame);
+  ASSERT_TRUE(got && *got);
+  EXPECT_EQ(frame, pattern(10, 0));
+  // The next two are in the buffer: fd -1 would fail any system call, so none is made.
+  for (int i = 1; i < 3; ++i) {
+    ASSERT_TRUE(reader.frame_buffered()) << i;
+    got = reader.read_into(-1, frame);
+    ASSERT_TRUE(got) << got.error().message;
+    ASSERT_TRUE(*got);
+    EXPECT_EQ(frame, pattern(static_cast<std::size_t>(10 + i), i));
+    EXPECT_EQ(frame.data(), storage) << "a small frame reuses the vector handed in";
+  }
+  // One byte short of whole: not buffered, and the reader goes to the socket for the rest.
+  EXPECT_FALSE(reader.frame_buffered());
+  write_bytes({partial.back()});
+  auto last = next(reader);
+  ASSERT_TRUE(last && *last);
+  EXPECT_EQ(**last, pattern(50, 7));
+}
+
+TEST_F(FrameReaderTest, ABufferedLengthOverTheBoundIsStillRefused) {
+  std::byte prefix[length_prefix_bytes];
+  encode_length(200, prefix);
+  std::vector<std::byte> stream(prefix, prefix + length_prefix_bytes);
+  stream.resize(stream.size() + 200, std::byte{1});
+  write_bytes(stream);
+  FrameReader reader(100, "max_frame_bytes", 4096);
+  std::vector<std::byte> frame;
+  auto got = reader.read_into(reading_.get(), frame);
+  ASSERT_FALSE(got);
+  EXPECT_EQ(got.error().code, Errc::malformed);
+  EXPECT_THAT(got.error().message, HasSubstr("exceeds max_frame_bytes 100"));
+}
+
 TEST_F(FrameReaderTest, EndOfStreamBetweenFramesIsClosedAndInsideOneIsTruncated) {
   {
     FrameReader reader(1024);
