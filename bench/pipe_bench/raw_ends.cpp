@@ -1,8 +1,8 @@
 // The raw baselines: the same bytes between two processes with nothing of ember on the way.
 //
 // Streams (a Unix socket, or TCP on 127.0.0.1): blocking sockets with SO_SNDTIMEO / SO_RCVTIMEO of
-// io_bound, TCP_NODELAY (as pipe.socket sets it), system-default buffers. The sender writes each block with
-// one send() loop; the receiver recv()s into a 1 MiB buffer and drops the bytes.
+// io_bound, TCP_NODELAY and 1 MiB kernel buffers (as pipe.socket sets them). The sender writes each block
+// with one send() loop; the receiver recv()s into a 1 MiB buffer and drops the bytes.
 // Folder: each block is one file, written into tmp/ (0600) and renamed into the peer's inbox as
 // <seq, 16 hex digits>; the receiver waits with inotify (IN_MOVED_TO), reads the files in seq order and
 // deletes them. No fsync and no window: the least two processes must do to pass bytes through files.
