@@ -178,8 +178,10 @@ def pipe_targets(cases):
     for c in cases.values():
         if c["layer"] == "session" and c["kind"] == "throughput" and c["size"] == GIB:
             peak = max(mib(c["near_peak_kib"]), mib(c["far_peak_kib"]))
-            rows.append((f"{PIPE_LABELS[c['transport']]}, chunk {c['chunk'] // MIB} MiB: peak RSS of either end "
-                         f"< {PEAK_MIB:.0f} MiB moving 1 GiB",
+            where = {"same-cpu": ", both ends on one CPU", "two-cpus": ", ends on two CPUs"}.get(
+                c.get("placement", ""), "")
+            rows.append((f"{PIPE_LABELS[c['transport']]}, chunk {c['chunk'] // MIB} MiB{where}: peak RSS of either "
+                         f"end < {PEAK_MIB:.0f} MiB moving 1 GiB",
                          f"{fmt(mib(c['near_peak_kib']), 1)} MiB job, {fmt(mib(c['far_peak_kib']), 1)} MiB trainer",
                          peak < PEAK_MIB))
     return rows
