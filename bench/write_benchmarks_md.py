@@ -178,8 +178,8 @@ def pipe_targets(cases):
     for c in cases.values():
         if c["layer"] == "session" and c["kind"] == "throughput" and c["size"] == GIB:
             peak = max(mib(c["near_peak_kib"]), mib(c["far_peak_kib"]))
-            where = {"same-cpu": ", both ends on one CPU", "two-cpus": ", ends on two CPUs"}.get(
-                c.get("placement", ""), "")
+            placement = c.get("placement", "")
+            where = f", ends {dict(PLACEMENTS)['/' + placement]}" if placement else ""
             rows.append((f"{PIPE_LABELS[c['transport']]}, chunk {c['chunk'] // MIB} MiB{where}: peak RSS of either "
                          f"end < {PEAK_MIB:.0f} MiB moving 1 GiB",
                          f"{fmt(mib(c['near_peak_kib']), 1)} MiB job, {fmt(mib(c['far_peak_kib']), 1)} MiB trainer",
@@ -263,7 +263,7 @@ def write_pipes(add, data, cases, profiles, meta):
                 f"{PIPE_LABELS[raw]} | {fmt(r['mb_per_s'], 1)} | {fmt(r['seconds'] * 1e3, 3)} | "
                 f"{p['mb_per_s'] / r['mb_per_s']:.0%} |")
     add("")
-    pinned = [(size_label, pipe, raw) for size, size_label in SIZES for pipe, raw in PIPE_PAIRS
+    pinned = [(size, size_label, pipe, raw) for size, size_label in SIZES for pipe, raw in PIPE_PAIRS
               if cases.get(f"{pipe}/throughput/{size}/two-cpus") and cases.get(f"{raw}/throughput/{size}/two-cpus")]
     if pinned:
         add("The same socket copies with the two ends pinned to two CPUs (`/two-cpus`; each process and all its "
@@ -273,8 +273,7 @@ def write_pipes(add, data, cases, profiles, meta):
         add("")
         add("| Payload | Through | MB/s | Baseline (same run) | MB/s | pipe / baseline | unpinned: pipe / baseline |")
         add("|---|---|---:|---|---:|---:|---:|")
-        for size_label, pipe, raw in pinned:
-            size = dict((label, key) for key, label in SIZES)[size_label]
+        for size, size_label, pipe, raw in pinned:
             p, r = cases[f"{pipe}/throughput/{size}/two-cpus"], cases[f"{raw}/throughput/{size}/two-cpus"]
             up, ur = cases.get(f"{pipe}/throughput/{size}"), cases.get(f"{raw}/throughput/{size}")
             free = f"{up['mb_per_s'] / ur['mb_per_s']:.0%}" if up and ur else ""
@@ -332,8 +331,9 @@ def write_pipes(add, data, cases, profiles, meta):
             if not p or not r:
                 continue
             like = ""
-            if not suffix and like_one_cpu(f"{pipe}/latency/64B"):
-                like = f"{like_one_cpu(f'{pipe}/latency/64B')}, {like_one_cpu(f'{raw}/latency/64B')}"
+            if not suffix:
+                pipe_like, raw_like = like_one_cpu(f"{pipe}/latency/64B"), like_one_cpu(f"{raw}/latency/64B")
+                like = f"{pipe_like}, {raw_like}" if pipe_like and raw_like else ""
             add(f"| {PIPE_LABELS[pipe]} | {where} | {fmt(p['median_us'], 1)} | {fmt(p['p99_us'], 1)} | "
                 f"{PIPE_LABELS[raw]} | {fmt(r['median_us'], 1)} | {fmt(r['p99_us'], 1)} | "
                 f"{p['median_us'] / r['median_us']:.2f}x | {like} |")

@@ -111,8 +111,8 @@ std::vector<Case> all_cases(const std::vector<int>& cpus) {
   struct Size {
     std::uint64_t bytes, warmup, iterations;
   };
-  for (auto size :
-       {Size{1u << 10, 20, 200}, Size{1u << 20, 5, 50}, Size{100u << 20, 1, 3}, Size{1u << 30, 0, 1}}) {
+  const Size hundred_mib{100u << 20, 1, 3}, one_gib{1u << 30, 0, 1}, small_rtt{64, 200, 2000};
+  for (auto size : {Size{1u << 10, 20, 200}, Size{1u << 20, 5, 50}, hundred_mib, one_gib}) {
     for (const auto& t : every) {
       add(t, Kind::throughput, size.bytes, size.warmup, size.iterations);
     }
@@ -121,31 +121,24 @@ std::vector<Case> all_cases(const std::vector<int>& cpus) {
     add(t, Kind::throughput, 1u << 30, 0, 1, 4u << 20);
   }
   for (const auto& t : every) {
-    add(t, Kind::latency, 64, 200, 2000);
+    add(t, Kind::latency, small_rtt.bytes, small_rtt.warmup, small_rtt.iterations);
   }
-  const std::vector<std::string> sockets = {"socket-unix", "raw-unix", "socket-tcp", "raw-tcp"};
-  auto pin = [&](int near, int far) {
-    cases.back().spec.near_cpu = near;
-    cases.back().spec.far_cpu = far;
-    cases.back().id.append("/").append(cases.back().spec.placement());
+  // The socket cases again, each pipe beside its baseline, with the ends pinned to `near` and `far`.
+  auto pinned = [&](Kind kind, Size size, int near, int far) {
+    for (const char* t : {"socket-unix", "raw-unix", "socket-tcp", "raw-tcp"}) {
+      add(t, kind, size.bytes, size.warmup, size.iterations);
+      cases.back().spec.near_cpu = near;
+      cases.back().spec.far_cpu = far;
+      cases.back().id.append("/").append(cases.back().spec.placement());
+    }
   };
   if (!cpus.empty()) {
-    for (const auto& t : sockets) {
-      add(t, Kind::latency, 64, 200, 2000);
-      pin(cpus[0], cpus[0]);
-    }
+    pinned(Kind::latency, small_rtt, cpus[0], cpus[0]);
   }
   if (cpus.size() >= 2) {
-    for (const auto& t : sockets) {
-      add(t, Kind::latency, 64, 200, 2000);
-      pin(cpus[0], cpus[1]);
-    }
-    for (auto size : {Size{100u << 20, 1, 3}, Size{1u << 30, 0, 1}}) {
-      for (const auto& t : sockets) {
-        add(t, Kind::throughput, size.bytes, size.warmup, size.iterations);
-        pin(cpus[0], cpus[1]);
-      }
-    }
+    pinned(Kind::latency, small_rtt, cpus[0], cpus[1]);
+    pinned(Kind::throughput, hundred_mib, cpus[0], cpus[1]);
+    pinned(Kind::throughput, one_gib, cpus[0], cpus[1]);
   }
   for (const auto& t : every) {
     add(t, Kind::rate, 64, 1000, 20000);

@@ -18,6 +18,12 @@ namespace ember::test {
 /// tests at a time on two cores, under sanitizers too, where a woken thread may wait 100 ms for a core.
 inline constexpr std::chrono::milliseconds kWakeBound{1000};
 
+/// Whole milliseconds from `from` to `to`, for assertions that print readably.
+inline long long ms_between(std::chrono::steady_clock::time_point from,
+                            std::chrono::steady_clock::time_point to) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(to - from).count();
+}
+
 /// A fresh folder under the system temp dir, removed with everything in it on destruction.
 class TempDir {
  public:

@@ -29,12 +29,12 @@ Result<bool> FrameReader::end_of_stream(const char* how) const {
                                    std::to_string(frame_.size()) + " bytes (the peer " + how + ")");
 }
 
-// A small frame wholly in the read-ahead buffer is copied into the caller's vector, whose capacity it
-// reuses: no allocation per frame. False leaves everything as it was (a large frame, one not all here yet,
-// or a length over the bound, which start_frame() reports).
+// A frame wholly in the read-ahead buffer is copied into the caller's vector, whose capacity it reuses: no
+// allocation per frame. False leaves everything as it was (a frame not all here yet, or a length over the
+// bound, which start_frame() reports).
 bool FrameReader::take_buffered(std::vector<std::byte>& frame) {
   const std::uint32_t length = decode_length(buffer_.get() + begin_);
-  if (length >= capacity_ || length > max_frame_ || end_ - begin_ - length_prefix_bytes < length) {
+  if (!whole_frame_in_buffer() || length > max_frame_) {
     return false;
   }
   const std::byte* body = buffer_.get() + begin_ + length_prefix_bytes;

@@ -76,17 +76,17 @@ class FrameReader {
   bool holds_bytes() const noexcept { return have_length_ || begin_ != end_; }
   /// Whether a whole small frame waits in the read-ahead buffer: read_into() then returns it at once,
   /// without a system call (so a caller need not even compute how long it may wait).
-  bool frame_buffered() const noexcept {
-    if (have_length_ || end_ - begin_ < length_prefix_bytes) {
-      return false;
-    }
-    return end_ - begin_ - length_prefix_bytes >= decode_length(buffer_.get() + begin_);
-  }
+  bool frame_buffered() const noexcept { return !have_length_ && whole_frame_in_buffer(); }
 
  private:
   Result<bool> end_of_stream(const char* how) const;
   Result<bool> start_frame();
   bool take_buffered(std::vector<std::byte>& frame);
+  // The prefix at begin_ and all the bytes it announces are in the buffer (so the frame is smaller than it).
+  bool whole_frame_in_buffer() const noexcept {
+    return end_ - begin_ >= length_prefix_bytes &&
+           end_ - begin_ - length_prefix_bytes >= decode_length(buffer_.get() + begin_);
+  }
   // How much to read ahead into the buffer: all of it while frames are small (one read picks up many),
   // a little after a large frame, whose successor is likely large too and better read in place than copied.
   std::size_t read_ahead() const noexcept {

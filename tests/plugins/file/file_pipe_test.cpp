@@ -535,10 +535,8 @@ TEST_F(FilePipeTest, CloseFromAnotherThreadWakesBlockedCallsAtOnce) {
   EXPECT_EQ(got.error().code, Errc::closed);
   ASSERT_FALSE(sent);
   EXPECT_EQ(sent.error().code, Errc::closed);
-  EXPECT_LT(std::chrono::duration_cast<std::chrono::milliseconds>(received_at - closed_at).count(),
-            test::kWakeBound.count());
-  EXPECT_LT(std::chrono::duration_cast<std::chrono::milliseconds>(sent_at - closed_at).count(),
-            test::kWakeBound.count());
+  EXPECT_LT(test::ms_between(closed_at, received_at), test::kWakeBound.count());
+  EXPECT_LT(test::ms_between(closed_at, sent_at), test::kWakeBound.count());
 }
 
 TEST_F(FilePipeTest, StoppingTheJobWakesBlockedCallsWithCancelled) {
@@ -553,8 +551,7 @@ TEST_F(FilePipeTest, StoppingTheJobWakesBlockedCallsWithCancelled) {
   auto [got, returned_at] = waiting.get();
   ASSERT_FALSE(got);
   EXPECT_EQ(got.error().code, Errc::cancelled);
-  EXPECT_LT(std::chrono::duration_cast<std::chrono::milliseconds>(returned_at - stopped_at).count(),
-            test::kWakeBound.count());
+  EXPECT_LT(test::ms_between(stopped_at, returned_at), test::kWakeBound.count());
   EXPECT_EQ(job_->send(bytes("x"), 1s).error().code, Errc::cancelled);
 }
 

@@ -770,8 +770,7 @@ TEST_F(SocketPipeTest, CloseFromAnotherThreadWakesAReceiveWaitingForAPeer) {
   closer.join();
   ASSERT_FALSE(got);
   EXPECT_EQ(got.error().code, Errc::closed);
-  EXPECT_LT(std::chrono::duration_cast<std::chrono::milliseconds>(woke - closed_at).count(),
-            test::kWakeBound.count());
+  EXPECT_LT(test::ms_between(closed_at, woke), test::kWakeBound.count());
   EXPECT_FALSE(std::filesystem::exists(socket_path()));
 }
 
@@ -793,9 +792,7 @@ TEST_F(SocketPipeTest, CloseFromAnotherThreadWakesAReceiveBlockedInTheSocket) {
     ASSERT_FALSE(got) << address;
     EXPECT_EQ(got.error().code, Errc::closed) << address;
     EXPECT_THAT(got.error().message, HasSubstr("this end is closed")) << address;
-    EXPECT_LT(std::chrono::duration_cast<std::chrono::milliseconds>(woke - closed_at).count(),
-              test::kWakeBound.count())
-        << address;
+    EXPECT_LT(test::ms_between(closed_at, woke), test::kWakeBound.count()) << address;
     // The job end sees the end of the stream.
     auto end = job->receive(5s);
     ASSERT_FALSE(end) << address;
@@ -831,10 +828,8 @@ TEST_F(SocketPipeTest, CloseFromAnotherThreadWakesABlockedReceiveAndSend) {
   EXPECT_EQ(got.error().code, Errc::closed);
   ASSERT_FALSE(sent);
   EXPECT_EQ(sent.error().code, Errc::closed);
-  EXPECT_LT(std::chrono::duration_cast<std::chrono::milliseconds>(receive_woke - closed_at).count(),
-            test::kWakeBound.count());
-  EXPECT_LT(std::chrono::duration_cast<std::chrono::milliseconds>(send_woke - closed_at).count(),
-            test::kWakeBound.count());
+  EXPECT_LT(test::ms_between(closed_at, receive_woke), test::kWakeBound.count());
+  EXPECT_LT(test::ms_between(closed_at, send_woke), test::kWakeBound.count());
   // The trainer sees the end: the big frame was cut short by the close.
   auto end = trainer->receive(5s);
   ASSERT_FALSE(end);
