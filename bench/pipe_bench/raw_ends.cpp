@@ -26,6 +26,8 @@
 #include <span>
 #include <utility>
 
+#include <base/unique_fd.hpp>
+
 #include "ends.hpp"
 #include "process.hpp"
 #include "timing.hpp"
@@ -35,39 +37,13 @@ namespace {
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
+using base::UniqueFd;
 
 constexpr std::size_t receive_buffer_bytes = 1u << 20;
 
 std::string os_error(const std::string& call) {
   return call + ": " + std::strerror(errno);
 }
-
-class Fd {
- public:
-  Fd() = default;
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(Fd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-  Fd& operator=(Fd&& other) noexcept {
-    if (this != &other) {
-      reset();
-      fd_ = std::exchange(other.fd_, -1);
-    }
-    return *this;
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() { reset(); }
-  int get() const { return fd_; }
-  void reset() {
-    if (fd_ >= 0) {
-      ::close(fd_);
-      fd_ = -1;
-    }
-  }
-
- private:
-  int fd_ = -1;
-};
 
 class Channel {
  public:
@@ -93,7 +69,7 @@ Result<void> receive_exactly(Channel& channel, std::uint64_t n, std::span<std::b
 
 class StreamChannel final : public Channel {
  public:
-  explicit StreamChannel(Fd fd) : fd_(std::move(fd)) {}
+  explicit StreamChannel(UniqueFd fd) : fd_(std::move(fd)) {}
 
   Result<void> send(std::span<const std::byte> bytes) override {
     std::size_t done = 0;
@@ -126,7 +102,7 @@ class StreamChannel final : public Channel {
   }
 
  private:
-  Fd fd_;
+  UniqueFd fd_;
 };
 
 // The folder: to_far/ and to_near/ (the two inboxes) and tmp/.
@@ -136,13 +112,13 @@ class FolderChannel final : public Channel {
     auto channel = std::unique_ptr<FolderChannel>(new FolderChannel);
     const char* inbox = near ? "to_near" : "to_far";
     auto dir = [&](const char* name) {
-      return Fd(::open((root / name).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+      return UniqueFd(::open((root / name).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     };
     channel->inbox_ = dir(inbox);
     channel->outbox_ = dir(near ? "to_far" : "to_near");
     channel->tmp_ = dir("tmp");
     channel->tmp_prefix_ = near ? "near-" : "far-";
-    channel->notify_ = Fd(inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
+    channel->notify_ = UniqueFd(inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
     if (channel->inbox_.get() < 0 || channel->outbox_.get() < 0 || channel->tmp_.get() < 0 ||
         channel->notify_.get() < 0 ||
         inotify_add_watch(channel->notify_.get(), (root / inbox).c_str(), IN_MOVED_TO) < 0) {
@@ -154,7 +130,7 @@ class FolderChannel final : public Channel {
   Result<void> send(std::span<const std::byte> bytes) override {
     auto name = seq_name(sent_++);
     auto tmp = tmp_prefix_ + name;
-    Fd fd(::openat(tmp_.get(), tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+    UniqueFd fd(::openat(tmp_.get(), tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
     if (fd.get() < 0) {
       return fail(Errc::io_error, os_error("create tmp/" + tmp));
     }
@@ -177,7 +153,7 @@ class FolderChannel final : public Channel {
     auto name = seq_name(received_);
     auto deadline = Clock::now() + io_bound;
     while (true) {
-      Fd fd(::openat(inbox_.get(), name.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+      UniqueFd fd(::openat(inbox_.get(), name.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
       if (fd.get() >= 0) {
         return read_file(fd, name, buffer);
       }
@@ -205,7 +181,7 @@ class FolderChannel final : public Channel {
     return name;
   }
 
-  Result<std::size_t> read_file(const Fd& fd, const std::string& name, std::span<std::byte> buffer) {
+  Result<std::size_t> read_file(const UniqueFd& fd, const std::string& name, std::span<std::byte> buffer) {
     struct stat st {};
     if (::fstat(fd.get(), &st) != 0) {
       return fail(Errc::io_error, os_error("fstat " + name));
@@ -229,7 +205,7 @@ class FolderChannel final : public Channel {
     return size;
   }
 
-  Fd inbox_, outbox_, tmp_, notify_;
+  UniqueFd inbox_, outbox_, tmp_, notify_;
   std::string tmp_prefix_;
   std::uint64_t sent_ = 0;
   std::uint64_t received_ = 0;
@@ -257,7 +233,7 @@ void set_buffers(int fd) {
 }
 
 struct Listener {
-  Fd fd;
+  UniqueFd fd;
   std::string address;  // unix:/path or tcp:127.0.0.1:port, for the far end
 };
 
@@ -271,7 +247,7 @@ Result<Listener> listen_on(const std::string& transport, const fs::path& dir) {
       return fail(Errc::invalid_argument, "socket path too long: " + path);
     }
     std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-    l.fd = Fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    l.fd = UniqueFd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
     set_buffers(l.fd.get());
     if (l.fd.get() < 0 || ::bind(l.fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
         ::listen(l.fd.get(), 1) != 0) {
@@ -284,7 +260,7 @@ Result<Listener> listen_on(const std::string& transport, const fs::path& dir) {
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   socklen_t len = sizeof addr;
-  l.fd = Fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  l.fd = UniqueFd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   set_buffers(l.fd.get());  // before listen(), so TCP's window scaling can use them
   if (l.fd.get() < 0 || ::bind(l.fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
       ::listen(l.fd.get(), 1) != 0 ||
@@ -300,7 +276,7 @@ Result<std::unique_ptr<Channel>> accept_within(const Listener& l, bool tcp) {
   if (::poll(&p, 1, static_cast<int>(std::chrono::milliseconds(io_bound).count())) != 1) {
     return fail(Errc::timeout, "the far end did not connect to " + l.address);
   }
-  Fd fd(::accept4(l.fd.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  UniqueFd fd(::accept4(l.fd.get(), nullptr, nullptr, SOCK_CLOEXEC));
   if (fd.get() < 0) {
     return fail(Errc::io_error, os_error("accept"));
   }
@@ -318,14 +294,14 @@ Result<std::unique_ptr<Channel>> attach(const std::string& address) {
     }
     return std::unique_ptr<Channel>(std::move(*folder));
   }
-  Fd fd;
+  UniqueFd fd;
   bool tcp = address.starts_with("tcp:");
   if (tcp) {
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     addr.sin_port = htons(static_cast<std::uint16_t>(std::stoul(address.substr(address.rfind(':') + 1))));
-    fd = Fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    fd = UniqueFd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
     set_buffers(fd.get());
     if (fd.get() < 0 || ::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
       return fail(Errc::io_error, os_error("connect " + address));
@@ -335,7 +311,7 @@ Result<std::unique_ptr<Channel>> attach(const std::string& address) {
     addr.sun_family = AF_UNIX;
     auto path = address.substr(5);
     std::memcpy(addr.sun_path, path.c_str(), std::min(path.size() + 1, sizeof addr.sun_path - 1));
-    fd = Fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    fd = UniqueFd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
     set_buffers(fd.get());
     if (fd.get() < 0 || ::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
       return fail(Errc::io_error, os_error("connect " + address));

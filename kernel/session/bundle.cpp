@@ -8,6 +8,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include <base/strings.hpp>
+
 namespace ember::session {
 namespace {
 
@@ -207,14 +209,6 @@ Result<TaskData> BundleInbox::take(const Message& message) {
   return wire::params_bundle_from(consumer.take_tensors(), consumer.take_metadata(), decoded_base(message));
 }
 
-std::string shape_text(const std::vector<std::int64_t>& shape) {
-  std::string text = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) {
-    text += (i == 0 ? "" : ", ") + std::to_string(shape[i]);
-  }
-  return text + "]";
-}
-
 std::optional<std::string> layout_mismatch(const TaskData& task, const TaskData& result) {
   if (task.params.empty() || result.params.empty()) {
     return std::nullopt;  // the first round of a job without an initial model; a result of metrics only
@@ -236,8 +230,8 @@ std::optional<std::string> layout_mismatch(const TaskData& task, const TaskData&
       problems.push_back("tensor '" + t.name + "' has dtype " + std::string(to_string(t.dtype)) +
                          ", the task sent " + std::string(to_string(it->second->dtype)));
     } else if (t.shape != it->second->shape) {
-      problems.push_back("tensor '" + t.name + "' has shape " + shape_text(t.shape) + ", the task sent " +
-                         shape_text(it->second->shape));
+      problems.push_back("tensor '" + t.name + "' has shape " + base::shape_text(t.shape) +
+                         ", the task sent " + base::shape_text(it->second->shape));
     }
   }
   for (const auto& t : task.params) {

@@ -16,6 +16,8 @@
 #include <ember/converter.hpp>
 #include <ember/pipe.hpp>
 
+#include <base/strings.hpp>
+
 #include "kernel.hpp"
 #include "session/bootstrap.hpp"
 #include "session/bundle.hpp"
@@ -29,14 +31,6 @@ using Clock = std::chrono::steady_clock;
 using wire::Op;
 
 constexpr std::size_t log_queue_limit = 4096;
-
-std::string join(const std::vector<std::string>& items) {
-  std::string out;
-  for (std::size_t i = 0; i < items.size(); ++i) {
-    out += (i == 0 ? "" : ",") + items[i];
-  }
-  return out;
-}
 
 std::optional<int> env_rank() {
   const char* text = std::getenv("RANK");
@@ -150,8 +144,8 @@ class Client {
         std::make_unique<session::Session>(session::Role::trainer, std::move(*endpoint),
                                            session::settings_from(boot_.timeouts, boot_.max_resends), log_);
     session_->set_sink_factory(inbox_.sink_factory());
-    wire::Headers hello{{"converters", join(types)},
-                        {"formats", join(formats)},
+    wire::Headers hello{{"converters", base::join(types, ",")},
+                        {"formats", base::join(formats, ",")},
                         {"rank", "0"},
                         {"pid", std::to_string(::getpid())}};
     if (auto said = session_->hello(boot_.token, hello); !said) {

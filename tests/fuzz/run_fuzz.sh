@@ -93,6 +93,9 @@ grep -E '^(INFO: Seed|INFO: seed corpus|#[0-9]+[[:space:]]+(INITED|DONE)|Done [0
 if [ "$status" -ne 0 ]; then
   echo "run_fuzz.sh: FAILED (exit $status); the fuzzer's report follows" >&2
   grep -v -E '^#[0-9]+[[:space:]]+(NEW|REDUCE|pulse|RELOAD)' "$work/log" | tail -n 80 >&2
+  echo "run_fuzz.sh: $target: reproducer(s) in $artifacts/:" >&2
+  ls -1 "$artifacts" | grep "^${target}-" | sed "s|^|  $artifacts/|" >&2 || true
+  echo "run_fuzz.sh: replay one with '$fuzzer FILE'; docs/fuzzing.md says how to minimise it and keep it" >&2
   exit "$status"
 fi
 echo "run_fuzz.sh: $target: no crash, leak or timeout in ${seconds}s; corpus grew from $seeds to $(ls "$work/corpus" | wc -l) inputs (discarded)"

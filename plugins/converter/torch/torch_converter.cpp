@@ -32,6 +32,8 @@
 #include <ember/converter.hpp>
 #include <ember/plugin.hpp>
 
+#include <base/strings.hpp>
+
 #include "dtypes.hpp"
 #include "staging.hpp"
 
@@ -40,14 +42,6 @@ namespace {
 
 // Sharing wire bytes with a tensor reads them in the host's byte order; the wire is little-endian.
 static_assert(std::endian::native == std::endian::little, "converter.torch assumes a little-endian host");
-
-std::string shape_text(const std::vector<std::int64_t>& shape) {
-  std::string text = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) {
-    text += (i == 0 ? "" : ", ") + std::to_string(shape[i]);
-  }
-  return text + "]";
-}
 
 // "cpu", "cuda", "cuda:N" or "auto" (the first GPU if there is one, else the CPU).
 Result<c10::Device> parse_device(const std::string& text, const std::string& where) {
@@ -138,7 +132,7 @@ class TorchConverter final : public Converter {
       return fail(Errc::invalid_argument, where + " has " + std::to_string(tensor.bytes.size()) +
                                               " bytes, which does not match its dtype " +
                                               std::string(to_string(tensor.dtype)) + " and shape " +
-                                              shape_text(tensor.shape));
+                                              base::shape_text(tensor.shape));
     }
     auto type = torch_dtype(tensor.dtype);
     if (!type) {

@@ -14,6 +14,8 @@
 #include <ember/pipe.hpp>
 #include <ember/plugin.hpp>
 
+#include <base/strings.hpp>
+
 #include "session/bootstrap.hpp"
 #include "session/bundle.hpp"
 #include "session/session.hpp"
@@ -33,30 +35,6 @@ std::string describe_exit(const ExitStatus& status) {
 std::string header_or(const session::Message& m, std::string_view key, std::string fallback = {}) {
   const auto* v = m.header(key);
   return v != nullptr ? *v : std::move(fallback);
-}
-
-std::string join(const std::vector<std::string>& items, std::string_view sep) {
-  std::string out;
-  for (std::size_t i = 0; i < items.size(); ++i) {
-    out += (i == 0 ? "" : std::string(sep)) + items[i];
-  }
-  return out;
-}
-
-std::vector<std::string> split(const std::string& text, char sep) {
-  std::vector<std::string> out;
-  std::size_t start = 0;
-  while (start <= text.size()) {
-    auto end = text.find(sep, start);
-    if (end == std::string::npos) {
-      end = text.size();
-    }
-    if (end > start) {
-      out.push_back(text.substr(start, end - start));
-    }
-    start = end + 1;
-  }
-  return out;
 }
 
 class ExternalTrainer final : public Executor {
@@ -312,13 +290,13 @@ class ExternalTrainer final : public Executor {
       std::vector<std::string> declared;
       for (const auto& [key, value] : hello->headers) {
         if (key == "converters") {
-          declared = split(value, ',');
+          declared = base::split(value, ',');
         }
       }
       for (const auto& c : converters_) {
         if (std::find(declared.begin(), declared.end(), c.type) == declared.end()) {
           std::string why = "the trainer does not speak " + c.type + " (HELLO declared: " +
-                            (declared.empty() ? std::string("none") : join(declared, ", ")) + ")";
+                            (declared.empty() ? std::string("none") : base::join(declared, ", ")) + ")";
           trainer.session->close(Op::abort, why);
           trainer.handle->stop(job_.timeouts.shutdown_grace);
           return fail(Errc::rejected, site() + ": " + why);

@@ -19,11 +19,13 @@
 #include <ember/launcher.hpp>
 #include <ember/logger.hpp>
 
+#include <base/unique_fd.hpp>
 #include "line_splitter.hpp"
 #include "spawner.hpp"
-#include "unique_fd.hpp"
 
 namespace ember::process_launcher {
+
+using base::UniqueFd;
 
 /// Where a child's output lines go.
 struct OutputPolicy {

@@ -13,6 +13,8 @@
 #include <optional>
 #include <system_error>
 
+#include <base/strings.hpp>
+
 namespace ember::process_launcher {
 
 struct Spawner::Request {
@@ -44,10 +46,6 @@ struct ChildSetup {
   int max_fd;
 };
 
-std::string describe_errno(int error) {
-  return std::system_category().message(error);
-}
-
 std::vector<char*> pointers(const std::vector<std::string>& strings) {
   std::vector<char*> out;
   out.reserve(strings.size() + 1);
@@ -71,15 +69,15 @@ UniqueFd above_stdio(int fd) {
 Result<std::pair<UniqueFd, UniqueFd>> make_pipe(bool nonblocking_read) {
   int fds[2];
   if (pipe2(fds, O_CLOEXEC) != 0) {
-    return fail(Errc::io_error, "launcher.process: cannot create a pipe: " + describe_errno(errno));
+    return fail(Errc::io_error, "launcher.process: cannot create a pipe: " + base::errno_text(errno));
   }
   UniqueFd read_end = above_stdio(fds[0]);
   UniqueFd write_end = above_stdio(fds[1]);
   if (!read_end || !write_end) {
-    return fail(Errc::io_error, "launcher.process: cannot create a pipe: " + describe_errno(errno));
+    return fail(Errc::io_error, "launcher.process: cannot create a pipe: " + base::errno_text(errno));
   }
   if (nonblocking_read && fcntl(read_end.get(), F_SETFL, O_NONBLOCK) != 0) {
-    return fail(Errc::io_error, "launcher.process: cannot set up a pipe: " + describe_errno(errno));
+    return fail(Errc::io_error, "launcher.process: cannot set up a pipe: " + base::errno_text(errno));
   }
   return std::pair{std::move(read_end), std::move(write_end)};
 }
@@ -165,7 +163,7 @@ void reap(pid_t pid) {
 
 Error child_error(const ChildPlan& plan, const std::string& label, ChildFailure failure) {
   std::string where = "launcher.process: '" + label + "': ";
-  std::string cause = describe_errno(failure.error);
+  std::string cause = base::errno_text(failure.error);
   Errc code = failure.error == ENOENT ? Errc::not_found : Errc::io_error;
   switch (failure.stage) {
     case Stage::exec:
@@ -184,7 +182,7 @@ Result<Child> start_child(const ChildPlan& plan, const std::string& label) {
   auto candidates = pointers(plan.candidates);
   UniqueFd null_fd = above_stdio(open("/dev/null", O_RDWR | O_CLOEXEC));
   if (!null_fd) {
-    return fail(Errc::io_error, "launcher.process: cannot open /dev/null: " + describe_errno(errno));
+    return fail(Errc::io_error, "launcher.process: cannot open /dev/null: " + base::errno_text(errno));
   }
   auto out = make_pipe(true);
   if (!out) {
@@ -203,7 +201,7 @@ Result<Child> start_child(const ChildPlan& plan, const std::string& label) {
                    getpid(),      max_fd_for_fallback()};
   pid_t pid = fork();
   if (pid < 0) {
-    return fail(Errc::io_error, "launcher.process: '" + label + "': cannot fork: " + describe_errno(errno));
+    return fail(Errc::io_error, "launcher.process: '" + label + "': cannot fork: " + base::errno_text(errno));
   }
   if (pid == 0) {
     run_child(setup);

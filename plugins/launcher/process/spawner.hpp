@@ -17,9 +17,11 @@
 
 #include <ember/result.hpp>
 
-#include "unique_fd.hpp"
+#include <base/unique_fd.hpp>
 
 namespace ember::process_launcher {
+
+using base::UniqueFd;
 
 /// What to start, fully resolved by the caller: the child runs only async-signal-safe code between fork and
 /// exec, so every string is built before the fork.

@@ -8,6 +8,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include <base/strings.hpp>
+
 namespace ember::file_pipe {
 
 namespace {
@@ -39,7 +41,7 @@ std::string why_not_a_folder(int dir_fd, const char* name, int err) {
   if (fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && !S_ISDIR(st.st_mode)) {
     return "is " + kind_of_mode(st.st_mode) + ", not a folder; refusing to use it";
   }
-  return errno_text(err);
+  return base::errno_text(err);
 }
 
 // Opens `name` in `dir_fd` as a folder, never through a symlink.
@@ -58,7 +60,7 @@ Result<UniqueFd> open_folder(int dir_fd, const char* name, const std::string& sh
 Result<void> make_private(int fd, const std::string& shown) {
   struct stat st {};
   if (fstat(fd, &st) != 0) {
-    return fail(Errc::io_error, "'" + shown + "': " + errno_text(errno));
+    return fail(Errc::io_error, "'" + shown + "': " + base::errno_text(errno));
   }
   if (st.st_uid != geteuid()) {
     return fail(Errc::invalid_argument, "'" + shown + "' belongs to uid " + std::to_string(st.st_uid) +
@@ -66,14 +68,14 @@ Result<void> make_private(int fd, const std::string& shown) {
                                             "); refusing to use it");
   }
   if ((st.st_mode & 07777) != private_dir_mode && fchmod(fd, private_dir_mode) != 0) {
-    return fail(Errc::io_error, "'" + shown + "': cannot make it private (0700): " + errno_text(errno));
+    return fail(Errc::io_error, "'" + shown + "': cannot make it private (0700): " + base::errno_text(errno));
   }
   return ok();
 }
 
 Result<UniqueFd> create_folder(int parent_fd, const char* name, const std::string& shown) {
   if (mkdirat(parent_fd, name, private_dir_mode) != 0 && errno != EEXIST) {
-    return fail(Errc::io_error, "cannot create '" + shown + "': " + errno_text(errno));
+    return fail(Errc::io_error, "cannot create '" + shown + "': " + base::errno_text(errno));
   }
   auto fd = open_folder(parent_fd, name, shown);
   if (!fd) {
@@ -212,11 +214,6 @@ std::string printable(std::string_view name) {
   return out;
 }
 
-std::string errno_text(int err) {
-  char buffer[256];
-  return strerror_r(err, buffer, sizeof buffer);
-}
-
 int write_all(int fd, const void* data, std::size_t size) noexcept {
   const auto* at = static_cast<const char*>(data);
   while (size > 0) {
@@ -272,7 +269,8 @@ Result<OpenRoot> create_root(const std::filesystem::path& root) {
   }
   UniqueFd parent(open(root.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!parent) {
-    return fail(Errc::io_error, "cannot open '" + root.parent_path().string() + "': " + errno_text(errno));
+    return fail(Errc::io_error,
+                "cannot open '" + root.parent_path().string() + "': " + base::errno_text(errno));
   }
   auto base = root.filename().string();
   auto root_fd = create_folder(parent.get(), base.c_str(), out.path);
@@ -298,7 +296,7 @@ Result<OpenRoot> open_root(const std::filesystem::path& root) {
   if (!parent) {
     int err = errno;
     return fail(err == ENOENT ? Errc::not_found : Errc::io_error,
-                "cannot open '" + root.parent_path().string() + "': " + errno_text(err));
+                "cannot open '" + root.parent_path().string() + "': " + base::errno_text(err));
   }
   auto base = root.filename().string();
   auto root_fd = open_folder(parent.get(), base.c_str(), out.path);
@@ -321,13 +319,13 @@ Result<std::vector<std::string>> list_dir(int dir_fd) {
   // A fresh open file description, so listing never disturbs another reader's position in dir_fd.
   int fd = openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) {
-    return fail(Errc::io_error, "cannot list a pipe folder: " + errno_text(errno));
+    return fail(Errc::io_error, "cannot list a pipe folder: " + base::errno_text(errno));
   }
   DIR* dir = fdopendir(fd);
   if (dir == nullptr) {
     int err = errno;
     ::close(fd);
-    return fail(Errc::io_error, "cannot list a pipe folder: " + errno_text(err));
+    return fail(Errc::io_error, "cannot list a pipe folder: " + base::errno_text(err));
   }
   std::vector<std::string> names;
   while (const dirent* entry = readdir(dir)) {
@@ -355,7 +353,7 @@ Result<void> write_small_file(const OpenRoot& root, const std::string& tmp, cons
       openat(root.tmp.get(), tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
   if (!fd) {
     return fail(errno == ENOENT ? Errc::closed : Errc::io_error,
-                "cannot write '" + root.shown("tmp", tmp) + "': " + errno_text(errno));
+                "cannot write '" + root.shown("tmp", tmp) + "': " + base::errno_text(errno));
   }
   int err = write_all(fd.get(), content.data(), content.size());
   if (err == 0 && ::close(fd.release()) != 0) {
@@ -367,7 +365,7 @@ Result<void> write_small_file(const OpenRoot& root, const std::string& tmp, cons
   if (err != 0) {
     unlinkat(root.tmp.get(), tmp.c_str(), 0);
     return fail(err == ENOENT ? Errc::closed : Errc::io_error,
-                "cannot write '" + root.path + "/" + name + "': " + errno_text(err));
+                "cannot write '" + root.path + "/" + name + "': " + base::errno_text(err));
   }
   return ok();
 }
@@ -376,11 +374,11 @@ Result<std::string> read_small_file(int dir_fd, const char* name, std::size_t ma
   UniqueFd fd(openat(dir_fd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC));
   if (!fd) {
     int err = errno;
-    return fail(err == ENOENT ? Errc::not_found : Errc::io_error, errno_text(err));
+    return fail(err == ENOENT ? Errc::not_found : Errc::io_error, base::errno_text(err));
   }
   struct stat st {};
   if (fstat(fd.get(), &st) != 0) {
-    return fail(Errc::io_error, errno_text(errno));
+    return fail(Errc::io_error, base::errno_text(errno));
   }
   if (!S_ISREG(st.st_mode) || static_cast<std::size_t>(st.st_size) > max) {
     return fail(Errc::malformed, "not a small regular file");
@@ -449,7 +447,7 @@ std::string remove_root(const OpenRoot& root) {
   }
   unlinkat(root.root.get(), session_file, 0);
   if (rmdir(root.path.c_str()) != 0 && errno != ENOENT) {
-    return errno_text(errno);
+    return base::errno_text(errno);
   }
   return {};
 }

@@ -26,9 +26,12 @@
 #include <ember/pipe.hpp>
 #include <ember/result.hpp>
 
-#include "unique_fd.hpp"
+#include <base/strings.hpp>
+#include <base/unique_fd.hpp>
 
 namespace ember::file_pipe {
+
+using base::UniqueFd;
 
 inline constexpr const char* session_file = "session";
 inline constexpr const char* attached_file = "attached.trainer";
@@ -64,8 +67,7 @@ std::string tmp_prefix(PipeSide side);
 /// A file name fit for a message: control, non-ASCII, quote and backslash bytes escaped as \xNN, at most
 /// 120 bytes of it shown.
 std::string printable(std::string_view name);
-/// strerror(err), thread-safe.
-std::string errno_text(int err);
+using base::errno_text;
 /// Writes all of `data`, retrying short writes and EINTR. Returns 0 or the errno of the failure.
 int write_all(int fd, const void* data, std::size_t size) noexcept;
 /// "a symlink", "a fifo", "a directory", ... for a file that should have been a regular file.

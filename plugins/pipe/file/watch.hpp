@@ -14,10 +14,12 @@
 #include <ember/pipe.hpp>
 #include <ember/result.hpp>
 
+#include <base/unique_fd.hpp>
 #include "layout.hpp"
-#include "unique_fd.hpp"
 
 namespace ember::file_pipe {
+
+using base::UniqueFd;
 
 using Clock = std::chrono::steady_clock;
 

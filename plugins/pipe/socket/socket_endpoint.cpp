@@ -23,7 +23,9 @@
 #include <utility>
 #include <vector>
 
-#include "fd.hpp"
+#include <base/strings.hpp>
+#include <base/unique_fd.hpp>
+
 #include "frame_io.hpp"
 
 // How an endpoint works.
@@ -41,6 +43,8 @@
 //   or the background writer, has returned.
 
 namespace ember::socket_pipe {
+
+using base::UniqueFd;
 
 namespace {
 
@@ -63,10 +67,6 @@ constexpr auto connect_retry = 20ms;
 constexpr auto stall_patience = 2ms;
 // The most iovecs one sendmsg() takes (IOV_MAX on Linux); a frame of more parts takes several calls.
 constexpr std::size_t max_iov = 1024;
-
-std::string os_error(int error) {
-  return std::system_category().message(error);
-}
 
 std::string millis(std::chrono::milliseconds timeout) {
   return std::to_string(timeout.count()) + " ms";
@@ -149,7 +149,7 @@ struct SocketFile {
 
 // A connection accepted by the job end that has not passed admission yet.
 struct Candidate {
-  Fd fd;
+  UniqueFd fd;
   FrameReader reader;
   Clock::time_point expires;
   std::string who;
@@ -157,7 +157,7 @@ struct Candidate {
 
 // The job end's listening socket and its candidates; touched only by the thread driving admission.
 struct Acceptor {
-  Fd listener;
+  UniqueFd listener;
   std::vector<Candidate> candidates;
 };
 
@@ -166,7 +166,7 @@ enum class Wait { ready, timeout, closed, failed };
 class SocketEndpoint final : public PipeEndpoint {
  public:
   // The job end, before any peer.
-  SocketEndpoint(const EndpointSettings& settings, std::string address, Fd wake, Fd listener,
+  SocketEndpoint(const EndpointSettings& settings, std::string address, UniqueFd wake, UniqueFd listener,
                  std::optional<SocketFile> socket_file, PeerAdmission admit, bool is_unix)
       : settings_(settings),
         address_(std::move(address)),
@@ -181,7 +181,7 @@ class SocketEndpoint final : public PipeEndpoint {
   }
 
   // The trainer end, connected.
-  SocketEndpoint(const EndpointSettings& settings, std::string address, Fd wake, Fd peer,
+  SocketEndpoint(const EndpointSettings& settings, std::string address, UniqueFd wake, UniqueFd peer,
                  std::string description)
       : settings_(settings),
         address_(std::move(address)),
@@ -408,7 +408,7 @@ class SocketEndpoint final : public PipeEndpoint {
     for (;;) {
       auto wait = std::min<Clock::duration>(stall_patience, deadline - Clock::now());
       if (wait > Clock::duration::zero() && !bound_wait(fd, SO_SNDTIMEO, wait, send_timeout_)) {
-        return break_with(Errc::io_error, "setsockopt SO_SNDTIMEO: " + os_error(errno));
+        return break_with(Errc::io_error, "setsockopt SO_SNDTIMEO: " + base::errno_text(errno));
       }
       msghdr some = message;
       some.msg_iovlen = std::min<std::size_t>(message.msg_iovlen, max_iov);
@@ -429,13 +429,13 @@ class SocketEndpoint final : public PipeEndpoint {
         return closed_error();
       }
       if (cause == EPIPE || cause == ECONNRESET) {
-        return break_with(Errc::closed, "the peer has gone (" + os_error(cause) + ")");
+        return break_with(Errc::closed, "the peer has gone (" + base::errno_text(cause) + ")");
       }
       if (cause == EAGAIN || cause == EWOULDBLOCK) {
         return hand_over(message, left);  // no room for a while: the peer is not reading now
       }
       if (cause != EINTR) {
-        return break_with(Errc::io_error, "sendmsg: " + os_error(cause));
+        return break_with(Errc::io_error, "sendmsg: " + base::errno_text(cause));
       }
     }
   }
@@ -564,10 +564,11 @@ class SocketEndpoint final : public PipeEndpoint {
         continue;
       }
       if (errno == EPIPE || errno == ECONNRESET) {
-        return "the peer has gone while a frame was written in the background (" + os_error(errno) + ")";
+        return "the peer has gone while a frame was written in the background (" + base::errno_text(errno) +
+               ")";
       }
       if (errno != EAGAIN && errno != EWOULDBLOCK) {
-        return "background send: " + os_error(errno);
+        return "background send: " + base::errno_text(errno);
       }
       switch (wait_ready(fd, POLLOUT, deadline_after(std::chrono::hours(1)))) {
         case Wait::ready:
@@ -576,7 +577,7 @@ class SocketEndpoint final : public PipeEndpoint {
         case Wait::closed:
           return std::nullopt;
         case Wait::failed:
-          return "poll: " + os_error(errno);
+          return "poll: " + base::errno_text(errno);
       }
     }
     return std::nullopt;
@@ -616,7 +617,7 @@ class SocketEndpoint final : public PipeEndpoint {
       auto left = deadline - Clock::now();
       const bool wait = left > Clock::duration::zero();
       if (wait && !bound_wait(fd, SO_RCVTIMEO, left, receive_timeout_)) {
-        return break_with(Errc::io_error, "setsockopt SO_RCVTIMEO: " + os_error(errno));
+        return break_with(Errc::io_error, "setsockopt SO_RCVTIMEO: " + base::errno_text(errno));
       }
       auto got = reader_.read_into(fd, frame, wait);
       if (got && *got) {
@@ -683,7 +684,7 @@ class SocketEndpoint final : public PipeEndpoint {
         fds.push_back({candidate.fd.get(), POLLIN, 0});
       }
       if (poll_until(fds.data(), fds.size(), until) < 0) {
-        return error(Errc::io_error, "poll: " + os_error(errno));
+        return error(Errc::io_error, "poll: " + base::errno_text(errno));
       }
       if (fds[0].revents != 0) {
         return closed_error();
@@ -732,14 +733,14 @@ class SocketEndpoint final : public PipeEndpoint {
         if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) {
           continue;
         }
-        return error(Errc::io_error, "accept: " + os_error(errno));
+        return error(Errc::io_error, "accept: " + base::errno_text(errno));
       }
-      Fd fd(raw);
+      UniqueFd fd(raw);
       std::string who;
       if (is_unix_) {
         auto cred = peer_credentials(raw);
         if (!cred) {
-          warn("refused a peer whose credentials cannot be read: " + os_error(errno));
+          warn("refused a peer whose credentials cannot be read: " + base::errno_text(errno));
           continue;
         }
         who = describe_credentials(*cred);
@@ -792,10 +793,10 @@ class SocketEndpoint final : public PipeEndpoint {
 
   // Makes a candidate the peer: one peer per endpoint, so the listener, its socket file and every other
   // candidate go away.
-  Result<bool> admit_peer(Fd fd, std::string who, FrameReader reader, std::optional<Frame> first) {
+  Result<bool> admit_peer(UniqueFd fd, std::string who, FrameReader reader, std::optional<Frame> first) {
     reader.set_max_frame(settings_.max_frame, "max_frame_bytes");
     if (!set_blocking(fd.get())) {
-      return error(Errc::io_error, "fcntl on " + who + ": " + os_error(errno));
+      return error(Errc::io_error, "fcntl on " + who + ": " + base::errno_text(errno));
     }
     std::string description;
     {
@@ -852,9 +853,9 @@ class SocketEndpoint final : public PipeEndpoint {
   bool backlog_busy_ = false;
   std::thread writer_;  // started at the first hand-over, joined by the destructor
 
-  Fd wake_;                           // eventfd: readable once close() was called
+  UniqueFd wake_;                     // eventfd: readable once close() was called
   const PeerAdmission admit_;         // empty: the first connection from our uid is the peer
-  Fd peer_;                           // set once, when attached_ becomes true
+  UniqueFd peer_;                     // set once, when attached_ becomes true
   FrameReader reader_;                // the receiving thread's, once attached
   std::optional<Frame> first_frame_;  // the admitted peer's first frame, for the first receive()
   std::string description_;
@@ -876,7 +877,7 @@ Result<void> prepare_socket_path(const Address& address) {
     if (errno == ENOENT) {
       return ok();
     }
-    return fail(Errc::io_error, "pipe.socket " + address.to_string() + ": " + os_error(errno));
+    return fail(Errc::io_error, "pipe.socket " + address.to_string() + ": " + base::errno_text(errno));
   }
   if (!S_ISSOCK(st.st_mode)) {
     return fail(Errc::invalid_argument, "pipe.socket " + address.to_string() +
@@ -884,7 +885,7 @@ Result<void> prepare_socket_path(const Address& address) {
   }
   if (::unlink(address.path.c_str()) != 0 && errno != ENOENT) {
     return fail(Errc::io_error, "pipe.socket " + address.to_string() +
-                                    ": cannot remove the stale socket file: " + os_error(errno));
+                                    ": cannot remove the stale socket file: " + base::errno_text(errno));
   }
   return ok();
 }
@@ -894,14 +895,15 @@ Result<SocketFile> bind_unix(int fd, const Address& address) {
     return fail(std::move(prepared.error()));
   }
   if (::bind(fd, address.sockaddr_ptr(), address.length) != 0) {
-    return fail(Errc::io_error, "pipe.socket " + address.to_string() + ": bind: " + os_error(errno));
+    return fail(Errc::io_error, "pipe.socket " + address.to_string() + ": bind: " + base::errno_text(errno));
   }
   // Before listen(), so no one can connect while the file still has the umask's mode.
   struct stat st {};
   if (::chmod(address.path.c_str(), 0600) != 0 || ::lstat(address.path.c_str(), &st) != 0) {
     int saved = errno;
     ::unlink(address.path.c_str());
-    return fail(Errc::io_error, "pipe.socket " + address.to_string() + ": chmod 0600: " + os_error(saved));
+    return fail(Errc::io_error,
+                "pipe.socket " + address.to_string() + ": chmod 0600: " + base::errno_text(saved));
   }
   return SocketFile{address.path.string(), st.st_dev, st.st_ino};
 }
@@ -915,22 +917,23 @@ Result<void> bind_tcp(int fd, Address& address, int socket_buffer) {
   // Set on the listener so that TCP's window scaling, fixed at the handshake, can use them.
   set_buffers(fd, socket_buffer);
   if (::bind(fd, address.sockaddr_ptr(), address.length) != 0) {
-    return fail(Errc::io_error, "pipe.socket " + address.to_string() + ": bind: " + os_error(errno));
+    return fail(Errc::io_error, "pipe.socket " + address.to_string() + ": bind: " + base::errno_text(errno));
   }
   sockaddr_storage bound{};
   socklen_t length = sizeof bound;
   if (::getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &length) != 0) {
-    return fail(Errc::io_error, "pipe.socket " + address.to_string() + ": getsockname: " + os_error(errno));
+    return fail(Errc::io_error,
+                "pipe.socket " + address.to_string() + ": getsockname: " + base::errno_text(errno));
   }
   address.set_port(bound.ss_family == AF_INET ? ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port)
                                               : ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port));
   return ok();
 }
 
-Result<Fd> make_wake() {
-  Fd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+Result<UniqueFd> make_wake() {
+  UniqueFd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!wake) {
-    return fail(Errc::io_error, "pipe.socket: eventfd: " + os_error(errno));
+    return fail(Errc::io_error, "pipe.socket: eventfd: " + base::errno_text(errno));
   }
   return wake;
 }
@@ -940,9 +943,10 @@ Result<Fd> make_wake() {
 Result<std::unique_ptr<PipeEndpoint>> open_job_end(Address& address, const EndpointSettings& settings,
                                                    const PeerAdmission& admit) {
   try {
-    Fd listener(::socket(address.domain(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    UniqueFd listener(::socket(address.domain(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
     if (!listener) {
-      return fail(Errc::io_error, "pipe.socket " + address.to_string() + ": socket: " + os_error(errno));
+      return fail(Errc::io_error,
+                  "pipe.socket " + address.to_string() + ": socket: " + base::errno_text(errno));
     }
     std::optional<SocketFile> socket_file;
     if (address.is_unix()) {
@@ -959,7 +963,8 @@ Result<std::unique_ptr<PipeEndpoint>> open_job_end(Address& address, const Endpo
       if (socket_file) {
         socket_file->remove();
       }
-      return fail(Errc::io_error, "pipe.socket " + address.to_string() + ": listen: " + os_error(saved));
+      return fail(Errc::io_error,
+                  "pipe.socket " + address.to_string() + ": listen: " + base::errno_text(saved));
     }
     auto wake = make_wake();
     if (!wake) {
@@ -1030,9 +1035,10 @@ Result<std::unique_ptr<PipeEndpoint>> open_trainer_end(const Address& address,
   try {
     const auto deadline = deadline_after(timeout);
     for (;;) {
-      Fd fd(::socket(address.domain(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+      UniqueFd fd(::socket(address.domain(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
       if (!fd) {
-        return fail(Errc::io_error, "pipe.socket " + address.to_string() + ": socket: " + os_error(errno));
+        return fail(Errc::io_error,
+                    "pipe.socket " + address.to_string() + ": socket: " + base::errno_text(errno));
       }
       set_buffers(fd.get(), settings.socket_buffer);
       int error = try_connect(fd.get(), address, deadline);
@@ -1058,12 +1064,12 @@ Result<std::unique_ptr<PipeEndpoint>> open_trainer_end(const Address& address,
       // backlog is full: the job end may still be starting, so try again until the timeout.
       if (error != ENOENT && error != ECONNREFUSED && error != EAGAIN && error != ETIMEDOUT) {
         return fail(Errc::io_error,
-                    "pipe.socket: cannot connect to " + address.to_string() + ": " + os_error(error));
+                    "pipe.socket: cannot connect to " + address.to_string() + ": " + base::errno_text(error));
       }
       auto now = Clock::now();
       if (now >= deadline) {
         return fail(Errc::timeout, "pipe.socket: no job end at " + address.to_string() + " within " +
-                                       millis(timeout) + " (last attempt: " + os_error(error) + ")");
+                                       millis(timeout) + " (last attempt: " + base::errno_text(error) + ")");
       }
       if (stop.stop_requested()) {
         return fail(Errc::cancelled, "pipe.socket: stopped while connecting to " + address.to_string());

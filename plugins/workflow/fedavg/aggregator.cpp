@@ -9,6 +9,8 @@
 #include <limits>
 #include <new>
 
+#include <base/strings.hpp>
+
 #include "half.hpp"
 
 namespace ember::fedavg {
@@ -163,14 +165,6 @@ void BlockCache::keep(std::shared_ptr<std::byte> block, std::uint64_t bytes) {
   }
 }
 
-std::string shape_text(const std::vector<std::int64_t>& shape) {
-  std::string text = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) {
-    text += (i == 0 ? "" : ", ") + std::to_string(shape[i]);
-  }
-  return text + "]";
-}
-
 Result<Layout> Layout::of(const std::vector<WireTensor>& tensors) {
   Layout layout;
   for (const auto& tensor : tensors) {
@@ -184,7 +178,7 @@ Result<Layout> Layout::of(const std::vector<WireTensor>& tensors) {
       return fail(Errc::invalid_argument,
                   "tensor '" + tensor.name + "' has " + std::to_string(tensor.bytes.size()) +
                       " bytes, which does not fit " + std::string(to_string(tensor.dtype)) + " " +
-                      shape_text(tensor.shape));
+                      base::shape_text(tensor.shape));
     }
     if (!layout.index_.emplace(tensor.name, layout.tensors_.size()).second) {
       return fail(Errc::invalid_argument, "tensor '" + tensor.name + "' appears twice");
@@ -212,14 +206,14 @@ Result<std::vector<const WireTensor*>> Layout::match(const std::vector<WireTenso
                                       ", the model's is " + std::string(to_string(spec.dtype)));
     }
     if (tensor.shape != spec.shape) {
-      return fail(Errc::rejected, "tensor '" + tensor.name + "' has shape " + shape_text(tensor.shape) +
-                                      ", the model's is " + shape_text(spec.shape));
+      return fail(Errc::rejected, "tensor '" + tensor.name + "' has shape " + base::shape_text(tensor.shape) +
+                                      ", the model's is " + base::shape_text(spec.shape));
     }
     if (tensor.bytes.size() != spec.elements * element_size(spec.dtype)) {
       return fail(Errc::rejected, "tensor '" + tensor.name + "' has " + std::to_string(tensor.bytes.size()) +
                                       " bytes, " + std::to_string(spec.elements * element_size(spec.dtype)) +
                                       " expected for " + std::string(to_string(spec.dtype)) + " " +
-                                      shape_text(spec.shape));
+                                      base::shape_text(spec.shape));
     }
     ordered[it->second] = &tensor;
   }

@@ -14,11 +14,14 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <base/unique_fd.hpp>
+
 #include "address.hpp"
-#include "fd.hpp"
 #include "frame_io.hpp"
 
 namespace ember::socket_pipe {
+
+using base::UniqueFd;
 namespace {
 
 using ::testing::HasSubstr;
@@ -80,8 +83,8 @@ class FrameReaderTest : public ::testing::Test {
   void SetUp() override {
     int fds[2];
     ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds), 0);
-    reading_ = Fd(fds[0]);
-    writing_ = Fd(fds[1]);
+    reading_ = UniqueFd(fds[0]);
+    writing_ = UniqueFd(fds[1]);
   }
 
   void write_bytes(const std::vector<std::byte>& bytes) {
@@ -115,8 +118,8 @@ class FrameReaderTest : public ::testing::Test {
     return out;
   }
 
-  Fd reading_;
-  Fd writing_;
+  UniqueFd reading_;
+  UniqueFd writing_;
 };
 
 TEST_F(FrameReaderTest, LengthIsLittleEndian) {

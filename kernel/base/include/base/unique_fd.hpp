@@ -1,11 +1,11 @@
 #pragma once
-// An owned file descriptor, closed on destruction.
+// An owned file descriptor, closed exactly once: when its owner is destroyed, resets it or lets it go.
 
 #include <unistd.h>
 
 #include <utility>
 
-namespace ember::file_pipe {
+namespace ember::base {
 
 /// Owns one file descriptor (or none, as -1) and closes it when destroyed or reset.
 class UniqueFd {
@@ -23,11 +23,14 @@ class UniqueFd {
   UniqueFd(const UniqueFd&) = delete;
   UniqueFd& operator=(const UniqueFd&) = delete;
 
+  /// The descriptor, or -1.
   int get() const noexcept { return fd_; }
+  /// Whether a descriptor is held.
   explicit operator bool() const noexcept { return fd_ >= 0; }
   /// Gives the descriptor up without closing it.
   int release() noexcept { return std::exchange(fd_, -1); }
-  /// Closes the current descriptor, if any, and takes `fd`.
+  /// Closes the current descriptor, if any, and takes `fd`. close() is never retried on EINTR: on Linux the
+  /// descriptor is released either way, and a retry could close one another thread just opened.
   void reset(int fd = -1) noexcept {
     if (fd_ >= 0) {
       ::close(fd_);
@@ -39,4 +42,4 @@ class UniqueFd {
   int fd_ = -1;
 };
 
-}  // namespace ember::file_pipe
+}  // namespace ember::base
