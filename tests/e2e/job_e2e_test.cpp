@@ -20,7 +20,13 @@ namespace ember {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 namespace fs = std::filesystem;
+
+std::string read_text(const fs::path& file) {
+  std::ifstream in(file);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
 
 struct JobSpec {
   std::string pipe = "pipe.socket";
@@ -35,6 +41,7 @@ struct JobSpec {
   bool converter = false;        // the executor lists a converter (converter.identity) the trainer must speak
   std::string round_timeout = "0s";
   std::string launch_mode = "job";  // the executor's `launch`: one trainer per job, or one per task
+  std::string address;              // the pipe's address, the same for every site ("": each its own)
 };
 
 // The final model of the test trainer's job: round 0 answers ones, each later round adds one: 3 rounds → 3.
@@ -69,7 +76,8 @@ class JobE2E : public ::testing::TestWithParam<std::string> {
                  ? "converters = [\"tensors\"]\n[components.tensors]\ntype = \"converter.identity\"\n"
                  : std::string())
          << "[components.launcher]\ntype = \"launcher.process\"\n"
-         << "[components.pipe]\ntype = \"" << GetParam() << "\"\n";
+         << "[components.pipe]\ntype = \"" << GetParam() << "\"\n"
+         << (spec.address.empty() ? std::string() : "address = \"" + spec.address + "\"\n");
     return dir_.write("job.toml", toml.str());
   }
 
@@ -106,6 +114,8 @@ TEST_P(JobE2E, AllSitesFinishTheRoundsAndTheModelIsSaved) {
   EXPECT_TRUE(fs::exists(dir_.path() / "ws" / "metrics.jsonl"));
   EXPECT_TRUE(fs::exists(dir_.path() / "ws" / "site-1" / "log.txt"));
   EXPECT_TRUE(fs::exists(dir_.path() / "ws" / "server" / "checkpoints" / "round-2.safetensors"));
+  // The trainers' own info lines (a pipe attaching) stay out of the job's warnings.
+  EXPECT_THAT(run.out + run.err, Not(HasSubstr("trainer end attached")));
   expect_no_trainer_left();
 }
 
@@ -176,7 +186,34 @@ TEST_P(JobE2E, ATrainerThatDoesNotDeclareTheJobsConverterFailsAtSessionStart) {
   EXPECT_THAT(run.out, HasSubstr("site-2: could not start"));
   EXPECT_THAT(run.out, HasSubstr("the trainer does not speak converter.identity (HELLO declared: none)"));
   EXPECT_THAT(run.out, HasSubstr("1/2 sites ready"));
+  // The trainer was told why, in HELLO_REJECTED, and ended by itself (exit code 1, not a signal).
+  EXPECT_THAT(read_text(dir_.path() / "ws" / "site-2" / "init-error.txt"),
+              HasSubstr("the job rejected our HELLO: the trainer does not speak converter.identity"));
+  EXPECT_THAT(run.out, HasSubstr("[trainer exited with code 1]"));
   expect_no_trainer_left();
+}
+
+TEST_P(JobE2E, ATrainerWithAWrongTokenIsReportedAsRefused) {
+  auto run = simulate(write_job({.mode = "wrong-token", .bad_site = "site-2"}));
+  EXPECT_EQ(run.exit_code, kernel::exit_code::ok) << run.out << run.err;
+  EXPECT_THAT(run.out, HasSubstr("site-2: could not start"));
+  EXPECT_THAT(run.out, HasSubstr("wrong token"));
+  EXPECT_THAT(run.out, Not(HasSubstr("before HELLO")));
+  if (GetParam() == "pipe.file") {
+    // No connection to drop: the HELLO arrives, and HELLO_REJECTED reaches the trainer before it is stopped.
+    EXPECT_THAT(read_text(dir_.path() / "ws" / "site-2" / "init-error.txt"),
+                HasSubstr("the job rejected our HELLO: wrong token"));
+  }
+  expect_no_trainer_left();
+}
+
+TEST_P(JobE2E, TwoSitesGivenOnePipeAddressAreRefusedNamingIt) {
+  auto address = GetParam() == "pipe.socket" ? "unix:" + (dir_.path() / "shared.sock").string()
+                                             : (dir_.path() / "shared-pipe").string();
+  auto run = simulate(write_job({.launch = "5s", .address = address}));
+  EXPECT_THAT(run.out + run.err, HasSubstr("another job end"));
+  EXPECT_THAT(run.out + run.err, HasSubstr(GetParam() == "pipe.socket" ? address : "dir:" + address));
+  EXPECT_THAT(run.out, HasSubstr("1/2 sites ready"));
 }
 
 TEST_P(JobE2E, ASiteOutOfTimeIsAbortedAndItsTrainerSeesTheAbortFlag) {

@@ -2,7 +2,7 @@
 // library. It answers each task with its params plus one (F32), or a layout of its own when the task has
 // none, and misbehaves on purpose on one site when asked to:
 //   ember-test-trainer [--bad-site SITE] [--mode
-//   good|sigkill|exit3|hang-before-hello|wrong-names|wrong-shapes]
+//   good|sigkill|exit3|hang-before-hello|wrong-names|wrong-shapes|no-converters|wrong-token]
 //                      [--from-round R] [--size N]
 // It writes its pid to <workspace>/trainer.pid so a test can check that no trainer survived the job.
 
@@ -69,6 +69,19 @@ int main(int argc, char** argv) {
     return 0;
   }
   ember::client::InitOptions init;
+  if (bad && mode == "wrong-token") {
+    // A trainer holding a token other than the job's: the bootstrap's token changed before init().
+    std::ifstream in(env_or("EMBER_BOOTSTRAP", ""));
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    auto key = text.find("\"token\": \"");
+    if (key != std::string::npos) {
+      text.insert(key + 10, "not-");
+    }
+    init.bootstrap = "bootstrap-with-a-wrong-token.json";
+    std::ofstream(init.bootstrap) << text;
+    std::filesystem::permissions(init.bootstrap,
+                                 std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+  }
   if (bad && mode == "no-converters") {
     // A trainer that speaks no converter: the bootstrap's converter list emptied before init().
     std::ifstream in(env_or("EMBER_BOOTSTRAP", ""));
@@ -93,6 +106,7 @@ int main(int argc, char** argv) {
   }
   if (auto ready = ember::client::init(init); !ready) {
     std::fprintf(stderr, "test-trainer: init: %s\n", ready.error().message.c_str());
+    std::ofstream("init-error.txt") << ready.error().message << "\n";  // what the trainer was told
     return 1;
   }
   std::map<std::string, std::shared_ptr<std::vector<float>>> buffers;
