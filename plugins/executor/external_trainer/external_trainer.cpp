@@ -312,8 +312,7 @@ class ExternalTrainer final : public Executor {
             std::lock_guard refusal_lock(refusals->mutex);
             why = refusals->last.empty() ? "the trainer " + describe_exit(*early_exit) +
                                                " before HELLO (its output is in the site log)"
-                                         : "the pipe refused the trainer's HELLO: " + refusals->last +
-                                               " (the trainer then " + describe_exit(*early_exit) + ")";
+                                         : "the pipe refused the trainer's HELLO: " + refusals->last;
           }
         }
         if (why.empty()) {
