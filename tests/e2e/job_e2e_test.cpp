@@ -121,8 +121,22 @@ TEST_P(JobE2E, AllSitesFinishTheRoundsAndTheModelIsSaved) {
   EXPECT_TRUE(fs::exists(dir_.path() / "ws" / "metrics.jsonl"));
   EXPECT_TRUE(fs::exists(dir_.path() / "ws" / "site-1" / "log.txt"));
   EXPECT_TRUE(fs::exists(dir_.path() / "ws" / "server" / "checkpoints" / "round-2.safetensors"));
-  // The trainers' own info lines (a pipe attaching) stay out of the job's warnings.
+  expect_no_trainer_left();
+}
+
+TEST_P(JobE2E, TheTrainersInfoLinesDoNotReachTheConsoleAsWarnings) {
+  // Without EMBER_LOG (the suite sets it to warn), as a user runs it: the trainer's stderr is shown at warn,
+  // so the trainer must not write its plugins' info lines there (the file pipe's 'trainer end attached').
+  const char* saved = std::getenv("EMBER_LOG");
+  const std::string restore = saved != nullptr ? saved : "";
+  ::unsetenv("EMBER_LOG");
+  auto run = simulate(write_job({.rounds = 1}));
+  if (saved != nullptr) {
+    ::setenv("EMBER_LOG", restore.c_str(), 1);
+  }
+  EXPECT_EQ(run.exit_code, kernel::exit_code::ok) << run.out << run.err;
   EXPECT_THAT(run.out + run.err, Not(HasSubstr("trainer end attached")));
+  EXPECT_THAT(run.out + run.err, Not(HasSubstr("[info]")));
   expect_no_trainer_left();
 }
 
