@@ -367,11 +367,19 @@ class ExternalTrainer final : public Executor {
   }
 
   // A refused trainer has HELLO_REJECTED and ends by itself: give it shutdown_grace to do so (its own
-  // account of the refusal reaches its log) before the launcher stops it.
+  // account of the refusal reaches its log) before the launcher stops it. A job that is stopping cuts the
+  // wait short.
   std::optional<ExitStatus> await_exit(LaunchHandle& handle) const {
-    auto status = handle.wait(job_.timeouts.shutdown_grace);
-    if (status && *status) {
-      return **status;
+    const auto deadline = Clock::now() + job_.timeouts.shutdown_grace;
+    while (!stop_.stop_requested()) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      auto status = handle.wait(std::clamp<std::chrono::milliseconds>(left, 0ms, 100ms));
+      if (status && *status) {
+        return **status;
+      }
+      if (!status || left <= 0ms) {
+        break;
+      }
     }
     return std::nullopt;
   }
