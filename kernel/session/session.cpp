@@ -108,13 +108,30 @@ bool BytesSource::view(std::uint64_t offset, std::size_t size,
 }
 
 PeerAdmission admit_hello(std::string token, wire::Limits limits) {
-  return [token = std::move(token), limits](std::span<const std::byte> first) {
-    auto frame = wire::decode_frame(first, limits);
-    if (!frame || frame->header.op != Op::hello) {
-      return false;
+  return admit_hello(std::move(token), nullptr, limits);
+}
+
+PeerAdmission admit_hello(std::string token, std::function<void(const std::string& why)> refused,
+                          wire::Limits limits) {
+  return [token = std::move(token), refused = std::move(refused), limits](std::span<const std::byte> first) {
+    auto why = [&]() -> std::string {
+      auto frame = wire::decode_frame(first, limits);
+      if (!frame) {
+        return "its first frame is not a valid ember frame (" + frame.error().message + ")";
+      }
+      if (frame->header.op != Op::hello) {
+        return "its first frame is " + std::string(wire::to_string(frame->header.op)) + ", not HELLO";
+      }
+      const auto* offered = frame->header_value("token");
+      if (offered == nullptr) {
+        return "its HELLO carried no token";
+      }
+      return constant_time_equal(*offered, token) ? std::string() : "its HELLO carried a wrong token";
+    }();
+    if (!why.empty() && refused) {
+      refused(why);
     }
-    const auto* offered = frame->header_value("token");
-    return offered != nullptr && constant_time_equal(*offered, token);
+    return why.empty();
   };
 }
 
@@ -197,6 +214,11 @@ Session::Stats Session::stats() const {
   return stats_;
 }
 
+std::string Session::peer() const {
+  std::lock_guard lock(peer_mutex_);
+  return peer_;
+}
+
 void Session::set_sink_factory(SinkFactory factory) {
   std::lock_guard lock(mutex_);
   sink_factory_ = std::move(factory);
@@ -204,7 +226,7 @@ void Session::set_sink_factory(SinkFactory factory) {
 
 void Session::publish(const std::string& topic, std::map<std::string, std::string> fields) {
   if (events_ != nullptr) {
-    fields.emplace("peer", peer_);
+    fields.emplace("peer", peer());
     events_->publish(Event{topic, "session", std::move(fields)});
   }
 }
@@ -415,7 +437,7 @@ void Session::chunk_failed(Outgoing& out, const Error& error) {
     return;
   }
   lost(Error{error.code == Errc::timeout ? Errc::timeout : Errc::peer_gone,
-             "sending to " + peer_ + " failed: " + error.message});
+             "sending to " + peer() + " failed: " + error.message});
 }
 
 // Sends the next frame of `out` (the caller holds writing_; the lock is released during the pipe write);
@@ -490,7 +512,7 @@ bool Session::write_direct(Lock& lock, const std::shared_ptr<Outgoing>& out) {
     }
     chunk_failed(*out, result.error());
   } else if (!result) {
-    lost(Error{Errc::peer_gone, "sending to " + peer_ + " failed: " + result.error().message});
+    lost(Error{Errc::peer_gone, "sending to " + peer() + " failed: " + result.error().message});
   }
   if (!control_.empty() || !bulk_.empty() || writer_waits_) {
     writer_cv_.notify_one();
@@ -518,7 +540,7 @@ void Session::flush_receipts(Lock& lock) {
   lock.lock();
   writing_ = false;
   if (!sent) {
-    lost(Error{Errc::peer_gone, "sending to " + peer_ + " failed: " + sent.error().message});
+    lost(Error{Errc::peer_gone, "sending to " + peer() + " failed: " + sent.error().message});
   }
   if (!control_.empty() || !bulk_.empty() || writer_waits_) {
     writer_cv_.notify_one();
@@ -539,7 +561,7 @@ void Session::writer_loop() {
     while (!due_.empty() && due_.begin()->first <= now) {
       auto out = unpark(due_.begin()->second);
       if (out->sends > settings_.max_resends) {
-        finish(*out, Error{Errc::timeout, "no receipt from " + peer_ + " for " +
+        finish(*out, Error{Errc::timeout, "no receipt from " + peer() + " for " +
                                               std::string(wire::to_string(out->op)) + " msg_id " +
                                               std::to_string(out->msg_id) + " after " +
                                               std::to_string(out->sends) + " sends"});
@@ -576,7 +598,7 @@ void Session::writer_loop() {
       writing_ = false;
       control_pending_--;
       if (!sent) {
-        lost(Error{Errc::peer_gone, "sending to " + peer_ + " failed: " + sent.error().message});
+        lost(Error{Errc::peer_gone, "sending to " + peer() + " failed: " + sent.error().message});
       }
       if (closing_) {
         changed_.notify_all();  // close() waits for its farewell to go out
@@ -630,7 +652,7 @@ void Session::check_liveness(Clock::time_point now) {
   auto silent = std::chrono::duration_cast<std::chrono::milliseconds>(now - last_rx_);
   if (silent > settings_.heartbeat_timeout) {
     end(State::peer_gone,
-        Error{Errc::peer_gone, "PEER_GONE: nothing from " + peer_ + " for " + ms(silent) +
+        Error{Errc::peer_gone, "PEER_GONE: nothing from " + peer() + " for " + ms(silent) +
                                    " (heartbeat_timeout " + ms(settings_.heartbeat_timeout) + ")"});
   }
 }
@@ -645,14 +667,20 @@ void Session::pump(std::chrono::milliseconds timeout, bool app) {
     if (got.error().code == Errc::malformed) {
       stats_.frames_rejected++;
       lock.unlock();
-      log_->error("rejected input from " + peer_ + ": " + got.error().message);
+      log_->error("rejected input from " + peer() + ": " + got.error().message);
       publish("session.frame_rejected", {{"reason", got.error().message}});
       return;
     }
-    lost(Error{Errc::peer_gone, "PEER_GONE: " + peer_ + ": " + got.error().message});
+    lost(Error{Errc::peer_gone, "PEER_GONE: " + peer() + ": " + got.error().message});
     return;
   }
   if (*got) {
+    if (!peer_known_.exchange(true)) {
+      // A pipe with connections knows who the peer is only once one was admitted: its first frame.
+      auto described = pipe_->describe();
+      std::lock_guard lock(peer_mutex_);
+      peer_ = std::move(described);
+    }
     auto frame = wire::decode_frame(rx_frame_, settings_.limits);
     if (!frame) {
       {
@@ -660,7 +688,7 @@ void Session::pump(std::chrono::milliseconds timeout, bool app) {
         stats_.frames_rejected++;
         last_rx_ = now;  // damaged, but still a sign of life
       }
-      log_->error("rejected frame from " + peer_ + ": " + frame.error().message);
+      log_->error("rejected frame from " + peer() + ": " + frame.error().message);
       publish("session.frame_rejected", {{"reason", frame.error().message}});
     } else {
       {
@@ -751,6 +779,13 @@ void Session::reader_loop() {
     if (app_readers_ > 0) {
       changed_.notify_all();  // an application thread waits for the token
     }
+  }
+  if (state_ == State::peer_gone) {
+    // The peer is gone: close the pipe now, so that no thread of this process stays blocked in it (a send
+    // waiting for room the frozen peer will never make, a log post behind it) until a pipe timeout.
+    lock.unlock();
+    pipe_->close();
+    lock.lock();
   }
   // Nobody reads an ended session: once an application thread still reading returns the token (within a
   // poll), this thread keeps it. A message that was arriving never will: its sink is destroyed unfinished,
@@ -863,7 +898,7 @@ void Session::resume_outgoing(std::uint64_t msg_id, const std::string& at, const
     }
     finish(*out,
            Error{Errc::timeout, "too many chunks of " + std::string(wire::to_string(out->op)) + " msg_id " +
-                                    std::to_string(msg_id) + " lost on the way to " + peer_});
+                                    std::to_string(msg_id) + " lost on the way to " + peer()});
     return;
   }
   stats_.resends++;
@@ -962,7 +997,7 @@ void Session::handle_frame(const wire::FrameView& frame, bool app) {
         if (h.total_len > settings_.max_buffered_message) {
           in->refused = true;
           log_->error("refusing " + std::string(wire::to_string(h.op)) + " msg_id " +
-                      std::to_string(h.msg_id) + " from " + peer_ + ": " + std::to_string(h.total_len) +
+                      std::to_string(h.msg_id) + " from " + peer() + ": " + std::to_string(h.total_len) +
                       " bytes and no sink for payloads over max_buffered_message");
         } else {
           in->msg.payload.reserve(static_cast<std::size_t>(h.total_len));
@@ -1003,7 +1038,7 @@ void Session::handle_frame(const wire::FrameView& frame, bool app) {
   auto& in = **slot;
   if (in.msg.op != h.op || in.received + frame.payload.size() > in.msg.payload_size) {
     log_->error("inconsistent chunk " + std::to_string(h.chunk_index) + " of msg_id " +
-                std::to_string(h.msg_id) + " from " + peer_);
+                std::to_string(h.msg_id) + " from " + peer());
     if (in.sink) {
       in.sink->reset();
     }
@@ -1206,11 +1241,23 @@ Result<Message> Session::wait_for(Op op, Clock::time_point deadline, std::initia
   if (ended()) {
     return fail(*failure_);
   }
-  return fail(Errc::timeout, "no " + std::string(wire::to_string(op)) + " from " + peer_ +
+  return fail(Errc::timeout, "no " + std::string(wire::to_string(op)) + " from " + peer() +
                                  " within the launch timeout (" + ms(settings_.launch) + ")");
 }
 
-Result<PeerHello> Session::accept(std::string_view token, const wire::Headers& accept_headers) {
+// Answers a HELLO with HELLO_REJECTED and waits, at most close_bound, for its receipt: the peer then knows
+// why before the job stops it.
+Result<PeerHello> Session::reject(const std::string& reason, std::string error) {
+  auto ticket = post(Op::hello_rejected, {}, {{"reason", reason}});
+  if (ticket) {
+    Lock lock(mutex_);
+    await(lock, Clock::now() + settings_.close_bound, [&] { return (*ticket)->out->done; });
+  }
+  return fail(Errc::rejected, std::move(error));
+}
+
+Result<PeerHello> Session::accept(std::string_view token, const wire::Headers& accept_headers,
+                                  const HelloCheck& check) {
   auto deadline = Clock::now() + settings_.launch;
   auto hello = wait_for(Op::hello, deadline);
   if (!hello) {
@@ -1218,9 +1265,14 @@ Result<PeerHello> Session::accept(std::string_view token, const wire::Headers& a
   }
   const auto* offered = hello->header("token");
   if (offered == nullptr || !constant_time_equal(*offered, token)) {
-    (void)post(Op::hello_rejected, {}, {{"reason", "bad token"}});
-    std::lock_guard lock(mutex_);
-    return fail(Errc::rejected, "HELLO from " + peer_ + " carried a wrong token");
+    return reject("wrong token",
+                  "HELLO from " + peer() + " carried " + (offered == nullptr ? "no token" : "a wrong token"));
+  }
+  PeerHello peer_hello{hello->headers};
+  if (check) {
+    if (auto refusal = check(peer_hello)) {
+      return reject(*refusal, "HELLO from " + peer() + " rejected: " + *refusal);
+    }
   }
   auto accepted = send(Op::hello_accepted, {}, accept_headers);
   if (!accepted) {
@@ -1236,8 +1288,8 @@ Result<PeerHello> Session::accept(std::string_view token, const wire::Headers& a
       state_ = State::ready;
     }
   }
-  log_->debug("session with " + peer_ + " ready");
-  return PeerHello{hello->headers};
+  log_->debug("session with " + peer() + " ready");
+  return peer_hello;
 }
 
 Result<wire::Headers> Session::hello(std::string_view token, const wire::Headers& headers) {

@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "wire/crc32c.hpp"
 #include "wire/frame.hpp"
 
 namespace ember::wire {
@@ -772,9 +773,22 @@ std::string format_double(double value) {
   return ec == std::errc() ? std::string(text, end) : std::string("nan");
 }
 
+std::string data_checksum(const std::vector<WireTensor>& tensors) {
+  std::uint32_t crc = 0;
+  for (const auto& t : tensors) {
+    crc = crc32c(crc, t.bytes);
+  }
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string text(8, '0');
+  for (int i = 7; i >= 0; --i, crc >>= 4) {
+    text[static_cast<std::size_t>(i)] = digits[crc & 0xf];
+  }
+  return text;
+}
+
 }  // namespace
 
-Result<SafetensorsSource> make_params_bundle(const TaskData& task) {
+Result<SafetensorsSource> make_params_bundle(const TaskData& task, bool checksum) {
   std::map<std::string, std::string> metadata;
   metadata[bundle_keys::name] = task.name;
   metadata[bundle_keys::round] = std::to_string(task.round);
@@ -785,6 +799,9 @@ Result<SafetensorsSource> make_params_bundle(const TaskData& task) {
   }
   for (const auto& [key, value] : task.meta) {
     metadata[bundle_keys::meta + key] = value;
+  }
+  if (checksum) {
+    metadata[bundle_keys::data_crc32c] = data_checksum(task.params);
   }
   return SafetensorsSource::make(task.params, std::move(metadata));
 }
@@ -808,10 +825,17 @@ Result<TaskData> params_bundle_from(const std::vector<WireTensor>& tensors,
       }
       (key == bundle_keys::round ? task.round : task.total_rounds) = *number;
     } else if (key == bundle_keys::params_type) {
-      if (value != "full" && value != "diff") {
+      // Lower case is what ember writes; the upper-case spelling an earlier wire-format.md gave is read too.
+      const bool diff = value == "diff" || value == "DIFF";
+      if (!diff && value != "full" && value != "FULL") {
         return bad_bundle(key, "is " + quote_name(value) + ", not \"full\" or \"diff\"");
       }
-      task.params_type = value == "diff" ? ParamsType::diff : ParamsType::full;
+      task.params_type = diff ? ParamsType::diff : ParamsType::full;
+    } else if (key == bundle_keys::data_crc32c) {
+      if (auto actual = data_checksum(tensors); actual != value) {
+        return bad_bundle(key, "is " + quote_name(value) + ", but the tensors' bytes give " + actual +
+                                   ": the data is damaged");
+      }
     } else if (key.starts_with(metric) && key.size() > metric.size()) {
       auto number = parse_double(key, value);
       if (!number) {

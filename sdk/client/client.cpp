@@ -94,6 +94,10 @@ class Client {
     settings.use_default_paths = false;
     settings.workspace = boot_.workspace;
     settings.subs = kernel::Substitutions{boot_.site, boot_.job_id, boot_.workspace.string()};
+    // The trainer's stderr is the job's log, where the launcher shows every line at its stderr_level
+    // (warn): the plugins' info lines (a pipe attaching) would appear there as warnings. Only warnings and
+    // errors go by default; EMBER_LOG still chooses otherwise.
+    settings.log.level = LogLevel::warn;
     kernel_ = std::make_unique<kernel::Kernel>(std::move(settings));
     log_ = kernel_->logs().get("client");
 
@@ -334,13 +338,15 @@ class Client {
   }
   bool running() const { return running_; }
   // Never blocks the training loop: while another thread is inside receive() or send(), the flag they keep
-  // answers; otherwise the session says whether an ABORT has arrived since.
+  // answers; otherwise the session says whether an ABORT has arrived since, or the job has gone (PEER_GONE:
+  // nothing trained from now on can be delivered).
   bool aborted() {
     if (aborted_) {
       return true;
     }
     std::unique_lock lock(mutex_, std::try_to_lock);
-    if (lock.owns_lock() && session_ && session_->peer_aborted()) {
+    if (lock.owns_lock() && session_ &&
+        (session_->peer_aborted() || session_->state() == session::State::peer_gone)) {
       aborted_ = true;
     }
     return aborted_;

@@ -2,13 +2,17 @@
 // pipes, and trainers that fail on purpose — killed, exiting non-zero, hanging before HELLO, answering with
 // the wrong tensors. Each test checks what the job reports, its exit code, and that no trainer survived.
 
+#include <fcntl.h>
 #include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
 
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <iterator>
 #include <sstream>
+#include <thread>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -16,11 +20,19 @@
 #include "exit_codes.hpp"
 #include "support.hpp"
 
+extern char** environ;
+
 namespace ember {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 namespace fs = std::filesystem;
+
+std::string read_text(const fs::path& file) {
+  std::ifstream in(file);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
 
 struct JobSpec {
   std::string pipe = "pipe.socket";
@@ -35,6 +47,8 @@ struct JobSpec {
   bool converter = false;        // the executor lists a converter (converter.identity) the trainer must speak
   std::string round_timeout = "0s";
   std::string launch_mode = "job";  // the executor's `launch`: one trainer per job, or one per task
+  std::string address;              // the pipe's address, the same for every site ("": each its own)
+  std::string stream_idle = "10s";
 };
 
 // The final model of the test trainer's job: round 0 answers ones, each later round adds one: 3 rounds → 3.
@@ -56,7 +70,7 @@ class JobE2E : public ::testing::TestWithParam<std::string> {
     toml << "schema_version = 1\n[job]\nname = \"e2e\"\n"
          << "[timeouts]\nlaunch = \"" << spec.launch << "\"\nheartbeat_interval = \"500ms\"\n"
          << "heartbeat_timeout = \"" << spec.heartbeat_timeout << "\"\ntask_wait = \"10s\"\n"
-         << "result_wait = \"5m\"\nshutdown_grace = \"2s\"\nstream_idle = \"10s\"\n"
+         << "result_wait = \"5m\"\nshutdown_grace = \"2s\"\nstream_idle = \"" << spec.stream_idle << "\"\n"
          << "[components.fedavg]\ntype = \"workflow.fedavg\"\nrounds = " << spec.rounds
          << "\nmin_clients = " << spec.min_clients << "\nround_timeout = \"" << spec.round_timeout << "\"\n"
          << "[components.trainer]\ntype = \"executor.external-trainer\"\ncommand = [\"" EMBER_TEST_TRAINER
@@ -69,7 +83,8 @@ class JobE2E : public ::testing::TestWithParam<std::string> {
                  ? "converters = [\"tensors\"]\n[components.tensors]\ntype = \"converter.identity\"\n"
                  : std::string())
          << "[components.launcher]\ntype = \"launcher.process\"\n"
-         << "[components.pipe]\ntype = \"" << GetParam() << "\"\n";
+         << "[components.pipe]\ntype = \"" << GetParam() << "\"\n"
+         << (spec.address.empty() ? std::string() : "address = \"" + spec.address + "\"\n");
     return dir_.write("job.toml", toml.str());
   }
 
@@ -106,6 +121,22 @@ TEST_P(JobE2E, AllSitesFinishTheRoundsAndTheModelIsSaved) {
   EXPECT_TRUE(fs::exists(dir_.path() / "ws" / "metrics.jsonl"));
   EXPECT_TRUE(fs::exists(dir_.path() / "ws" / "site-1" / "log.txt"));
   EXPECT_TRUE(fs::exists(dir_.path() / "ws" / "server" / "checkpoints" / "round-2.safetensors"));
+  expect_no_trainer_left();
+}
+
+TEST_P(JobE2E, TheTrainersInfoLinesDoNotReachTheConsoleAsWarnings) {
+  // Without EMBER_LOG (the suite sets it to warn), as a user runs it: the trainer's stderr is shown at warn,
+  // so the trainer must not write its plugins' info lines there (the file pipe's 'trainer end attached').
+  const char* saved = std::getenv("EMBER_LOG");
+  const std::string restore = saved != nullptr ? saved : "";
+  ::unsetenv("EMBER_LOG");
+  auto run = simulate(write_job({.rounds = 1}));
+  if (saved != nullptr) {
+    ::setenv("EMBER_LOG", restore.c_str(), 1);
+  }
+  EXPECT_EQ(run.exit_code, kernel::exit_code::ok) << run.out << run.err;
+  EXPECT_THAT(run.out + run.err, Not(HasSubstr("trainer end attached")));
+  EXPECT_THAT(run.out + run.err, Not(HasSubstr("[info]")));
   expect_no_trainer_left();
 }
 
@@ -176,7 +207,34 @@ TEST_P(JobE2E, ATrainerThatDoesNotDeclareTheJobsConverterFailsAtSessionStart) {
   EXPECT_THAT(run.out, HasSubstr("site-2: could not start"));
   EXPECT_THAT(run.out, HasSubstr("the trainer does not speak converter.identity (HELLO declared: none)"));
   EXPECT_THAT(run.out, HasSubstr("1/2 sites ready"));
+  // The trainer was told why, in HELLO_REJECTED, and ended by itself (exit code 1, not a signal).
+  EXPECT_THAT(read_text(dir_.path() / "ws" / "site-2" / "init-error.txt"),
+              HasSubstr("the job rejected our HELLO: the trainer does not speak converter.identity"));
+  EXPECT_THAT(run.out, HasSubstr("[trainer exited with code 1]"));
   expect_no_trainer_left();
+}
+
+TEST_P(JobE2E, ATrainerWithAWrongTokenIsReportedAsRefused) {
+  auto run = simulate(write_job({.mode = "wrong-token", .bad_site = "site-2"}));
+  EXPECT_EQ(run.exit_code, kernel::exit_code::ok) << run.out << run.err;
+  EXPECT_THAT(run.out, HasSubstr("site-2: could not start"));
+  EXPECT_THAT(run.out, HasSubstr("wrong token"));
+  EXPECT_THAT(run.out, Not(HasSubstr("before HELLO")));
+  if (GetParam() == "pipe.file") {
+    // No connection to drop: the HELLO arrives, and HELLO_REJECTED reaches the trainer before it is stopped.
+    EXPECT_THAT(read_text(dir_.path() / "ws" / "site-2" / "init-error.txt"),
+                HasSubstr("the job rejected our HELLO: wrong token"));
+  }
+  expect_no_trainer_left();
+}
+
+TEST_P(JobE2E, TwoSitesGivenOnePipeAddressAreRefusedNamingIt) {
+  auto address = GetParam() == "pipe.socket" ? "unix:" + (dir_.path() / "shared.sock").string()
+                                             : (dir_.path() / "shared-pipe").string();
+  auto run = simulate(write_job({.launch = "5s", .address = address}));
+  EXPECT_THAT(run.out + run.err, HasSubstr("another job end"));
+  EXPECT_THAT(run.out + run.err, HasSubstr(GetParam() == "pipe.socket" ? address : "dir:" + address));
+  EXPECT_THAT(run.out, HasSubstr("1/2 sites ready"));
 }
 
 TEST_P(JobE2E, ASiteOutOfTimeIsAbortedAndItsTrainerSeesTheAbortFlag) {
@@ -185,6 +243,69 @@ TEST_P(JobE2E, ASiteOutOfTimeIsAbortedAndItsTrainerSeesTheAbortFlag) {
   EXPECT_THAT(run.out, HasSubstr("site-2  FAILED"));
   EXPECT_TRUE(fs::exists(dir_.path() / "ws" / "site-2" / "aborted")) << run.out << run.err;
   expect_no_trainer_left();
+}
+
+// Whether `pid` has ended: gone, or a zombie its stopped parent has not reaped yet.
+bool ended(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  auto paren = text.rfind(')');
+  return text.empty() || (paren != std::string::npos && paren + 2 < text.size() && text[paren + 2] == 'Z');
+}
+
+TEST_P(JobE2E, ATrainerWhoseJobIsFrozenEndsSoonAfterPeerGone) {
+  // The whole job end stopped (SIGSTOP) while its trainer trains and logs: the trainer must notice
+  // (heartbeat_timeout, 3 s) and end, not wait for a pipe's stream_idle (60 s) first.
+  auto job = write_job(
+      {.mode = "chatter", .bad_site = "site-1", .from_round = 0, .rounds = 1, .stream_idle = "60s"});
+  auto out = dir_.path() / "simulate.out";
+  std::vector<std::string> args = {(test::build_root() / "kernel" / "ember").string(),
+                                   "simulate",
+                                   job.string(),
+                                   "--clients",
+                                   "1",
+                                   "--workspace",
+                                   (dir_.path() / "ws").string(),
+                                   "--job-id",
+                                   "e2e-frozen"};
+  std::vector<char*> argv;
+  for (auto& a : args) {
+    argv.push_back(a.data());
+  }
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t files;
+  posix_spawn_file_actions_init(&files);
+  posix_spawn_file_actions_addopen(&files, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  posix_spawn_file_actions_adddup2(&files, 1, 2);
+  pid_t ember = -1;
+  ASSERT_EQ(posix_spawn(&ember, argv[0], &files, nullptr, argv.data(), environ), 0);
+  posix_spawn_file_actions_destroy(&files);
+  struct Reaper {
+    pid_t pid;
+    ~Reaper() {
+      ::kill(pid, SIGKILL);
+      ::kill(pid, SIGCONT);
+      int status = 0;
+      ::waitpid(pid, &status, 0);
+    }
+  } reaper{ember};
+  auto chatting = dir_.path() / "ws" / "site-1" / "chatting";
+  for (int i = 0; i < 600 && !fs::exists(chatting); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_TRUE(fs::exists(chatting)) << read_text(out);
+  pid_t trainer = 0;
+  std::ifstream(dir_.path() / "ws" / "site-1" / "trainer.pid") >> trainer;
+  ASSERT_GT(trainer, 0);
+  ASSERT_EQ(::kill(ember, SIGSTOP), 0);
+  auto stopped = std::chrono::steady_clock::now();
+  while (!ended(trainer) && std::chrono::steady_clock::now() - stopped < std::chrono::seconds(40)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  auto took = std::chrono::steady_clock::now() - stopped;
+  EXPECT_TRUE(ended(trainer)) << "the trainer outlived its frozen job by 40 s";
+  // heartbeat_timeout (3 s) plus the trainer's shutdown, with a generous margin; stream_idle is 60 s.
+  EXPECT_LT(took, std::chrono::seconds(20));
 }
 
 TEST_P(JobE2E, EverySiteFailingFailsTheJob) {

@@ -165,6 +165,11 @@ class SessionE2E : public ::testing::TestWithParam<PipeCase> {
 
 TEST_P(SessionE2E, TaskAndResultCrossProcessesByteExact) {
   start("echo", {"--reply-bytes", std::to_string(3u << 20)});
+  // Once admitted, the peer is described as what it is (a socket learns that only at admission).
+  EXPECT_THAT(job_->peer(), ::testing::Not(HasSubstr("no peer yet")));
+  if (GetParam().name == "socket_unix") {
+    EXPECT_THAT(job_->peer(), HasSubstr("peer pid " + std::to_string(peer_->pid())));
+  }
   std::uint64_t size = (5u << 20) + 123;
   test::DigestSink digest;
   job_->set_sink_factory([&](const session::Message&) {

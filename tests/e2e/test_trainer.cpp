@@ -2,7 +2,7 @@
 // library. It answers each task with its params plus one (F32), or a layout of its own when the task has
 // none, and misbehaves on purpose on one site when asked to:
 //   ember-test-trainer [--bad-site SITE] [--mode
-//   good|sigkill|exit3|hang-before-hello|wrong-names|wrong-shapes]
+//   good|sigkill|exit3|hang-before-hello|wrong-names|wrong-shapes|no-converters|wrong-token|chatter]
 //                      [--from-round R] [--size N]
 // It writes its pid to <workspace>/trainer.pid so a test can check that no trainer survived the job.
 
@@ -69,6 +69,19 @@ int main(int argc, char** argv) {
     return 0;
   }
   ember::client::InitOptions init;
+  if (bad && mode == "wrong-token") {
+    // A trainer holding a token other than the job's: the bootstrap's token changed before init().
+    std::ifstream in(env_or("EMBER_BOOTSTRAP", ""));
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    auto key = text.find("\"token\": \"");
+    if (key != std::string::npos) {
+      text.insert(key + 10, "not-");
+    }
+    init.bootstrap = "bootstrap-with-a-wrong-token.json";
+    std::ofstream(init.bootstrap) << text;
+    std::filesystem::permissions(init.bootstrap,
+                                 std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+  }
   if (bad && mode == "no-converters") {
     // A trainer that speaks no converter: the bootstrap's converter list emptied before init().
     std::ifstream in(env_or("EMBER_BOOTSTRAP", ""));
@@ -93,6 +106,7 @@ int main(int argc, char** argv) {
   }
   if (auto ready = ember::client::init(init); !ready) {
     std::fprintf(stderr, "test-trainer: init: %s\n", ready.error().message.c_str());
+    std::ofstream("init-error.txt") << ready.error().message << "\n";  // what the trainer was told
     return 1;
   }
   std::map<std::string, std::shared_ptr<std::vector<float>>> buffers;
@@ -117,6 +131,17 @@ int main(int argc, char** argv) {
       }
       if (ember::client::abort_requested()) {
         std::ofstream("aborted") << "abort seen in round " << model.current_round << "\n";
+      }
+      ember::client::shutdown();
+      return 0;
+    }
+    if (misbehave && mode == "chatter") {
+      // Trains "forever", logging a metric every few milliseconds (as a training loop does) and polling
+      // the abort flag, which PEER_GONE sets too: a job that froze must not keep this process alive.
+      std::ofstream("chatting") << "round " << model.current_round << "\n";
+      for (int i = 0; i < 60000 && !ember::client::abort_requested(); ++i) {
+        ember::client::log("step_loss", 1.0 / (i + 1), static_cast<std::uint64_t>(i));
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
       }
       ember::client::shutdown();
       return 0;

@@ -744,6 +744,37 @@ TEST(FedAvg, ResumeContinuesFromTheNewestGoodCheckpoint) {
   EXPECT_EQ(values_of<float>(named(host2.tasks[0].params, "w")), (std::vector<float>{6, -6}));
 }
 
+TEST(FedAvg, ACheckpointWhoseDataWasDamagedIsRefusedOnResume) {
+  test::TempDir workspace;
+  {
+    Harness first({{"rounds", integer(2)}, {"evaluate_final", false}}, std::nullopt, workspace.path());
+    auto host = counting_host();
+    ASSERT_TRUE(first.workflow().run(host));
+  }
+  // One bit of round 1's tensor data flipped at rest: the header still reads, the values are wrong.
+  auto damaged = workspace.path() / "checkpoints" / "round-1.safetensors";
+  {
+    std::fstream file(damaged, std::ios::in | std::ios::out | std::ios::binary);
+    file.seekg(-1, std::ios::end);
+    char last = 0;
+    file.get(last);
+    file.seekp(-1, std::ios::end);
+    file.put(static_cast<char>(last ^ 0x10));
+  }
+  Harness resumed({{"rounds", integer(3)}, {"evaluate_final", false}, {"resume", true}}, std::nullopt,
+                  workspace.path());
+  auto host = counting_host();
+  auto ran = resumed.workflow().run(host);
+  ASSERT_TRUE(ran) << ran.error().message;
+  EXPECT_THAT(resumed.log().warnings(),
+              HasSubstr("skipping a checkpoint that cannot be used: " + damaged.string()));
+  EXPECT_THAT(resumed.log().warnings(), HasSubstr("the data is damaged"));
+  // It went on from round 0's checkpoint, as for a damaged header.
+  ASSERT_EQ(host.tasks.size(), 2u);
+  EXPECT_EQ(host.tasks[0].round, 1u);
+  EXPECT_EQ(values_of<float>(named(host.tasks[0].params, "w")), (std::vector<float>{1.5, -1.5}));
+}
+
 TEST(FedAvg, ANewRunReplacesAnEarlierRunsCheckpoints) {
   test::TempDir workspace;
   write_file(workspace.path() / "checkpoints" / "round-7.safetensors", {f32("w", {2}, {9, 9})});

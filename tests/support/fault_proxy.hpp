@@ -31,6 +31,12 @@ class FaultyEndpoint final : public PipeEndpoint {
 
   /// While true, every frame sent is swallowed: the peer hears nothing (a hung process).
   void set_silent(bool silent) { silent_ = silent; }
+  /// While true, this end also reads nothing (a process stopped with SIGSTOP): the peer's frames stay in
+  /// the pipe, so its sends wait for room once the pipe is full.
+  void set_frozen(bool frozen) {
+    frozen_ = frozen;
+    silent_ = frozen;
+  }
   void set_policy(FaultPolicy policy) {
     std::lock_guard lock(mutex_);
     policy_ = policy;
@@ -38,8 +44,15 @@ class FaultyEndpoint final : public PipeEndpoint {
   std::uint64_t dropped() const { return dropped_; }
   std::uint64_t duplicated() const { return duplicated_; }
   std::uint64_t corrupted() const { return corrupted_; }
+  /// Calls of send() that have not returned yet (a send waiting for room in the pipe).
+  int sends_in_progress() const { return sending_; }
 
   Result<void> send(std::span<const std::byte> frame, std::chrono::milliseconds timeout) override {
+    struct InProgress {
+      std::atomic<int>& count;
+      explicit InProgress(std::atomic<int>& c) : count(c) { ++count; }
+      ~InProgress() { --count; }
+    } in_progress(sending_);
     if (silent_) {
       return ok();
     }
@@ -79,6 +92,11 @@ class FaultyEndpoint final : public PipeEndpoint {
   }
 
   Result<std::optional<std::vector<std::byte>>> receive(std::chrono::milliseconds timeout) override {
+    if (frozen_) {
+      std::this_thread::sleep_for(
+          std::min<std::chrono::milliseconds>(timeout, std::chrono::milliseconds(50)));
+      return std::optional<std::vector<std::byte>>();
+    }
     return inner_->receive(timeout);
   }
   void close() noexcept override { inner_->close(); }
@@ -90,6 +108,8 @@ class FaultyEndpoint final : public PipeEndpoint {
   FaultPolicy policy_;
   std::mt19937_64 rng_;
   std::atomic<bool> silent_{false};
+  std::atomic<bool> frozen_{false};
+  std::atomic<int> sending_{0};
   std::atomic<std::uint64_t> dropped_{0}, duplicated_{0}, corrupted_{0}, large_sent_{0};
 };
 

@@ -677,6 +677,48 @@ TEST(ParamsBundle, KeepsTheBasesFieldsTheMetadataLacksAndIgnoresForeignKeys) {
   EXPECT_TRUE(back->meta.empty());
 }
 
+TEST(ParamsBundle, ReadsTheParamsTypeInEitherCaseAndWritesLowerCase) {
+  for (const auto& [text, type] :
+       {std::pair{"full", ParamsType::full}, std::pair{"FULL", ParamsType::full},
+        std::pair{"diff", ParamsType::diff}, std::pair{"DIFF", ParamsType::diff}}) {
+    SCOPED_TRACE(text);
+    auto back = params_bundle_from({}, {{"ember.params_type", text}});
+    ASSERT_TRUE(back) << back.error().message;
+    EXPECT_EQ(back->params_type, type);
+  }
+  auto mixed = params_bundle_from({}, {{"ember.params_type", "Diff"}});
+  ASSERT_FALSE(mixed);
+  EXPECT_NE(mixed.error().message.find("not \"full\" or \"diff\""), std::string::npos)
+      << mixed.error().message;
+}
+
+TEST(ParamsBundle, AChecksumOfTheDataIsWrittenOnRequestAndChecked) {
+  TaskData task;
+  task.params = {make_tensor("w", DType::F32, {2, 2}), make_tensor("b", DType::F32, {2}, 2)};
+  auto plain = make_params_bundle(task);
+  ASSERT_TRUE(plain) << plain.error().message;
+  auto plain_read = read_stream(whole_file(*plain));
+  ASSERT_TRUE(plain_read) << plain_read.error().message;
+  EXPECT_EQ(plain_read->metadata.count("ember.data_crc32c"), 0u);
+  auto summed = make_params_bundle(task, true);
+  ASSERT_TRUE(summed) << summed.error().message;
+  auto bytes = whole_file(*summed);
+  auto read = read_stream(bytes);
+  ASSERT_TRUE(read) << read.error().message;
+  ASSERT_EQ(read->metadata.at("ember.data_crc32c").size(), 8u);
+  ASSERT_TRUE(params_bundle_from(read->tensors, read->metadata));
+  bytes.back() ^= std::byte{0x01};  // the last byte of the last tensor
+  auto damaged = read_stream(bytes);
+  ASSERT_TRUE(damaged) << damaged.error().message;
+  auto refused = params_bundle_from(damaged->tensors, damaged->metadata);
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code, Errc::malformed);
+  EXPECT_NE(refused.error().message.find("metadata 'ember.data_crc32c' is '"), std::string::npos)
+      << refused.error().message;
+  EXPECT_NE(refused.error().message.find("the data is damaged"), std::string::npos)
+      << refused.error().message;
+}
+
 TEST(ParamsBundle, RejectsValuesThatDoNotParseNamingTheKey) {
   const std::pair<Metadata, std::string> cases[] = {
       {{{"ember.round", "x"}}, "metadata 'ember.round' is 'x', not an unsigned decimal integer"},

@@ -106,10 +106,33 @@ TEST_F(SessionPair, WrongTokenIsRejectedOnBothEnds) {
   auto answer = trainer_->hello("wrong");
   ASSERT_FALSE(answer);
   EXPECT_EQ(answer.error().code, Errc::rejected);
+  EXPECT_THAT(answer.error().message, HasSubstr("the job rejected our HELLO: wrong token"));
   auto peer = accepted.get();
   ASSERT_FALSE(peer);
   EXPECT_EQ(peer.error().code, Errc::rejected);
   EXPECT_THAT(peer.error().message, HasSubstr("wrong token"));
+}
+
+TEST_F(SessionPair, AHelloTheJobRefusesGetsHelloRejectedWithTheReason) {
+  open();
+  auto accepted = std::async(std::launch::async, [&] {
+    return job_->accept("tok", {}, [](const PeerHello& hello) -> std::optional<std::string> {
+      for (const auto& [key, value] : hello.headers) {
+        if (key == "converters" && value == "converter.torch") {
+          return std::nullopt;
+        }
+      }
+      return "the trainer does not speak converter.torch";
+    });
+  });
+  auto answer = trainer_->hello("tok", {{"converters", "converter.identity"}});
+  ASSERT_FALSE(answer);
+  EXPECT_EQ(answer.error().code, Errc::rejected);
+  EXPECT_THAT(answer.error().message, HasSubstr("the job rejected our HELLO: the trainer does not speak"));
+  auto peer = accepted.get();
+  ASSERT_FALSE(peer);
+  EXPECT_EQ(peer.error().code, Errc::rejected);
+  EXPECT_THAT(peer.error().message, HasSubstr("rejected: the trainer does not speak converter.torch"));
 }
 
 TEST_F(SessionPair, NoHelloWithinLaunchTimesOut) {
@@ -366,6 +389,77 @@ TEST_F(SessionPair, OversizedPayloadWithoutSinkFailsTheSendClearly) {
   EXPECT_THAT(sent.error().message, HasSubstr("after 2 sends"));
   EXPECT_EQ(job_->state(), State::ready);  // the session survives
   ASSERT_TRUE(job_->send(Op::log, "still here"));
+}
+
+// A job end stopped with SIGSTOP reads nothing: the trainer's frames fill the pipe, and a send waits for
+// room. PEER_GONE (heartbeat_timeout) must end that wait too, not the pipe's stream_idle much later.
+TEST(SessionEnd, PeerGoneEndsASendWaitingForRoomInThePipe) {
+  auto kernel = test::static_kernel();
+  Options options;
+  options.set("capacity", std::int64_t{4});
+  auto pipe = kernel->registry().create_as<Pipe>("pipe.memory", options, "frozen");
+  ASSERT_TRUE(pipe) << pipe.error().message;
+  auto job_end = (*pipe)->open(PipeSide::job, 1s);
+  auto trainer_end = (*pipe)->open(PipeSide::trainer, 1s);
+  ASSERT_TRUE(job_end && trainer_end);
+  auto frozen = std::make_unique<test::FaultyEndpoint>(std::move(*job_end), test::FaultPolicy{});
+  auto* job_faults = frozen.get();
+  auto watched = std::make_unique<test::FaultyEndpoint>(std::move(*trainer_end), test::FaultPolicy{});
+  auto* trainer_pipe = watched.get();
+  auto job_settings = fast();
+  job_settings.heartbeat_timeout = 60s;  // the frozen job must not end (and close the pipe) by itself
+  auto trainer_settings = fast();
+  trainer_settings.stream_idle = 30s;
+  Session job(Role::job, std::move(frozen), job_settings, kernel->logs().get("test.job"));
+  Session trainer(Role::trainer, std::move(watched), trainer_settings, kernel->logs().get("test.trainer"));
+  auto accepted = std::async(std::launch::async, [&] { return job.accept("tok"); });
+  auto hello = trainer.hello("tok");
+  ASSERT_TRUE(hello) << hello.error().message;
+  ASSERT_TRUE(accepted.get());
+
+  job_faults->set_frozen(true);
+  auto started = Clock::now();
+  // More than the pipe holds: a send of the trainer's ends up waiting for room that never comes.
+  for (int i = 0; i < 16; ++i) {
+    (void)trainer.post(Op::log, "log " + std::to_string(i));
+  }
+  while (trainer.state() != State::peer_gone && Clock::now() - started < 20s) {
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(trainer.state(), State::peer_gone);
+  while (trainer_pipe->sends_in_progress() > 0 && Clock::now() - started < 20s) {
+    std::this_thread::sleep_for(10ms);
+  }
+  // heartbeat_timeout is 400 ms and stream_idle 30 s: PEER_GONE ended the wait, with a generous margin.
+  EXPECT_EQ(trainer_pipe->sends_in_progress(), 0);
+  EXPECT_LT(Clock::now() - started, 10s);
+  auto got = trainer.receive(10ms);
+  ASSERT_FALSE(got);
+  EXPECT_EQ(got.error().code, Errc::peer_gone);
+  EXPECT_FALSE(trainer.post(Op::log, "after"));
+}
+
+TEST(Admission, SaysWhyItRefusesACandidate) {
+  std::vector<std::string> reasons;
+  auto admit = admit_hello("tok", [&](const std::string& why) { reasons.push_back(why); });
+  std::vector<std::byte> frame;
+  wire::FrameHeader h;
+  h.op = Op::hello;
+  ASSERT_TRUE(wire::encode_frame(frame, h, {}, {{"token", "tok"}}, {}));
+  EXPECT_TRUE(admit(frame));
+  ASSERT_TRUE(wire::encode_frame(frame, h, {}, {{"token", "nope"}}, {}));
+  EXPECT_FALSE(admit(frame));
+  ASSERT_TRUE(wire::encode_frame(frame, h, {}, {}, {}));
+  EXPECT_FALSE(admit(frame));
+  h.op = Op::log;
+  ASSERT_TRUE(wire::encode_frame(frame, h, {}, {{"token", "tok"}}, {}));
+  EXPECT_FALSE(admit(frame));
+  EXPECT_FALSE(admit(std::vector<std::byte>(60, std::byte{0x45})));
+  ASSERT_EQ(reasons.size(), 4u);
+  EXPECT_EQ(reasons[0], "its HELLO carried a wrong token");
+  EXPECT_EQ(reasons[1], "its HELLO carried no token");
+  EXPECT_EQ(reasons[2], "its first frame is LOG, not HELLO");
+  EXPECT_THAT(reasons[3], HasSubstr("its first frame is not a valid ember frame"));
 }
 
 TEST(Admission, AcceptsOnlyAHelloWithTheToken) {

@@ -148,6 +148,11 @@ class ExternalTrainer final : public Executor {
  private:
   std::string site() const { return job_.site.empty() ? std::string("site") : job_.site; }
 
+  struct Refusals {
+    std::mutex mutex;
+    std::string last;  // why the pipe last refused a candidate peer
+  };
+
   struct Trainer {
     std::unique_ptr<LaunchHandle> handle;
     std::unique_ptr<session::Session> session;
@@ -191,7 +196,14 @@ class ExternalTrainer final : public Executor {
     if (!token) {
       return fail(std::move(token.error()));
     }
-    auto endpoint = pipe_->open(PipeSide::job, job_.timeouts.launch, session::admit_hello(*token));
+    // What the pipe refused (a socket turns away a candidate whose HELLO fails the token check), so a
+    // trainer that then exits is reported for what happened to it, not only for its exit code.
+    auto refusals = std::make_shared<Refusals>();
+    auto endpoint = pipe_->open(PipeSide::job, job_.timeouts.launch,
+                                session::admit_hello(*token, [refusals](const std::string& why) {
+                                  std::lock_guard refusal_lock(refusals->mutex);
+                                  refusals->last = why;
+                                }));
     if (!endpoint) {
       return fail(endpoint.error().code, site() + ": cannot open the pipe '" + pipe_id_ + "' (" + pipe_type_ +
                                              "): " + endpoint.error().message);
@@ -263,16 +275,22 @@ class ExternalTrainer final : public Executor {
       });
       std::vector<std::pair<std::string, std::string>> accept_headers{{"site", job_.site},
                                                                       {"job_id", job_.job_id}};
-      auto hello = trainer.session->accept(*token, accept_headers);
+      auto hello = trainer.session->accept(*token, accept_headers,
+                                           [this](const session::PeerHello& h) { return converter_gap(h); });
       watcher.request_stop();
       watcher.join();
       if (!hello) {
         std::string why;
-        {
+        if (hello.error().code == Errc::rejected) {
+          // HELLO_REJECTED went out with the reason; the trainer ends on its own once it reads it.
+          why = "the trainer was refused at session start: " + hello.error().message;
+        } else {
           std::lock_guard early_lock(early_mutex);
           if (early_exit) {
-            why =
-                "the trainer " + describe_exit(*early_exit) + " before HELLO (its output is in the site log)";
+            std::lock_guard refusal_lock(refusals->mutex);
+            why = refusals->last.empty() ? "the trainer " + describe_exit(*early_exit) +
+                                               " before HELLO (its output is in the site log)"
+                                         : "the pipe refused the trainer's HELLO: " + refusals->last;
           }
         }
         if (why.empty()) {
@@ -280,27 +298,20 @@ class ExternalTrainer final : public Executor {
                                                           std::to_string(job_.timeouts.launch.count()) + " ms"
                                                     : hello.error().message;
         }
+        auto status = hello.error().code == Errc::rejected ? await_exit(*trainer.handle) : std::nullopt;
         trainer.session->close(Op::abort, why);
-        auto status = trainer.handle->stop(job_.timeouts.shutdown_grace);
-        return fail(hello.error().code == Errc::rejected ? Errc::rejected : Errc::peer_gone,
+        if (!status) {
+          if (auto stopped = trainer.handle->stop(job_.timeouts.shutdown_grace)) {
+            status = *stopped;
+          }
+        }
+        bool refused = hello.error().code == Errc::rejected;
+        {
+          std::lock_guard refusal_lock(refusals->mutex);
+          refused = refused || !refusals->last.empty();
+        }
+        return fail(refused ? Errc::rejected : Errc::peer_gone,
                     site() + ": " + why + (status ? " [trainer " + describe_exit(*status) + "]" : ""));
-      }
-      // Converters declared in HELLO: a trainer that cannot convert what the job expects fails here, at
-      // session start, not in the middle of a round.
-      std::vector<std::string> declared;
-      for (const auto& [key, value] : hello->headers) {
-        if (key == "converters") {
-          declared = base::split(value, ',');
-        }
-      }
-      for (const auto& c : converters_) {
-        if (std::find(declared.begin(), declared.end(), c.type) == declared.end()) {
-          std::string why = "the trainer does not speak " + c.type + " (HELLO declared: " +
-                            (declared.empty() ? std::string("none") : base::join(declared, ", ")) + ")";
-          trainer.session->close(Op::abort, why);
-          trainer.handle->stop(job_.timeouts.shutdown_grace);
-          return fail(Errc::rejected, site() + ": " + why);
-        }
       }
     }
     auto ready_ms = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count();
@@ -313,6 +324,43 @@ class ExternalTrainer final : public Executor {
                           {{"site", job_.site}, {"micros", std::to_string(ready_ms)}}});
     trainer_ = std::move(trainer);
     return ok();
+  }
+
+  // Converters declared in HELLO: a trainer that cannot convert what the job expects is refused at session
+  // start (HELLO_REJECTED with this reason), not in the middle of a round.
+  std::optional<std::string> converter_gap(const session::PeerHello& hello) const {
+    std::vector<std::string> declared;
+    for (const auto& [key, value] : hello.headers) {
+      if (key == "converters") {
+        declared = base::split(value, ',');
+      }
+    }
+    for (const auto& c : converters_) {
+      if (std::find(declared.begin(), declared.end(), c.type) == declared.end()) {
+        return "the trainer does not speak " + c.type +
+               " (HELLO declared: " + (declared.empty() ? std::string("none") : base::join(declared, ", ")) +
+               ")";
+      }
+    }
+    return std::nullopt;
+  }
+
+  // A refused trainer has HELLO_REJECTED and ends by itself: give it shutdown_grace to do so (its own
+  // account of the refusal reaches its log) before the launcher stops it. A job that is stopping cuts the
+  // wait short.
+  std::optional<ExitStatus> await_exit(LaunchHandle& handle) const {
+    const auto deadline = Clock::now() + job_.timeouts.shutdown_grace;
+    while (!stop_.stop_requested()) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      auto status = handle.wait(std::clamp<std::chrono::milliseconds>(left, 0ms, 100ms));
+      if (status && *status) {
+        return **status;
+      }
+      if (!status || left <= 0ms) {
+        break;
+      }
+    }
+    return std::nullopt;
   }
 
   std::filesystem::path plugin_file(const std::string& type) const {

@@ -13,6 +13,7 @@
 // counts), not on two hosts sharing a network filesystem.
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/inotify.h>
 #include <sys/random.h>
 #include <unistd.h>
@@ -143,6 +144,18 @@ class FilePipe final : public Pipe {
     if (!root) {
       return fail(Errc::io_error, "pipe.file: " + root.error().message);
     }
+    // One job end per folder: a second one (two sites or jobs given the same address) would wipe the
+    // first one's frames and take its session over. The lock lives as long as the end's descriptor of
+    // the root, and is taken before anything in the folder is touched.
+    if (::flock(root->root.get(), LOCK_EX | LOCK_NB) != 0) {
+      const int err = errno;
+      return fail(
+          err == EWOULDBLOCK ? Errc::invalid_argument : Errc::io_error,
+          "pipe.file dir:" + root->path +
+              (err == EWOULDBLOCK ? std::string(": another job end uses this folder (two sites or jobs "
+                                                "given the same address?); refusing to share it")
+                                  : ": cannot lock the folder: " + errno_text(err)));
+    }
     if (auto stale = clear_for_new_session(*root); stale > 0) {
       logger_->info("pipe.file dir:" + root->path + ": removed " + std::to_string(stale) +
                     " frame files of an earlier session");
@@ -238,8 +251,8 @@ class FilePipe final : public Pipe {
     if (!end) {
       return fail(std::move(end.error()));
     }
-    logger_->info("pipe.file dir:" + settings_.root.string() + ": trainer end attached to session " +
-                  hex64(epoch));
+    logger_->debug("pipe.file dir:" + settings_.root.string() + ": trainer end attached to session " +
+                   hex64(epoch));
     return std::unique_ptr<PipeEndpoint>(std::move(*end));
   }
 

@@ -53,11 +53,13 @@ using Clock = std::chrono::steady_clock;
 using Frame = std::vector<std::byte>;
 
 constexpr int listen_backlog = 16;
-// Connections accepted but not yet admitted. More wait in the listen backlog, so a crowd of strangers
-// costs a bounded amount of memory and cannot starve the real peer for long.
+// Connections accepted but not yet admitted. A newcomer beyond this pushes out the oldest candidate, so a
+// crowd of idle strangers costs a bounded amount of memory and cannot keep the real peer waiting in the
+// listen backlog: every connection is taken in promptly, and the real peer sends its HELLO at once.
 constexpr std::size_t max_candidates = 16;
-// A candidate must send its first frame (a HELLO: small) within this time and size, or it is dropped.
-constexpr auto first_frame_time = 10s;
+// A candidate must send its first frame (a HELLO: small, sent right after connecting) within this time and
+// size, or it is dropped.
+constexpr auto first_frame_time = 3s;
 constexpr std::size_t first_frame_bound = std::size_t{1} << 20;
 constexpr auto connect_retry = 20ms;
 // How long send() waits for room without any progress before it hands the rest of the frame to the
@@ -676,10 +678,9 @@ class SocketEndpoint final : public PipeEndpoint {
       for (const auto& candidate : acceptor.candidates) {
         until = std::min(until, candidate.expires);
       }
-      const bool listening = acceptor.candidates.size() < max_candidates;
       fds.clear();
       fds.push_back({wake_.get(), POLLIN, 0});
-      fds.push_back({listening ? acceptor.listener.get() : -1, POLLIN, 0});
+      fds.push_back({acceptor.listener.get(), POLLIN, 0});
       for (const auto& candidate : acceptor.candidates) {
         fds.push_back({candidate.fd.get(), POLLIN, 0});
       }
@@ -707,7 +708,7 @@ class SocketEndpoint final : public PipeEndpoint {
         }
       }
       acceptor.candidates = std::move(kept);
-      if (listening && fds[1].revents != 0) {
+      if (fds[1].revents != 0) {
         auto accepted = accept_candidates(acceptor);
         if (!accepted || *accepted) {
           return accepted;
@@ -719,9 +720,11 @@ class SocketEndpoint final : public PipeEndpoint {
     }
   }
 
-  // Accepts what the listen backlog holds. True when a peer was admitted outright (no admission check).
+  // Accepts what the listen backlog holds (at most max_candidates per call, so a flood cannot keep this
+  // loop from reading the candidates' first frames). True when a peer was admitted outright (no admission
+  // check).
   Result<bool> accept_candidates(Acceptor& acceptor) {
-    while (acceptor.candidates.size() < max_candidates) {
+    for (std::size_t taken = 0; taken < max_candidates; ++taken) {
       sockaddr_storage from{};
       socklen_t length = sizeof from;
       int raw = ::accept4(acceptor.listener.get(), reinterpret_cast<sockaddr*>(&from), &length,
@@ -755,6 +758,12 @@ class SocketEndpoint final : public PipeEndpoint {
       set_buffers(raw, settings_.socket_buffer);
       if (!admit_) {
         return admit_peer(std::move(fd), who, FrameReader(settings_.max_frame), std::nullopt);
+      }
+      if (acceptor.candidates.size() >= max_candidates) {
+        // Full: the oldest candidate has had the longest to say HELLO and has not; it makes room.
+        warn("dropped " + acceptor.candidates.front().who + ": no first frame yet, and " +
+             std::to_string(max_candidates) + " connections wait for admission (the oldest goes first)");
+        acceptor.candidates.erase(acceptor.candidates.begin());
       }
       acceptor.candidates.push_back(
           Candidate{std::move(fd),
@@ -863,8 +872,28 @@ class SocketEndpoint final : public PipeEndpoint {
   std::unique_ptr<Acceptor> acceptor_;     // job end, until a peer is admitted
 };
 
+std::string in_use(const Address& address) {
+  return "pipe.socket " + address.to_string() +
+         ": another job end listens on this path (two sites or jobs given the same address?); refusing to "
+         "take it over";
+}
+
+// Whether something listens on the Unix socket at `address`: a socket file left by a job end that ended
+// refuses the connection, a live one accepts it (or has a full backlog). The probe sends nothing, so a job
+// end with an admission check (every job's) drops it as a candidate that left without a word.
+bool listener_answers(const Address& address) {
+  UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!probe) {
+    return false;
+  }
+  if (::connect(probe.get(), address.sockaddr_ptr(), address.length) == 0) {
+    return true;
+  }
+  return errno == EAGAIN || errno == EINPROGRESS;
+}
+
 // Makes room for the job end's socket file: creates the folder, removes a stale socket, refuses anything
-// else at that path.
+// else at that path, and a socket another job end still listens on.
 Result<void> prepare_socket_path(const Address& address) {
   std::error_code ec;
   std::filesystem::create_directories(address.path.parent_path(), ec);
@@ -883,6 +912,9 @@ Result<void> prepare_socket_path(const Address& address) {
     return fail(Errc::invalid_argument, "pipe.socket " + address.to_string() +
                                             ": the path exists and is not a socket; refusing to replace it");
   }
+  if (listener_answers(address)) {
+    return fail(Errc::invalid_argument, in_use(address));
+  }
   if (::unlink(address.path.c_str()) != 0 && errno != ENOENT) {
     return fail(Errc::io_error, "pipe.socket " + address.to_string() +
                                     ": cannot remove the stale socket file: " + base::errno_text(errno));
@@ -895,6 +927,9 @@ Result<SocketFile> bind_unix(int fd, const Address& address) {
     return fail(std::move(prepared.error()));
   }
   if (::bind(fd, address.sockaddr_ptr(), address.length) != 0) {
+    if (errno == EADDRINUSE) {  // another job end bound it since the check above
+      return fail(Errc::invalid_argument, in_use(address));
+    }
     return fail(Errc::io_error, "pipe.socket " + address.to_string() + ": bind: " + base::errno_text(errno));
   }
   // Before listen(), so no one can connect while the file still has the umask's mode.

@@ -139,7 +139,8 @@ Result<StoredModel> read_model(const fs::path& file) {
 }
 
 Result<void> write_bundle(const fs::path& file, const TaskData& bundle) {
-  auto source = wire::make_params_bundle(bundle);
+  // With the data's checksum: a resumed run must not train on a model whose bytes were damaged at rest.
+  auto source = wire::make_params_bundle(bundle, true);
   if (!source) {
     return fail(source.error().code, "cannot write " + file.string() + ": " + source.error().message);
   }
@@ -210,7 +211,12 @@ Result<std::optional<Checkpoint>> newest_checkpoint(const fs::path& dir,
       skipped(model.error().message);
       continue;
     }
-    auto data = wire::params_bundle_from(model->tensors, model->metadata);
+    if (model->metadata.count(wire::bundle_keys::data_crc32c) == 0) {
+      skipped(file.string() + ": it carries no checksum of its data (" + wire::bundle_keys::data_crc32c +
+              "), so its bytes cannot be trusted");
+      continue;
+    }
+    auto data = wire::params_bundle_from(model->tensors, model->metadata);  // checks the data's checksum
     if (!data) {
       skipped(file.string() + ": " + data.error().message);
       continue;

@@ -25,8 +25,9 @@ struct StoredModel {
 /// Reads a safetensors file through the wire codec's checks. Errors name the file.
 Result<StoredModel> read_model(const std::filesystem::path& file);
 
-/// Writes `bundle` (params and fields, as wire::make_params_bundle lays them out) to `file` atomically: a
-/// temporary file beside it, fsync, rename over `file`, fsync of the folder. Creates the folder.
+/// Writes `bundle` (params and fields, as wire::make_params_bundle lays them out, with the data's CRC-32C) to
+/// `file` atomically: a temporary file beside it, fsync, rename over `file`, fsync of the folder. Creates
+/// the folder.
 /// Errc::io_error naming the file.
 Result<void> write_bundle(const std::filesystem::path& file, const TaskData& bundle);
 
@@ -42,8 +43,9 @@ struct Checkpoint {
   TaskData data;
 };
 
-/// The newest checkpoint in `dir` that reads back whole and says the round its name says. For each file that
-/// does not, `skipped` gets why (naming the file) and the next older one is tried. nullopt when none is good.
+/// The newest checkpoint in `dir` that reads back whole, whose data matches its checksum and that says the
+/// round its name says. For each file that does not, `skipped` gets why (naming the file) and the next older
+/// one is tried. nullopt when none is good.
 Result<std::optional<Checkpoint>> newest_checkpoint(const std::filesystem::path& dir,
                                                     const std::function<void(const std::string&)>& skipped);
 

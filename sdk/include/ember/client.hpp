@@ -96,7 +96,7 @@ EMBER_API SystemInfo system_info();
 EMBER_API bool is_rank0();
 /// True from init() until the job ends, aborts, or shutdown() is called.
 EMBER_API bool is_running();
-/// True once the job sent ABORT; a training loop should poll it and stop early.
+/// True once the job sent ABORT or went silent (PEER_GONE); a training loop should poll it and stop early.
 EMBER_API bool abort_requested();
 /// Ends the session (best effort, bounded) and frees the plugins. Idempotent.
 EMBER_API void shutdown();

@@ -515,6 +515,48 @@ TEST_F(SocketPipeTest, AdmissionContinuesAcrossTimeoutsAndDropsSilentQuitters) {
   EXPECT_THAT(log_text(), HasSubstr("before admission: the peer closed the connection"));
 }
 
+TEST_F(SocketPipeTest, IdleStrangersDoNotStarveTheRealPeersAdmission) {
+  auto pipe = make();
+  auto job = open_job(*pipe, [](std::span<const std::byte> first) {
+    return Frame(first.begin(), first.end()) == text("HELLO good");
+  });
+  ASSERT_TRUE(job);
+  // 64 connections that never say a word, while the job end drives admission; then the real trainer.
+  std::atomic<bool> done{false};
+  std::thread admission([&] {
+    while (!done) {
+      auto got = job->receive(20ms);
+      if (!got || got->has_value()) {
+        done = true;
+      }
+    }
+  });
+  std::vector<std::unique_ptr<RawClient>> strangers;
+  for (int i = 0; i < 64; ++i) {
+    for (int attempt = 0; attempt < 200; ++attempt) {  // a full listen backlog refuses for a moment
+      auto stranger = std::make_unique<RawClient>(socket_path());
+      if (stranger->connected()) {
+        strangers.push_back(std::move(stranger));
+        break;
+      }
+      std::this_thread::sleep_for(5ms);
+    }
+  }
+  EXPECT_EQ(strangers.size(), 64u);
+  done = true;
+  admission.join();
+  auto started = Clock::now();
+  auto good = open_trainer(pipe->address(), 20s);
+  ASSERT_TRUE(good);
+  ASSERT_TRUE(good->send(text("HELLO good"), 20s));
+  auto first = job->receive(30s);
+  ASSERT_TRUE(first && first->has_value()) << (first ? "not admitted" : first.error().message);
+  EXPECT_EQ(**first, text("HELLO good"));
+  // Each stranger may hold a slot for 3 s; 64 of them, 16 at a time, held it for 12 s or more before.
+  EXPECT_LT(millis_since(started), 8000);
+  EXPECT_THAT(log_text(), HasSubstr("connections wait for admission (the oldest goes first)"));
+}
+
 TEST_F(SocketPipeTest, AnOversizedFirstFrameIsRefusedBeforeAdmission) {
   auto pipe = make();
   auto job = open_job(*pipe, [](std::span<const std::byte>) { return true; });
@@ -870,6 +912,27 @@ TEST_F(SocketPipeTest, AStaleSocketFileIsReplaced) {
   ASSERT_TRUE(job && trainer);
   ASSERT_TRUE(trainer->send(text("fresh"), 1s));
   EXPECT_EQ(**job->receive(1s), text("fresh"));
+}
+
+TEST_F(SocketPipeTest, APathAnotherJobEndListensOnIsRefusedNotTakenOver) {
+  auto pipe = make();
+  // As every job end has: an admission check (the other's probe must not become the peer).
+  auto first = open_job(*pipe, [](std::span<const std::byte> frame) {
+    return Frame(frame.begin(), frame.end()) == text("still mine");
+  });
+  ASSERT_TRUE(first);
+  auto other = make();  // a second site given the same address
+  auto second = other->open(PipeSide::job, 1s);
+  ASSERT_FALSE(second);
+  EXPECT_THAT(second.error().message, HasSubstr("unix:" + socket_path().string()));
+  EXPECT_THAT(second.error().message, HasSubstr("another job end listens on this path"));
+  // The first one's socket is still the one at the path, and still answers.
+  auto trainer = open_trainer(pipe->address());
+  ASSERT_TRUE(trainer);
+  ASSERT_TRUE(trainer->send(text("still mine"), 1s));
+  auto got = first->receive(5s);
+  ASSERT_TRUE(got && got->has_value()) << (got ? "nothing arrived" : got.error().message);
+  EXPECT_EQ(**got, text("still mine"));
 }
 
 TEST_F(SocketPipeTest, ARegularFileAtThePathIsNeverReplaced) {

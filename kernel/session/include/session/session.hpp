@@ -5,6 +5,7 @@
 //
 // One library for both ends: the client job (Role::job) and the trainer (Role::trainer).
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -132,6 +133,14 @@ struct PeerHello {
 
 /// Builds the admission check a job end hands its pipe: the first frame must be a HELLO with this token.
 PeerAdmission admit_hello(std::string token, wire::Limits limits = {});
+/// The same, and `refused` hears why each refused candidate was refused ("its HELLO carried a wrong token"),
+/// so the job can say what happened to a trainer the pipe turned away.
+PeerAdmission admit_hello(std::string token, std::function<void(const std::string& why)> refused,
+                          wire::Limits limits = {});
+
+/// Judges a HELLO whose token matched: a reason to refuse it (sent to the peer in HELLO_REJECTED), or
+/// nullopt to accept it.
+using HelloCheck = std::function<std::optional<std::string>(const PeerHello& hello)>;
 
 class Session {
  public:
@@ -143,9 +152,12 @@ class Session {
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
 
-  /// Job end: waits up to `launch` for the trainer's HELLO, checks its token, answers HELLO_ACCEPTED (with
-  /// `accept_headers`) and SESSION_READY. A wrong token gets HELLO_REJECTED and Errc::rejected.
-  Result<PeerHello> accept(std::string_view token, const wire::Headers& accept_headers = {});
+  /// Job end: waits up to `launch` for the trainer's HELLO, checks its token and then `check`, answers
+  /// HELLO_ACCEPTED (with `accept_headers`) and SESSION_READY. A wrong token, or a reason from `check`, gets
+  /// HELLO_REJECTED with header `reason` (waiting up to close_bound for its receipt, so the trainer hears
+  /// why before it is stopped) and Errc::rejected.
+  Result<PeerHello> accept(std::string_view token, const wire::Headers& accept_headers = {},
+                           const HelloCheck& check = {});
   /// Trainer end: sends HELLO with the token and `headers`, waits up to `launch` for HELLO_ACCEPTED and
   /// SESSION_READY; returns HELLO_ACCEPTED's headers.
   Result<wire::Headers> hello(std::string_view token, const wire::Headers& headers = {});
@@ -187,8 +199,8 @@ class Session {
     std::uint64_t resends = 0, duplicates_dropped = 0, frames_rejected = 0, heartbeats_received = 0;
   };
   Stats stats() const;
-  /// The pipe's description of the peer.
-  std::string peer() const { return peer_; }
+  /// The pipe's description of the peer (once its first frame arrived: a socket knows it only then).
+  std::string peer() const;
 
  private:
   struct Outgoing;
@@ -240,6 +252,7 @@ class Session {
   void announce_end();
   Result<Message> wait_for(wire::Op op, Clock::time_point deadline,
                            std::initializer_list<wire::Op> also = {});
+  Result<PeerHello> reject(const std::string& reason, std::string error);
   void publish(const std::string& topic, std::map<std::string, std::string> fields);
   std::uint64_t next_id() { return next_msg_id_++; }
 
@@ -248,7 +261,9 @@ class Session {
   const Settings settings_;
   std::shared_ptr<Logger> log_;
   EventBus* events_;
+  mutable std::mutex peer_mutex_;  // guards peer_ only; taken with or without mutex_, never around it
   std::string peer_;
+  std::atomic<bool> peer_known_{false};    // peer_ was read again once the first frame arrived
   const std::chrono::milliseconds poll_;   // longest single pipe read, so liveness is checked often
   const std::chrono::milliseconds grace_;  // how long the read token stays with the application
 

@@ -182,14 +182,19 @@ inline constexpr const char* total_rounds = "ember.total_rounds";  ///< decimal 
 inline constexpr const char* params_type = "ember.params_type";    ///< "full" or "diff"
 inline constexpr const char* metric = "ember.metric.";             ///< + metric name: decimal double
 inline constexpr const char* meta = "ember.meta.";                 ///< + meta key: the value as is
+/// CRC-32C of the whole data section (every tensor's bytes, in data order) as 8 lower-case hex digits:
+/// written where the bytes rest on disk (checkpoints), checked by params_bundle_from when present.
+inline constexpr const char* data_crc32c = "ember.data_crc32c";
 }  // namespace bundle_keys
 
-/// A task's params as a safetensors file, its other fields in the metadata (bundle_keys).
-Result<SafetensorsSource> make_params_bundle(const TaskData& task);
+/// A task's params as a safetensors file, its other fields in the metadata (bundle_keys); with `checksum`,
+/// the data's CRC-32C too (bundle_keys::data_crc32c).
+Result<SafetensorsSource> make_params_bundle(const TaskData& task, bool checksum = false);
 
 /// Rebuilds a TaskData from a bundle's tensors and metadata: `base` with the params replaced and the fields
 /// the metadata holds overwritten (metrics and meta merged). Keys without the "ember." prefix are ignored;
-/// unknown "ember." keys and values that do not parse are Errc::malformed naming the key.
+/// unknown "ember." keys and values that do not parse are Errc::malformed naming the key, as is a
+/// data_crc32c that the tensors' bytes do not match.
 Result<TaskData> params_bundle_from(const std::vector<WireTensor>& tensors,
                                     const std::map<std::string, std::string>& metadata, TaskData base = {});
 
