@@ -75,29 +75,6 @@ Result<std::unique_ptr<Kernel>> make_kernel(const GlobalOptions& global) {
   return kernel;
 }
 
-int exit_code_for(const Error& error) {
-  switch (error.code) {
-    case Errc::invalid_config:
-    case Errc::invalid_option:
-      return exit_code::invalid_config;
-    case Errc::invalid_argument:
-      return exit_code::usage;
-    case Errc::io_error:
-      return exit_code::io_error;
-    case Errc::not_found:
-    case Errc::open_failed:
-    case Errc::not_a_plugin:
-    case Errc::abi_mismatch:
-    case Errc::invalid_descriptor:
-    case Errc::build_mismatch:
-    case Errc::duplicate_name:
-    case Errc::create_failed:
-      return exit_code::plugin_error;
-    default:
-      return exit_code::internal;
-  }
-}
-
 json option_json(const OptionInfo& option) {
   json j = {{"name", option.name},
             {"type", std::string(to_string(option.type))},

@@ -380,8 +380,21 @@ Result<JobConfig> parse_job(std::string_view text, const std::string& name, cons
 
 Result<std::string> read_text_file(const fs::path& file, std::size_t max_bytes) {
   std::error_code ec;
-  if (!fs::is_regular_file(file, ec)) {
+  auto status = fs::status(file, ec);
+  if (ec && ec != std::errc::no_such_file_or_directory) {
+    // ELOOP (a symlink loop), EACCES on a parent folder, ENOTDIR: say which, not "no such file".
+    return fail(Errc::io_error, file.string() + ": cannot read: " + ec.message());
+  }
+  if (!fs::exists(status)) {
     return fail(Errc::not_found, file.string() + ": no such file");
+  }
+  if (!fs::is_regular_file(status)) {
+    const char* what = fs::is_directory(status)                                     ? "a directory"
+                       : fs::is_fifo(status)                                        ? "a FIFO"
+                       : fs::is_socket(status)                                      ? "a socket"
+                       : fs::is_block_file(status) || fs::is_character_file(status) ? "a device"
+                                                                                    : "a special file";
+    return fail(Errc::io_error, file.string() + ": is " + std::string(what) + ", not a regular file");
   }
   auto size = fs::file_size(file, ec);
   if (ec) {

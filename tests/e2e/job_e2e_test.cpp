@@ -2,19 +2,26 @@
 // pipes, and trainers that fail on purpose — killed, exiting non-zero, hanging before HELLO, answering with
 // the wrong tensors. Each test checks what the job reports, its exit code, and that no trainer survived.
 
+#include <fcntl.h>
 #include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <iterator>
 #include <sstream>
+#include <thread>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "exit_codes.hpp"
 #include "support.hpp"
+
+extern char** environ;
 
 namespace ember {
 namespace {
@@ -152,6 +159,59 @@ TEST_P(JobE2E, ATrainerHangingBeforeHelloFailsAfterTheLaunchTimeout) {
   EXPECT_THAT(run.out, HasSubstr("site-2: could not start"));
   EXPECT_THAT(run.out, HasSubstr("did not say HELLO within launch"));
   EXPECT_THAT(run.out, HasSubstr("1/2 sites ready"));
+  expect_no_trainer_left();
+}
+
+// SIGTERM while a trainer hangs before HELLO: the launch wait is cut, the job ends as interrupted long before
+// `launch` runs out, and no trainer is left.
+TEST_P(JobE2E, SigtermDuringTheLaunchWaitEndsTheJobAsInterrupted) {
+  auto job = write_job({.mode = "hang-before-hello", .bad_site = "site-2", .launch = "60s"});
+  auto ws = dir_.path() / "ws";
+  std::string ember = (test::build_root() / "kernel" / "ember").string();
+  std::string out_file = (dir_.path() / "out.txt").string();
+  std::vector<std::string> args{ember,         "simulate",  job.string(), "--clients", "2",
+                                "--workspace", ws.string(), "--job-id",   "e2e-test"};
+  std::vector<char*> argv;
+  for (auto& a : args) {
+    argv.push_back(a.data());
+  }
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, out_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  pid_t pid = 0;
+  ASSERT_EQ(::posix_spawn(&pid, ember.c_str(), &actions, nullptr, argv.data(), environ), 0);
+  posix_spawn_file_actions_destroy(&actions);
+  // Both trainers launched (their pid files written): site-2's now hangs before HELLO.
+  auto launched = [&] {
+    return fs::exists(ws / "site-1" / "trainer.pid") && fs::exists(ws / "site-2" / "trainer.pid");
+  };
+  for (int i = 0; i < 3000 && !launched(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(launched()) << "the trainers were not launched within 30 s";
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the pid is written before the hang starts
+  ASSERT_EQ(::kill(pid, SIGTERM), 0);
+  // Bounded by the launch timeout: the job must end before it, not when it runs out.
+  int status = 0;
+  pid_t done = 0;
+  for (int i = 0; i < 5500 && done == 0; ++i) {
+    done = ::waitpid(pid, &status, WNOHANG);
+    if (done == 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  if (done == 0) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, &status, 0);
+    FAIL() << "ember simulate was still running when the launch timeout (60 s) ran out";
+  }
+  std::ifstream in(out_file);
+  std::string output((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_TRUE(WIFEXITED(status)) << output;
+  EXPECT_EQ(WEXITSTATUS(status), kernel::exit_code::interrupted) << output;
+  EXPECT_THAT(output, HasSubstr("interrupted by signal 15"));
   expect_no_trainer_left();
 }
 
