@@ -49,6 +49,7 @@ Result<std::unique_ptr<Kernel>> make_kernel(const GlobalOptions& global) {
     }
     settings.plugin_paths = site->plugin_paths;
     settings.log = site->log;
+    settings.umask = site->umask.value_or(settings.umask);
     settings.subs.site = site->name;
     if (!site->workspace.empty()) {
       settings.workspace = site->workspace;

@@ -1,6 +1,7 @@
 #include "config.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -438,7 +439,7 @@ Result<SiteConfig> parse_site(std::string_view text, const std::string& name, co
   // A site file is read before any job exists: only {site} means something in it.
   Substitutions subs{"local", std::nullopt, std::nullopt};
   if (const auto* table = sub_table(root, "site", "site", problems)) {
-    reject_unknown(*table, {"name", "workspace"}, "site.", problems);
+    reject_unknown(*table, {"name", "workspace", "umask"}, "site.", problems);
     if (auto site_name = string_value(*table, "name", "site.name", problems)) {
       if (valid_id(*site_name)) {
         site.name = *site_name;
@@ -453,6 +454,19 @@ Result<SiteConfig> parse_site(std::string_view text, const std::string& name, co
         site.workspace = base / std::get<std::string>(*value);
       } else {
         problems.add(*node, "site.workspace", value.error().message);
+      }
+    }
+    if (const auto* node = table->get("umask")) {
+      // Octal text, as the shell's umask: "0077" (the default: files 0600, folders 0700), "0027", ...
+      const auto* mask_text = node->as_string();
+      unsigned mask = 0;
+      const std::string digits = mask_text != nullptr ? mask_text->get() : std::string();
+      auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), mask, 8);
+      if (mask_text == nullptr || digits.empty() || ec != std::errc() ||
+          end != digits.data() + digits.size() || mask > 0777) {
+        problems.add(*node, "site.umask", "expected octal text from \"0000\" to \"0777\", such as \"0077\"");
+      } else {
+        site.umask = mask;
       }
     }
   } else if (root.get("site") == nullptr) {

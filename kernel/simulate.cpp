@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <sys/stat.h>
 
+#include <charconv>
 #include <ctime>
 #include <iomanip>
 #include <ostream>
@@ -172,12 +173,12 @@ int simulate(Kernel& kernel, const SimulateOptions& options, std::ostream& out, 
     return exit_code::invalid_config;
   }
   const std::string job_id = options.job_id.empty() ? probe->name + "-" + utc_stamp() : options.job_id;
-  // A site's files are its own: folders 0700, files 0600 (logs, metrics, checkpoints, the model), and the
-  // trainers inherit the same mask.
-  ::umask(options.umask);
+  // A site's files are its own: folders 0700, files 0600 (logs, metrics, checkpoints, the model) unless the
+  // site file's `umask` says otherwise; the trainers inherit the same mask.
+  ::umask(static_cast<mode_t>(kernel.settings().umask));
   fs::path ws =
       options.workspace.empty() ? fs::current_path() / "ember-workspace" / job_id : options.workspace;
-  if (auto made = make_private_dir(ws); !made) {
+  if (auto made = make_private_dir(ws, 0777); !made) {
     err << "ember simulate: " << made.error().message << "\n";
     return exit_code::io_error;
   }
@@ -192,7 +193,7 @@ int simulate(Kernel& kernel, const SimulateOptions& options, std::ostream& out, 
   auto log = logs.get("simulate");
 
   auto make_scope = [&](const std::string& site, const fs::path& dir) -> Result<std::unique_ptr<JobScope>> {
-    if (auto made = make_private_dir(dir); !made) {
+    if (auto made = make_private_dir(dir, 0777); !made) {
       return fail(std::move(made.error()));
     }
     if (auto added = logs.add_site_file(site, dir / "log.txt"); !added) {
@@ -255,11 +256,15 @@ int simulate(Kernel& kernel, const SimulateOptions& options, std::ostream& out, 
       auto it = e.fields.find(key);
       return it != e.fields.end() ? it->second : std::string();
     };
-    auto step = get("step");
-    (*metrics)->write(
-        get("site"), get("key"), std::strtod(get("value").c_str(), nullptr),
-        std::strtoull(get("round").c_str(), nullptr, 10),
-        step.empty() ? std::nullopt : std::optional<std::uint64_t>(std::strtoull(step.c_str(), nullptr, 10)));
+    // A step that is not a decimal integer (a peer's mistake) is left out rather than written as text.
+    auto number = [](const std::string& text) -> std::optional<std::uint64_t> {
+      std::uint64_t n = 0;
+      auto [end, parsed] = std::from_chars(text.data(), text.data() + text.size(), n);
+      return !text.empty() && parsed == std::errc() && end == text.data() + text.size() ? std::optional(n)
+                                                                                        : std::nullopt;
+    };
+    (*metrics)->write(get("site"), get("key"), std::strtod(get("value").c_str(), nullptr),
+                      number(get("round")).value_or(0), number(get("step")));
   });
 
   start_all(sites, stop.get_token());
@@ -284,7 +289,8 @@ int simulate(Kernel& kernel, const SimulateOptions& options, std::ostream& out, 
     // it ends before its first round, with the error's own exit code.
     stop_all(sites);
     err << "ember simulate: the job cannot run: " << fatal->message << "\n";
-    return exit_code_for(*fatal) == exit_code::internal ? exit_code::plugin_error : exit_code_for(*fatal);
+    const int code = exit_code_for(*fatal);
+    return code == exit_code::internal || code == exit_code::usage ? exit_code::plugin_error : code;
   }
   std::vector<ClientJob*> reachable;
   for (const auto& site : sites) {

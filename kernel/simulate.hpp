@@ -3,8 +3,6 @@
 // with each site's trainer launched as a real process over a real pipe: a thin composition of the job
 // runtime (kernel/job: ClientJob per site, InProcessLink, ServerJob, ConsoleProgress).
 
-#include <sys/types.h>
-
 #include <filesystem>
 #include <iosfwd>
 #include <string>
@@ -19,7 +17,6 @@ struct SimulateOptions {
   std::filesystem::path workspace;  ///< empty: ./ember-workspace/<job_id>
   std::string job_id;               ///< empty: <job name>-<UTC time>
   bool progress = true;             ///< print a line per result and per round
-  mode_t umask = 077;               ///< for every file and folder of the run (the site's `umask`)
 };
 
 /// Runs the job to its end; returns an exit code of exit_codes.hpp and prints progress and a summary to

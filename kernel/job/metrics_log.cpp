@@ -12,8 +12,9 @@
 namespace ember::kernel {
 
 Result<std::unique_ptr<MetricsLog>> MetricsLog::open(const std::filesystem::path& file) {
-  // Created here with 0600 (the stream would create it 0666 & ~umask); the stream then appends to it.
-  int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
+  // Created here, not through a symlink planted in the workspace; its mode is 0666 less the umask (0600 under
+  // the site's default umask 0077). The stream then appends to it.
+  int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0666);
   if (fd < 0) {
     return fail(Errc::io_error, file.string() + ": cannot open the metrics file: " + std::strerror(errno));
   }

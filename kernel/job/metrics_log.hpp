@@ -19,7 +19,8 @@ namespace ember::kernel {
 /// Thread-safe.
 class MetricsLog {
  public:
-  /// Opens (appends to) `file`, created with mode 0600 unless the process umask is stricter.
+  /// Opens (appends to) `file`, created with mode 0666 less the process umask (`ember simulate` sets the
+  /// site's, 0077 by default: 0600).
   static Result<std::unique_ptr<MetricsLog>> open(const std::filesystem::path& file);
 
   /// Writes one line. `source` is "server" or a site's name.

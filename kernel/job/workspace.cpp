@@ -53,17 +53,17 @@ Result<void> check_job_id(std::string_view id) {
   return ok();
 }
 
-Result<void> make_private_dir(const fs::path& dir) {
+Result<void> make_private_dir(const fs::path& dir, unsigned mode) {
   std::error_code ec;
   if (fs::is_directory(dir, ec)) {
     return ok();
   }
   if (!dir.parent_path().empty() && dir.parent_path() != dir) {
-    if (auto parent = make_private_dir(dir.parent_path()); !parent) {
+    if (auto parent = make_private_dir(dir.parent_path(), mode); !parent) {
       return parent;
     }
   }
-  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+  if (::mkdir(dir.c_str(), static_cast<mode_t>(mode)) != 0 && errno != EEXIST) {
     return fail(Errc::io_error, dir.string() + ": cannot create the folder: " + std::strerror(errno));
   }
   if (!fs::is_directory(dir, ec)) {

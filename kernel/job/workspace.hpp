@@ -15,8 +15,10 @@ namespace ember::kernel {
 /// Errc::invalid_argument with the id (escaped) and the rule.
 Result<void> check_job_id(std::string_view id);
 
-/// Creates `dir` and its missing parents with mode 0700 (the folders of a job are the site's own).
-Result<void> make_private_dir(const std::filesystem::path& dir);
+/// Creates `dir` and its missing parents with `mode` (less the process umask): 0700 keeps a job's folders
+/// the site's own whatever the umask; `ember simulate` passes 0777 and sets the site's umask (0077 by
+/// default).
+Result<void> make_private_dir(const std::filesystem::path& dir, unsigned mode = 0700);
 
 /// An exclusive lock on a workspace (flock on `<workspace>/ember.lock`, holding the owner's pid), held until
 /// destroyed; the kernel releases it when the process ends, however it ends.

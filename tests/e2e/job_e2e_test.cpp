@@ -114,6 +114,36 @@ TEST_P(JobE2E, AllSitesFinishTheRoundsAndTheModelIsSaved) {
   EXPECT_TRUE(fs::exists(dir_.path() / "ws" / "site-1" / "log.txt"));
   EXPECT_TRUE(fs::exists(dir_.path() / "ws" / "server" / "checkpoints" / "round-2.safetensors"));
   expect_no_trainer_left();
+  // A site's files are its own: folders 0700, files 0600.
+  auto ws = dir_.path() / "ws";
+  for (const auto& folder : {ws, ws / "site-1", ws / "server", ws / "server" / "checkpoints"}) {
+    EXPECT_EQ(fs::status(folder).permissions() & fs::perms::all, fs::perms::owner_all) << folder;
+  }
+  for (const auto& file :
+       {ws / "metrics.jsonl", ws / "site-1" / "log.txt", ws / "server" / "model.safetensors",
+        ws / "server" / "checkpoints" / "round-2.safetensors"}) {
+    EXPECT_EQ(fs::status(file).permissions() & fs::perms::all, fs::perms::owner_read | fs::perms::owner_write)
+        << file;
+  }
+  // The test trainer logs "loss" with step = the task's round: each line carries that round, both as numbers.
+  std::ifstream metrics(ws / "metrics.jsonl");
+  std::string line;
+  int trainer_lines = 0;
+  while (std::getline(metrics, line)) {
+    if (line.find("\"source\":\"site-") == std::string::npos) {
+      continue;
+    }
+    ++trainer_lines;
+    auto number_after = [&](const std::string& key) {
+      auto at = line.find("\"" + key + "\":");
+      return at == std::string::npos
+                 ? std::string("missing")
+                 : line.substr(at + key.size() + 3, line.find_first_of(",}", at) - at - key.size() - 3);
+    };
+    EXPECT_EQ(number_after("round"), number_after("step")) << line;
+    EXPECT_NE(number_after("step").front(), '"') << "step is a JSON number: " << line;
+  }
+  EXPECT_EQ(trainer_lines, 6) << "3 rounds, 2 sites";
 }
 
 TEST_P(JobE2E, OneTrainerPerTaskGivesTheSameModel) {
