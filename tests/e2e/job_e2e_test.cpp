@@ -143,7 +143,9 @@ TEST_P(JobE2E, AllSitesFinishTheRoundsAndTheModelIsSaved) {
     EXPECT_EQ(number_after("round"), number_after("step")) << line;
     EXPECT_NE(number_after("step").front(), '"') << "step is a JSON number: " << line;
   }
-  EXPECT_EQ(trainer_lines, 6) << "3 rounds, 2 sites";
+  // Three training rounds and the final evaluation, two sites; a LOG of the last task may reach the job after
+  // its result, when nobody reads any more (LOG is best effort), so at least the training rounds' lines.
+  EXPECT_GE(trainer_lines, 6) << "3 rounds, 2 sites";
 }
 
 TEST_P(JobE2E, OneTrainerPerTaskGivesTheSameModel) {
