@@ -275,6 +275,7 @@ int simulate(Kernel& kernel, const SimulateOptions& options, std::ostream& out, 
       out << site->site() << ": could not start: " << error->message << "\n";
       if (!is_site_failure(*error) && !fatal) {
         fatal = error;
+        fatal->message = probe->file.string() + ": " + site->site() + ": " + error->message;
       }
     } else {
       ++started_sites;

@@ -4,17 +4,6 @@
 #include <sstream>
 
 namespace ember::kernel {
-namespace {
-
-std::uint64_t params_bytes(const TaskData& task) {
-  std::uint64_t n = 0;
-  for (const auto& t : task.params) {
-    n += t.bytes.size();
-  }
-  return n;
-}
-
-}  // namespace
 
 std::string task_label(const TaskData& task) {
   // Appended piece by piece: GCC 12 at -O3 reports a false -Wrestrict for `"/" + std::to_string(...)` here.

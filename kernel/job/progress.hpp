@@ -16,6 +16,15 @@ namespace ember::kernel {
 /// Metrics the workflow reported, by round (from 0), then by key.
 using RoundMetrics = std::map<std::uint64_t, std::map<std::string, double>>;
 
+/// The bytes of a task's tensors.
+inline std::uint64_t params_bytes(const TaskData& task) noexcept {
+  std::uint64_t n = 0;
+  for (const auto& t : task.params) {
+    n += t.bytes.size();
+  }
+  return n;
+}
+
 /// How a server job ended.
 struct JobReport {
   Result<void> outcome = ok();    ///< the workflow's result (Errc::cancelled when stopped)

@@ -14,14 +14,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-std::uint64_t params_bytes(const TaskData& task) {
-  std::uint64_t n = 0;
-  for (const auto& t : task.params) {
-    n += t.bytes.size();
-  }
-  return n;
-}
-
 std::string what_of(std::exception_ptr e) {
   try {
     std::rethrow_exception(std::move(e));

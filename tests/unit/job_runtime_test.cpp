@@ -143,6 +143,8 @@ struct Sites {
     jobs.push_back(std::make_unique<ClientJob>("site-2", two));
   }
   std::vector<ClientJob*> pointers() { return {jobs[0].get(), jobs[1].get()}; }
+  // Starts both sites; true when both started.
+  bool start() { return jobs[0]->start({}) && jobs[1]->start({}); }
 
   std::shared_ptr<FakeExecutor> one;
   std::shared_ptr<FakeExecutor> two;
@@ -191,9 +193,7 @@ TEST(JobRuntime, AServerJobRunsTwoClientJobsOverTheInProcessLink) {
 
 TEST(JobRuntime, AnExecutorThrowingOnAWorkerThreadBecomesThatSitesError) {
   Sites sites(FakeExecutor::Mode::throw_in_execute);
-  for (auto& job : sites.jobs) {
-    ASSERT_TRUE(job->start({}));
-  }
+  ASSERT_TRUE(sites.start());
   InProcessLink link(sites.pointers());
   auto workflow = std::make_shared<TwoRounds>();
   ServerJob server(workflow, link, nullptr, nullptr);
@@ -250,9 +250,7 @@ TEST(JobRuntime, AStopCutsAStartThatWaitsForItsTrainer) {
 
 TEST(JobRuntime, AStopDuringARoundCancelsItAndTheWorkflowSeesCancelled) {
   Sites sites(FakeExecutor::Mode::hang_in_execute);
-  for (auto& job : sites.jobs) {
-    ASSERT_TRUE(job->start({}));
-  }
+  ASSERT_TRUE(sites.start());
   InProcessLink link(sites.pointers());
   auto workflow = std::make_shared<TwoRounds>();
   ServerJob server(workflow, link, nullptr, nullptr);
@@ -270,9 +268,7 @@ TEST(JobRuntime, AStopDuringARoundCancelsItAndTheWorkflowSeesCancelled) {
 
 TEST(JobRuntime, AWorkflowThrowingInAResultCallbackOnAWorkerThreadFailsTheJob) {
   Sites sites;
-  for (auto& job : sites.jobs) {
-    ASSERT_TRUE(job->start({}));
-  }
+  ASSERT_TRUE(sites.start());
   InProcessLink link(sites.pointers());
   auto workflow = std::make_shared<TwoRounds>();
   workflow->throw_in_callback = true;
