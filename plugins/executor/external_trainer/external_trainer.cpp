@@ -480,7 +480,13 @@ class ExternalTrainer final : public Executor {
   Result<TaskData> run_task(const TaskData& task, const std::stop_token& stop) {
     auto& s = *trainer_->session;
     // A stop closes the session at once: a send blocked on the trainer returns, and the loop below sees it.
-    auto cut = [&s] { s.close(Op::abort, "the job stopped"); };
+    // Session::close() joins the session's threads, so two closes must not overlap: the callbacks run on the
+    // stopping thread while this one may close too.
+    std::mutex close_mutex;
+    auto cut = [&s, &close_mutex] {
+      std::lock_guard closing(close_mutex);
+      s.close(Op::abort, "the job stopped");
+    };
     std::stop_callback on_task_stop(stop, cut);
     std::stop_callback on_halt(halt_.get_token(), cut);
     auto payload = session::task_payload(task);
@@ -502,7 +508,7 @@ class ExternalTrainer final : public Executor {
     auto deadline = Clock::now() + job_.timeouts.task_wait;
     while (true) {
       if (halted(stop)) {
-        s.close(Op::abort, "the job stopped");
+        cut();
         return fail(Errc::cancelled, site() + ": task '" + task.name + "' cancelled");
       }
       auto now = Clock::now();
