@@ -133,7 +133,7 @@ json bench_launch(Bench& b, const std::string& id, const std::string& label, con
     auto s = b.scope(job, "site-1", "launch-" + id + "-" + std::to_string(i));
     auto e = b.executor(*s);
     auto t0 = Clock::now();
-    auto started = e->start();
+    auto started = e->start({});
     double took = ms_since(t0);
     if (!started) {
       std::cerr << "job_bench: launch " << label << ": " << started.error().message << "\n";
@@ -187,7 +187,7 @@ class RealRounds {
     for (int i = 0; i < clients; ++i) {
       scopes_.push_back(b.scope(job, "site-" + std::to_string(i + 1), "round-" + std::to_string(clients)));
       executors_.push_back(b.executor(*scopes_.back()));
-      if (auto s = executors_.back()->start(); !s) {
+      if (auto s = executors_.back()->start({}); !s) {
         std::cerr << "job_bench: round start: " << s.error().message << "\n";
         std::exit(1);
       }
@@ -380,7 +380,7 @@ json bench_relay(Bench& b, const fs::path& trainer, std::uint64_t bytes) {
   auto job = b.write_job("relay", {trainer.string()});
   auto s = b.scope(job, "site-1", "relay");
   auto e = b.executor(*s);
-  if (auto st = e->start(); !st) {
+  if (auto st = e->start({}); !st) {
     std::cerr << "job_bench: relay start: " << st.error().message << "\n";
     std::exit(1);
   }

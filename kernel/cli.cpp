@@ -49,6 +49,7 @@ Result<std::unique_ptr<Kernel>> make_kernel(const GlobalOptions& global) {
     }
     settings.plugin_paths = site->plugin_paths;
     settings.log = site->log;
+    settings.umask = site->umask.value_or(settings.umask);
     settings.subs.site = site->name;
     if (!site->workspace.empty()) {
       settings.workspace = site->workspace;
@@ -73,29 +74,6 @@ Result<std::unique_ptr<Kernel>> make_kernel(const GlobalOptions& global) {
   auto kernel = std::make_unique<Kernel>(std::move(settings));
   kernel->load_plugins();
   return kernel;
-}
-
-int exit_code_for(const Error& error) {
-  switch (error.code) {
-    case Errc::invalid_config:
-    case Errc::invalid_option:
-      return exit_code::invalid_config;
-    case Errc::invalid_argument:
-      return exit_code::usage;
-    case Errc::io_error:
-      return exit_code::io_error;
-    case Errc::not_found:
-    case Errc::open_failed:
-    case Errc::not_a_plugin:
-    case Errc::abi_mismatch:
-    case Errc::invalid_descriptor:
-    case Errc::build_mismatch:
-    case Errc::duplicate_name:
-    case Errc::create_failed:
-      return exit_code::plugin_error;
-    default:
-      return exit_code::internal;
-  }
 }
 
 json option_json(const OptionInfo& option) {

@@ -1,6 +1,7 @@
 #include "config.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -380,8 +381,21 @@ Result<JobConfig> parse_job(std::string_view text, const std::string& name, cons
 
 Result<std::string> read_text_file(const fs::path& file, std::size_t max_bytes) {
   std::error_code ec;
-  if (!fs::is_regular_file(file, ec)) {
+  auto status = fs::status(file, ec);
+  if (ec && ec != std::errc::no_such_file_or_directory) {
+    // ELOOP (a symlink loop), EACCES on a parent folder, ENOTDIR: say which, not "no such file".
+    return fail(Errc::io_error, file.string() + ": cannot read: " + ec.message());
+  }
+  if (!fs::exists(status)) {
     return fail(Errc::not_found, file.string() + ": no such file");
+  }
+  if (!fs::is_regular_file(status)) {
+    const char* what = fs::is_directory(status)                                     ? "a directory"
+                       : fs::is_fifo(status)                                        ? "a FIFO"
+                       : fs::is_socket(status)                                      ? "a socket"
+                       : fs::is_block_file(status) || fs::is_character_file(status) ? "a device"
+                                                                                    : "a special file";
+    return fail(Errc::io_error, file.string() + ": is " + std::string(what) + ", not a regular file");
   }
   auto size = fs::file_size(file, ec);
   if (ec) {
@@ -425,7 +439,7 @@ Result<SiteConfig> parse_site(std::string_view text, const std::string& name, co
   // A site file is read before any job exists: only {site} means something in it.
   Substitutions subs{"local", std::nullopt, std::nullopt};
   if (const auto* table = sub_table(root, "site", "site", problems)) {
-    reject_unknown(*table, {"name", "workspace"}, "site.", problems);
+    reject_unknown(*table, {"name", "workspace", "umask"}, "site.", problems);
     if (auto site_name = string_value(*table, "name", "site.name", problems)) {
       if (valid_id(*site_name)) {
         site.name = *site_name;
@@ -440,6 +454,19 @@ Result<SiteConfig> parse_site(std::string_view text, const std::string& name, co
         site.workspace = base / std::get<std::string>(*value);
       } else {
         problems.add(*node, "site.workspace", value.error().message);
+      }
+    }
+    if (const auto* node = table->get("umask")) {
+      // Octal text, as the shell's umask: "0077" (the default: files 0600, folders 0700), "0027", ...
+      const auto* mask_text = node->as_string();
+      unsigned mask = 0;
+      const std::string digits = mask_text != nullptr ? mask_text->get() : std::string();
+      auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), mask, 8);
+      if (mask_text == nullptr || digits.empty() || ec != std::errc() ||
+          end != digits.data() + digits.size() || mask > 0777) {
+        problems.add(*node, "site.umask", "expected octal text from \"0000\" to \"0777\", such as \"0077\"");
+      } else {
+        site.umask = mask;
       }
     }
   } else if (root.get("site") == nullptr) {

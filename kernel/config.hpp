@@ -68,6 +68,7 @@ struct SiteConfig {
   std::filesystem::path file;
   std::string name = "local";
   std::filesystem::path workspace;                  ///< empty: the caller's choice
+  std::optional<unsigned> umask;                    ///< [site] umask for a run's files; empty: 0077
   std::vector<std::filesystem::path> plugin_paths;  ///< resolved against the file's folder
   LogSettings log;
 };

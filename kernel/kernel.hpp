@@ -25,6 +25,7 @@ struct KernelSettings {
   LogSettings log;                ///< EMBER_LOG is applied on top
   std::filesystem::path workspace = ".";
   Substitutions subs;
+  unsigned umask = 077;  ///< the site's mask for the files and folders of a run (logs, metrics, checkpoints)
 };
 
 /// The build tree's plugin folder when this program runs from the build tree, else the installed one.
@@ -50,6 +51,8 @@ class Kernel {
   /// Registers a plugin linked into the program (built with EMBER_PLUGIN_STATIC).
   Result<void> add_static(const PluginDescriptor* descriptor, const std::string& origin);
 
+  /// The settings the kernel was made with.
+  const KernelSettings& settings() const noexcept { return settings_; }
   ComponentRegistry& registry() noexcept { return *registry_; }
   LocalEventBus& events() noexcept { return *events_; }
   LogHub& logs() noexcept { return *logs_; }

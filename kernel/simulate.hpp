@@ -1,6 +1,7 @@
 #pragma once
 // `ember simulate JOB --clients N`: the server side and N client sites of a job in one process (DESIGN §1),
-// with each site's trainer launched as a real process over a real pipe.
+// with each site's trainer launched as a real process over a real pipe: a thin composition of the job
+// runtime (kernel/job: ClientJob per site, InProcessLink, ServerJob, ConsoleProgress).
 
 #include <filesystem>
 #include <iosfwd>

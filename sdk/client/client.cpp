@@ -219,6 +219,7 @@ class Client {
           model.total_rounds = task->total_rounds;
           round_ = task->round;
           total_rounds_ = task->total_rounds;
+          metric_round_ = static_cast<std::int64_t>(task->round);
           return std::optional<FLModel>(std::move(model));
         }
         case Op::shutdown:
@@ -289,6 +290,12 @@ class Client {
     }
     return fail(Errc::timeout, "the job did not answer the result within task_wait = " +
                                    std::to_string(boot_.timeouts.task_wait.count()) + " ms");
+  }
+
+  /// The round a metric logged now belongs to: that of the last task received, if any.
+  std::optional<std::uint64_t> metric_round() const noexcept {
+    auto round = metric_round_.load();
+    return round < 0 ? std::nullopt : std::optional<std::uint64_t>(static_cast<std::uint64_t>(round));
   }
 
   void log(wire::Headers headers, std::vector<std::byte> text) {
@@ -436,6 +443,8 @@ class Client {
   std::string task_name_;
   std::uint64_t round_ = 0;
   std::uint64_t total_rounds_ = 0;
+  // The round of the last task received, for log(): read without mutex_, which receive() holds while waiting.
+  std::atomic<std::int64_t> metric_round_{-1};
   std::atomic<bool> running_{false};
   std::atomic<bool> aborted_{false};
 
@@ -468,6 +477,10 @@ void log(std::string_view key, double value, std::optional<std::uint64_t> step) 
   wire::Headers headers{{"kind", "metric"}, {"key", std::string(key)}, {"value", std::string(text, end)}};
   if (step) {
     headers.emplace_back("step", std::to_string(*step));
+  }
+  // The metric belongs to the task being worked on, whenever its LOG reaches the job.
+  if (auto round = the_client().metric_round()) {
+    headers.emplace_back("round", std::to_string(*round));
   }
   (void)ec;
   the_client().log(std::move(headers), {});

@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -95,6 +96,59 @@ class JobE2E : public ::testing::TestWithParam<std::string> {
         120);
   }
 
+  // Starts `ember simulate` on `job` with two clients, its stdout and stderr going to out.txt; -1 on failure.
+  pid_t spawn_simulate(const fs::path& job) {
+    std::string ember = (test::build_root() / "kernel" / "ember").string();
+    std::string out_file = (dir_.path() / "out.txt").string();
+    std::vector<std::string> args{
+        ember,      "simulate", job.string(), "--clients", "2", "--workspace", (dir_.path() / "ws").string(),
+        "--job-id", "e2e-test"};
+    std::vector<char*> argv;
+    for (auto& a : args) {
+      argv.push_back(a.data());
+    }
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 1, out_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    posix_spawn_file_actions_adddup2(&actions, 1, 2);
+    pid_t pid = -1;
+    if (::posix_spawn(&pid, ember.c_str(), &actions, nullptr, argv.data(), environ) != 0) {
+      pid = -1;
+    }
+    posix_spawn_file_actions_destroy(&actions);
+    return pid;
+  }
+
+  // What the spawned `ember simulate` printed so far.
+  std::string output() const {
+    std::ifstream in(dir_.path() / "out.txt");
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  }
+
+  // Polls `ready` every 10 ms for at most `seconds`.
+  template <class Ready>
+  static bool wait_until(int seconds, Ready ready) {
+    for (int i = 0; i < seconds * 100; ++i) {
+      if (ready()) {
+        return true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return ready();
+  }
+
+  // The exit code of `pid` once it exits within `seconds`; otherwise it is killed and nullopt returned.
+  static std::optional<int> wait_exit(pid_t pid, int seconds) {
+    int status = 0;
+    if (wait_until(seconds, [&] { return ::waitpid(pid, &status, WNOHANG) == pid; })) {
+      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, &status, 0);
+    return std::nullopt;
+  }
+
   // Every trainer wrote its pid; none may be alive (or a zombie of ours) once ember has exited.
   void expect_no_trainer_left(int clients = 2) {
     for (int i = 1; i <= clients; ++i) {
@@ -122,6 +176,38 @@ TEST_P(JobE2E, AllSitesFinishTheRoundsAndTheModelIsSaved) {
   EXPECT_TRUE(fs::exists(dir_.path() / "ws" / "site-1" / "log.txt"));
   EXPECT_TRUE(fs::exists(dir_.path() / "ws" / "server" / "checkpoints" / "round-2.safetensors"));
   expect_no_trainer_left();
+  // A site's files are its own: folders 0700, files 0600.
+  auto ws = dir_.path() / "ws";
+  for (const auto& folder : {ws, ws / "site-1", ws / "server", ws / "server" / "checkpoints"}) {
+    EXPECT_EQ(fs::status(folder).permissions() & fs::perms::all, fs::perms::owner_all) << folder;
+  }
+  for (const auto& file :
+       {ws / "metrics.jsonl", ws / "site-1" / "log.txt", ws / "server" / "model.safetensors",
+        ws / "server" / "checkpoints" / "round-2.safetensors"}) {
+    EXPECT_EQ(fs::status(file).permissions() & fs::perms::all, fs::perms::owner_read | fs::perms::owner_write)
+        << file;
+  }
+  // The test trainer logs "loss" with step = the task's round: each line carries that round, both as numbers.
+  std::ifstream metrics(ws / "metrics.jsonl");
+  std::string line;
+  int trainer_lines = 0;
+  while (std::getline(metrics, line)) {
+    if (line.find("\"source\":\"site-") == std::string::npos) {
+      continue;
+    }
+    ++trainer_lines;
+    auto number_after = [&](const std::string& key) {
+      auto at = line.find("\"" + key + "\":");
+      return at == std::string::npos
+                 ? std::string("missing")
+                 : line.substr(at + key.size() + 3, line.find_first_of(",}", at) - at - key.size() - 3);
+    };
+    EXPECT_EQ(number_after("round"), number_after("step")) << line;
+    EXPECT_NE(number_after("step").front(), '"') << "step is a JSON number: " << line;
+  }
+  // Three training rounds and the final evaluation, two sites; a LOG of the last task may reach the job after
+  // its result, when nobody reads any more (LOG is best effort), so at least the training rounds' lines.
+  EXPECT_GE(trainer_lines, 6) << "3 rounds, 2 sites";
 }
 
 TEST_P(JobE2E, TheTrainersInfoLinesDoNotReachTheConsoleAsWarnings) {
@@ -183,6 +269,47 @@ TEST_P(JobE2E, ATrainerHangingBeforeHelloFailsAfterTheLaunchTimeout) {
   EXPECT_THAT(run.out, HasSubstr("site-2: could not start"));
   EXPECT_THAT(run.out, HasSubstr("did not say HELLO within launch"));
   EXPECT_THAT(run.out, HasSubstr("1/2 sites ready"));
+  expect_no_trainer_left();
+}
+
+// SIGTERM while a trainer hangs before HELLO: the launch wait is cut, the job ends as interrupted long before
+// `launch` runs out, and no trainer is left.
+TEST_P(JobE2E, SigtermDuringTheLaunchWaitEndsTheJobAsInterrupted) {
+  auto ws = dir_.path() / "ws";
+  pid_t pid = spawn_simulate(write_job({.mode = "hang-before-hello", .bad_site = "site-2", .launch = "60s"}));
+  ASSERT_GT(pid, 0);
+  // Both trainers launched (their pid files written): site-2's now hangs before HELLO.
+  bool launched = wait_until(30, [&] {
+    return fs::exists(ws / "site-1" / "trainer.pid") && fs::exists(ws / "site-2" / "trainer.pid");
+  });
+  ASSERT_TRUE(launched || (::kill(pid, SIGKILL), ::waitpid(pid, nullptr, 0), false))
+      << "the trainers were not launched within 30 s";
+  ASSERT_EQ(::kill(pid, SIGTERM), 0);
+  // Bounded by the launch timeout: the job must end before it, not when it runs out.
+  auto status = wait_exit(pid, 55);
+  ASSERT_TRUE(status) << "ember simulate was still running when the launch timeout (60 s) ran out\n"
+                      << output();
+  EXPECT_EQ(*status, kernel::exit_code::interrupted) << output();
+  EXPECT_THAT(output(), HasSubstr("the job was stopped before the trainer said HELLO"));
+  EXPECT_THAT(output(), HasSubstr("interrupted by signal 15"));
+  expect_no_trainer_left();
+}
+
+// SIGTERM while a site trains: its task is cut (ABORT to the trainer, which sees it), the job ends as
+// interrupted well within result_wait, and no trainer is left.
+TEST_P(JobE2E, SigtermDuringARoundAbortsTheTrainingSiteAndEndsTheJob) {
+  auto ws = dir_.path() / "ws";
+  pid_t pid = spawn_simulate(write_job({.mode = "poll-abort", .bad_site = "site-2"}));
+  ASSERT_GT(pid, 0);
+  // site-2 trains round 2 (polling the abort flag for up to 30 s).
+  bool answered = wait_until(30, [&] { return fs::exists(ws / "site-2" / "training"); });
+  ASSERT_TRUE(answered || (::kill(pid, SIGKILL), ::waitpid(pid, nullptr, 0), false)) << output();
+  ASSERT_EQ(::kill(pid, SIGTERM), 0);
+  auto status = wait_exit(pid, 55);
+  ASSERT_TRUE(status) << "ember simulate was still running 55 s after SIGTERM\n" << output();
+  EXPECT_EQ(*status, kernel::exit_code::interrupted) << output();
+  EXPECT_THAT(output(), HasSubstr("site-2  FAILED"));
+  EXPECT_TRUE(fs::exists(ws / "site-2" / "aborted")) << output();
   expect_no_trainer_left();
 }
 

@@ -126,6 +126,7 @@ int main(int argc, char** argv) {
     }
     if (misbehave && mode == "poll-abort") {
       // Trains "forever", polling the abort flag as a training loop should; notes when the job aborted it.
+      std::ofstream("training") << model.current_round << "\n";  // a test may stop the job now
       for (int i = 0; i < 3000 && !ember::client::abort_requested(); ++i) {
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
       }

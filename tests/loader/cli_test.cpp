@@ -2,6 +2,9 @@
 
 #include "cli.hpp"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <sstream>
 
 #include <gmock/gmock.h>
@@ -10,6 +13,7 @@
 
 #include "exit_codes.hpp"
 #include "support.hpp"
+#include "workspace.hpp"
 
 namespace ember::kernel {
 namespace {
@@ -23,6 +27,7 @@ constexpr std::size_t reference_plugin_count = 9;
 
 using nlohmann::json;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 struct CliRun {
   int code;
@@ -157,6 +162,107 @@ TEST(Cli, SiteFileAddsPluginPaths) {
   auto failed = cli({"--site", bad_site.string(), "plugins"});
   EXPECT_EQ(failed.code, exit_code::invalid_config);
   EXPECT_THAT(failed.err, HasSubstr(bad_site.string() + ":3:8: site.name: expected a string"));
+}
+
+// A job for `ember simulate` whose executor refers to `pipe_ref`; `pipe_options` go under [components.pipe].
+std::string simulate_job(const std::string& pipe_ref = "pipe", const std::string& pipe_options = "") {
+  return "schema_version = 1\n[job]\nname = \"codes\"\n[timeouts]\nlaunch = \"5s\"\n"
+         "[components.fedavg]\ntype = \"workflow.fedavg\"\nrounds = 1\n"
+         "[components.trainer]\ntype = \"executor.external-trainer\"\ncommand = [\"true\"]\npipe = \"" +
+         pipe_ref +
+         "\"\n"
+         "[components.launcher]\ntype = \"launcher.process\"\n"
+         "[components.pipe]\ntype = \"pipe.socket\"\n" +
+         pipe_options;
+}
+
+test::RunResult simulate_binary(const std::filesystem::path& job, const std::filesystem::path& ws,
+                                std::vector<std::string> extra = {}) {
+  std::vector<std::string> argv{EMBER_EXE, "simulate",    job.string(), "--clients",
+                                "2",       "--workspace", ws.string()};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  return test::run_program(argv, 60);
+}
+
+TEST(SimulateExitCodes, AMissingJobOrSiteFileIsAnIoError) {
+  test::TempDir dir;
+  auto run = simulate_binary(dir.path() / "nope", dir.path() / "ws");
+  EXPECT_EQ(run.exit_code, exit_code::io_error) << run.err;
+  EXPECT_THAT(run.err, HasSubstr((dir.path() / "nope").string() + ": no such file"));
+  auto site = test::run_program({EMBER_EXE, "--site", (dir.path() / "site.toml").string(), "plugins"});
+  EXPECT_EQ(site.exit_code, exit_code::io_error) << site.err;
+  EXPECT_THAT(site.err, HasSubstr("site.toml: no such file"));
+}
+
+TEST(SimulateExitCodes, AFifoADirectoryOrASymlinkLoopAsJobTomlIsNamed) {
+  test::TempDir dir;
+  auto fifo = dir.path() / "fifo" / "job.toml";
+  std::filesystem::create_directories(fifo.parent_path());
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  auto run = simulate_binary(fifo, dir.path() / "ws");
+  EXPECT_EQ(run.exit_code, exit_code::io_error);
+  EXPECT_THAT(run.err, HasSubstr(fifo.string() + ": is a FIFO, not a regular file"));
+  auto folder = dir.path() / "folder";
+  std::filesystem::create_directories(folder / "job.toml");
+  run = simulate_binary(folder, dir.path() / "ws");
+  EXPECT_EQ(run.exit_code, exit_code::io_error);
+  EXPECT_THAT(run.err, HasSubstr("job.toml: is a directory, not a regular file"));
+  auto loop = dir.path() / "loop.toml";
+  std::filesystem::create_symlink(loop, loop);
+  run = simulate_binary(loop, dir.path() / "ws");
+  EXPECT_EQ(run.exit_code, exit_code::io_error);
+  EXPECT_THAT(run.err, HasSubstr(loop.string() + ": cannot read: Too many levels of symbolic links"));
+  // validate names them the same way.
+  auto validated = cli({"validate", fifo.string()});
+  EXPECT_EQ(validated.code, exit_code::io_error);
+  EXPECT_THAT(validated.err, HasSubstr("is a FIFO"));
+}
+
+TEST(SimulateExitCodes, AReferenceToAMissingOrWrongKindComponentFailsBeforeTheJobRuns) {
+  test::TempDir dir;
+  auto missing = simulate_binary(dir.write("missing/job.toml", simulate_job("nope")), dir.path() / "ws1");
+  EXPECT_EQ(missing.exit_code, exit_code::invalid_config) << missing.out << missing.err;
+  EXPECT_THAT(missing.err, HasSubstr("the job cannot run"));
+  EXPECT_THAT(missing.err, HasSubstr("option 'pipe' = \"nope\""));
+  EXPECT_THAT(missing.out, Not(HasSubstr("round")));
+  auto wrong = simulate_binary(dir.write("wrong/job.toml", simulate_job("launcher")), dir.path() / "ws2");
+  EXPECT_EQ(wrong.exit_code, exit_code::invalid_config) << wrong.out << wrong.err;
+  EXPECT_THAT(wrong.err, HasSubstr("component \"launcher\" is a launcher.process, not a pipe"));
+  EXPECT_THAT(wrong.out, Not(HasSubstr("round")));
+}
+
+TEST(SimulateExitCodes, APipeThatCannotBeCreatedIsAPluginErrorBeforeTheJobRuns) {
+  test::TempDir dir;
+  auto run = simulate_binary(dir.write("job.toml", simulate_job("pipe", "address = \"bogus:1\"\n")),
+                             dir.path() / "ws");
+  EXPECT_EQ(run.exit_code, exit_code::plugin_error) << run.out << run.err;
+  EXPECT_THAT(run.err, HasSubstr("the job cannot run"));
+  EXPECT_THAT(run.err, HasSubstr("option 'address'"));
+  EXPECT_THAT(run.out, Not(HasSubstr("round")));
+}
+
+TEST(SimulateExitCodes, ABadJobIdIsAUsageErrorThatShowsItEscaped) {
+  test::TempDir dir;
+  auto job = dir.write("job.toml", simulate_job());
+  auto evil = simulate_binary(job, dir.path() / "ws", {"--job-id", "../../evil"});
+  EXPECT_EQ(evil.exit_code, exit_code::usage);
+  EXPECT_THAT(evil.err, HasSubstr("--job-id \"../../evil\": a job id is 1 to 128 of A-Z a-z 0-9 _ -"));
+  auto newline = simulate_binary(job, dir.path() / "ws", {"--job-id", "a\nb"});
+  EXPECT_EQ(newline.exit_code, exit_code::usage);
+  EXPECT_THAT(newline.err, HasSubstr("--job-id \"a\\nb\""));
+  EXPECT_FALSE(std::filesystem::exists(dir.path() / "ws")) << "nothing is created for a refused id";
+}
+
+TEST(SimulateExitCodes, ASecondRunInALockedWorkspaceIsRefusedWithTheFirstOnesPid) {
+  test::TempDir dir;
+  auto ws = dir.path() / "ws";
+  ASSERT_TRUE(make_private_dir(ws));
+  auto held = WorkspaceLock::acquire(ws);
+  ASSERT_TRUE(held) << held.error().message;
+  auto run = simulate_binary(dir.write("job.toml", simulate_job()), ws);
+  EXPECT_EQ(run.exit_code, exit_code::io_error) << run.out << run.err;
+  EXPECT_THAT(run.err, HasSubstr("the workspace is in use by another run (ember pid " +
+                                 std::to_string(::getpid()) + ")"));
 }
 
 TEST(EmberBinary, ListsBuildTreePluginsByDefault) {

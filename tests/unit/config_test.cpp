@@ -194,6 +194,21 @@ TEST(SiteConfig, RejectsUnknownKeysAndNeedsASiteTable) {
 namespace ember::kernel {
 namespace {
 
+TEST(SiteConfig, UmaskIsOctalTextAndOptional) {
+  auto plain = parse_site("schema_version = 1\n[site]\nname = \"s\"\n", "s.toml", ".");
+  ASSERT_TRUE(plain) << plain.error().message;
+  EXPECT_FALSE(plain->umask);
+  auto shared = parse_site("schema_version = 1\n[site]\nname = \"s\"\numask = \"0027\"\n", "s.toml", ".");
+  ASSERT_TRUE(shared) << shared.error().message;
+  EXPECT_EQ(shared->umask, 027u);
+  for (std::string bad : {"\"9\"", "\"01000\"", "22", "\"\""}) {
+    auto refused =
+        parse_site("schema_version = 1\n[site]\nname = \"s\"\numask = " + bad + "\n", "s.toml", ".");
+    ASSERT_FALSE(refused) << bad;
+    EXPECT_THAT(refused.error().message, ::testing::HasSubstr("s.toml:4:9: site.umask: expected octal text"));
+  }
+}
+
 TEST(SiteConfig, OnlySiteIsSubstitutedInASiteFile) {
   auto site = parse_site("schema_version = 1\n[site]\nname = \"s\"\n[plugins]\npaths = [\"/opt/{job_id}\"]\n",
                          "s.toml", "/");

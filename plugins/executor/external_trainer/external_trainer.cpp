@@ -1,9 +1,16 @@
 // executor.external-trainer: the client job's side of a task. Launches the training program through the
 // job's launcher, hands it a 0600 bootstrap file, runs the session over the job's pipe, passes tasks and
 // results, forwards the trainer's LOG metrics, and turns every failure into a task error that says why.
+//
+// Threading (executor.hpp): start() and execute() run one at a time, each on whichever thread calls it; no
+// lock is held while they wait on the trainer. stop() may come from any thread at any time: it requests
+// halt_, which cuts the launch wait (the watcher closes the session) and a running task (a stop_callback
+// closes the session, so a blocked send or receive returns at once), waits for the running call to return
+// (bounded), then ends the trainer.
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -77,25 +84,117 @@ class ExternalTrainer final : public Executor {
 
   ~ExternalTrainer() override { stop(); }
 
-  Result<void> start() override {
+  Result<void> start(std::stop_token stop) override {
+    auto busy = enter("start()");
+    if (!busy) {
+      return fail(std::move(busy.error()));
+    }
+    Result<void> started = start_busy(stop);
+    leave();
+    return started;
+  }
+
+  Result<TaskData> execute(const TaskData& task, std::stop_token stop) override {
+    auto busy = enter("execute()");
+    if (!busy) {
+      return fail(std::move(busy.error()));
+    }
+    Result<TaskData> result = execute_busy(task, stop);
+    leave();
+    return result;
+  }
+
+  void stop() noexcept override {
+    halt_.request_stop();
+    {
+      std::unique_lock lock(mutex_);
+      // A running start() or execute() sees halt_ within its poll bound (its session is closed at once) and
+      // ends the trainer itself on its way out; the bound is a guard against a launcher that never returns.
+      if (!idle_.wait_for(lock, job_.timeouts.shutdown_grace + 5s, [this] { return !busy_; })) {
+        log_->log(
+            LogLevel::error,
+            site() + ": start() or execute() did not return after stop(); it ends the trainer when it does");
+        return;
+      }
+      busy_ = true;  // this thread alone touches the trainer now, without holding the lock while it waits
+    }
+    end_trainer("job finished", false);
     std::lock_guard lock(mutex_);
+    busy_ = false;
+    idle_.notify_all();
+  }
+
+ private:
+  // Marks the executor busy: one start() or execute() at a time, none after stop().
+  Result<void> enter(std::string_view call) {
+    std::lock_guard lock(mutex_);
+    if (halt_.stop_requested()) {
+      return fail(Errc::cancelled, site() + ": " + std::string(call) + " after stop()");
+    }
+    if (busy_) {
+      return fail(Errc::invalid_argument, site() + ": " + std::string(call) +
+                                              " while another start() or execute() runs (one at a time)");
+    }
+    busy_ = true;
+    return ok();
+  }
+
+  void leave() {
+    if (halt_.stop_requested()) {
+      end_trainer("job stopped", true);  // stop() came while this call ran; still busy, so no lock needed
+    }
+    std::lock_guard lock(mutex_);
+    busy_ = false;
+    idle_.notify_all();
+  }
+
+  bool halted(const std::stop_token& stop) const {
+    return stop.stop_requested() || halt_.stop_requested() || stop_.stop_requested();
+  }
+
+  // Checks that [components.<id>] exists and is of `kind`: a wrong reference is a config error of this
+  // executor's option, found before anything is created.
+  Result<ConfiguredComponent> referenced(const char* option, const std::string& id, std::string_view kind) {
+    auto config = registry_.configured(id);
+    if (!config) {
+      return fail(Errc::invalid_config,
+                  std::string("option '") + option + "' = \"" + id + "\": " + config.error().message);
+    }
+    if (!config->type.starts_with(std::string(kind) + ".")) {
+      return fail(Errc::invalid_config, std::string("option '") + option + "' = \"" + id +
+                                            "\": component \"" + id + "\" is a " + config->type + ", not a " +
+                                            std::string(kind));
+    }
+    return config;
+  }
+
+  Result<void> start_busy(const std::stop_token& stop) {
     if (registry_.job() == nullptr) {
       return fail(Errc::invalid_argument,
                   "executor.external-trainer runs inside a job (ember simulate or a "
                   "client job); it was created without one");
     }
+    if (launcher_) {
+      return fail(Errc::invalid_argument, site() + ": start() was called twice");
+    }
+    auto launcher_config = referenced("launcher", launcher_id_, "launcher");
+    if (!launcher_config) {
+      return fail(std::move(launcher_config.error()));
+    }
+    auto pipe_config = referenced("pipe", pipe_id_, "pipe");
+    if (!pipe_config) {
+      return fail(std::move(pipe_config.error()));
+    }
     auto launcher = registry_.create_configured_as<Launcher>(launcher_id_);
     if (!launcher) {
-      return fail(Errc::invalid_config,
+      return fail(launcher.error().code,
                   "option 'launcher' = \"" + launcher_id_ + "\": " + launcher.error().message);
     }
-    launcher_ = *launcher;
-    auto pipe_config = registry_.configured(pipe_id_);
     auto pipe = registry_.create_configured_as<Pipe>(pipe_id_);
-    if (!pipe_config || !pipe) {
-      return fail(Errc::invalid_config, "option 'pipe' = \"" + pipe_id_ +
-                                            "\": " + (!pipe ? pipe.error() : pipe_config.error()).message);
+    if (!pipe) {
+      return fail(pipe.error().code, "option 'pipe' = \"" + pipe_id_ + "\": " + pipe.error().message);
     }
+    launcher_ = *launcher;
     pipe_type_ = pipe_config->type;
     pipe_options_ = pipe_config->options;
     pipe_ = *pipe;
@@ -112,19 +211,18 @@ class ExternalTrainer final : public Executor {
       converters_.push_back(std::move(*converter));
     }
     if (!per_task_) {
-      return launch_trainer();
+      return launch_trainer(stop);
     }
     return ok();
   }
 
-  Result<TaskData> execute(const TaskData& task, std::stop_token stop) override {
-    std::lock_guard lock(mutex_);
+  Result<TaskData> execute_busy(const TaskData& task, const std::stop_token& stop) {
     if (!launcher_) {
-      return fail(Errc::invalid_argument, "execute() before start()");
+      return fail(Errc::invalid_argument, site() + ": execute() before start()");
     }
     if (!trainer_) {
       if (per_task_ || launches_ == 0) {
-        if (auto launched = launch_trainer(); !launched) {
+        if (auto launched = launch_trainer(stop); !launched) {
           return fail(std::move(launched.error()));
         }
       } else {
@@ -140,12 +238,6 @@ class ExternalTrainer final : public Executor {
     return result;
   }
 
-  void stop() noexcept override {
-    std::lock_guard lock(mutex_);
-    end_trainer("job finished", false);
-  }
-
- private:
   std::string site() const { return job_.site.empty() ? std::string("site") : job_.site; }
 
   struct Refusals {
@@ -180,7 +272,7 @@ class ExternalTrainer final : public Executor {
     return argv;
   }
 
-  Result<void> launch_trainer() {
+  Result<void> launch_trainer(const std::stop_token& stop) {
     ++launches_;
     if (launches_ > 1) {
       // A fresh pipe component for each trainer: the previous one may still hold what its job end left
@@ -256,11 +348,13 @@ class ExternalTrainer final : public Executor {
     trainer.session->set_sink_factory(trainer.inbox->sink_factory());
 
     // The trainer may die before it says HELLO: watch it, so that shows at once instead of after `launch`.
+    // A stop (the caller's token, stop(), the kernel's) ends the wait too, within one poll.
     std::optional<ExitStatus> early_exit;
+    bool stopped = false;
     std::mutex early_mutex;
     {
       std::jthread watcher([&](std::stop_token watch_stop) {
-        while (!watch_stop.stop_requested() && !stop_.stop_requested()) {
+        while (!watch_stop.stop_requested() && !halted(stop)) {
           auto status = trainer.handle->wait(25ms);
           if (status && *status) {
             std::lock_guard early_lock(early_mutex);
@@ -269,7 +363,9 @@ class ExternalTrainer final : public Executor {
             return;
           }
         }
-        if (stop_.stop_requested()) {
+        if (halted(stop)) {
+          std::lock_guard early_lock(early_mutex);
+          stopped = true;
           trainer.session->close(Op::abort, "job stopped");
         }
       });
@@ -291,6 +387,8 @@ class ExternalTrainer final : public Executor {
             why = refusals->last.empty() ? "the trainer " + describe_exit(*early_exit) +
                                                " before HELLO (its output is in the site log)"
                                          : "the pipe refused the trainer's HELLO: " + refusals->last;
+          } else if (stopped) {
+            why = "the job was stopped before the trainer said HELLO";
           }
         }
         if (why.empty()) {
@@ -298,11 +396,11 @@ class ExternalTrainer final : public Executor {
                                                           std::to_string(job_.timeouts.launch.count()) + " ms"
                                                     : hello.error().message;
         }
-        auto status = hello.error().code == Errc::rejected ? await_exit(*trainer.handle) : std::nullopt;
+        auto status = hello.error().code == Errc::rejected ? await_exit(*trainer.handle, stop) : std::nullopt;
         trainer.session->close(Op::abort, why);
         if (!status) {
-          if (auto stopped = trainer.handle->stop(job_.timeouts.shutdown_grace)) {
-            status = *stopped;
+          if (auto ended = trainer.handle->stop(job_.timeouts.shutdown_grace)) {
+            status = *ended;
           }
         }
         bool refused = hello.error().code == Errc::rejected;
@@ -310,8 +408,8 @@ class ExternalTrainer final : public Executor {
           std::lock_guard refusal_lock(refusals->mutex);
           refused = refused || !refusals->last.empty();
         }
-        return fail(refused ? Errc::rejected : Errc::peer_gone,
-                    site() + ": " + why + (status ? " [trainer " + describe_exit(*status) + "]" : ""));
+        Errc code = stopped ? Errc::cancelled : refused ? Errc::rejected : Errc::peer_gone;
+        return fail(code, site() + ": " + why + (status ? " [trainer " + describe_exit(*status) + "]" : ""));
       }
     }
     auto ready_ms = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count();
@@ -348,9 +446,9 @@ class ExternalTrainer final : public Executor {
   // A refused trainer has HELLO_REJECTED and ends by itself: give it shutdown_grace to do so (its own
   // account of the refusal reaches its log) before the launcher stops it. A job that is stopping cuts the
   // wait short.
-  std::optional<ExitStatus> await_exit(LaunchHandle& handle) const {
+  std::optional<ExitStatus> await_exit(LaunchHandle& handle, const std::stop_token& stop) const {
     const auto deadline = Clock::now() + job_.timeouts.shutdown_grace;
-    while (!stop_.stop_requested()) {
+    while (!halted(stop)) {
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
       auto status = handle.wait(std::clamp<std::chrono::milliseconds>(left, 0ms, 100ms));
       if (status && *status) {
@@ -387,13 +485,15 @@ class ExternalTrainer final : public Executor {
     if (kind == "metric") {
       auto key = header_or(m, "key");
       auto value = header_or(m, "value");
+      // The round the trainer tagged the metric with (the task it was working on when it logged it): a LOG
+      // sent late in a round may arrive during the next task. Untagged (older peers): the current task's.
       events_.publish(Event{"metrics.trainer",
                             "executor.external-trainer",
                             {{"site", job_.site},
                              {"key", key},
                              {"value", value},
                              {"step", header_or(m, "step")},
-                             {"round", std::to_string(task.round)}}});
+                             {"round", header_or(m, "round", std::to_string(task.round))}}});
       log_->log(LogLevel::debug, "metric " + key + " = " + value);
     } else {
       std::string text(reinterpret_cast<const char*>(m.payload.data()), m.payload.size());
@@ -403,6 +503,16 @@ class ExternalTrainer final : public Executor {
 
   Result<TaskData> run_task(const TaskData& task, const std::stop_token& stop) {
     auto& s = *trainer_->session;
+    // A stop closes the session at once: a send blocked on the trainer returns, and the loop below sees it.
+    // Session::close() joins the session's threads, so two closes must not overlap: the callbacks run on the
+    // stopping thread while this one may close too.
+    std::mutex close_mutex;
+    auto cut = [&s, &close_mutex] {
+      std::lock_guard closing(close_mutex);
+      s.close(Op::abort, "the job stopped");
+    };
+    std::stop_callback on_task_stop(stop, cut);
+    std::stop_callback on_halt(halt_.get_token(), cut);
     auto payload = session::task_payload(task);
     if (!payload) {
       return fail(payload.error().code,
@@ -411,6 +521,9 @@ class ExternalTrainer final : public Executor {
     wire::Headers headers{{"round", std::to_string(task.round)},
                           {"total_rounds", std::to_string(task.total_rounds)}};
     auto sent = s.send(Op::task_ready, task.name, headers, *payload);
+    if (!sent && halted(stop)) {
+      return fail(Errc::cancelled, site() + ": task '" + task.name + "' cancelled");
+    }
     if (!sent) {
       return fail(task_error(sent.error(), task));
     }
@@ -418,8 +531,8 @@ class ExternalTrainer final : public Executor {
     bool accepted = false;
     auto deadline = Clock::now() + job_.timeouts.task_wait;
     while (true) {
-      if (stop.stop_requested() || stop_.stop_requested()) {
-        s.close(Op::abort, "the job stopped");
+      if (halted(stop)) {
+        cut();
         return fail(Errc::cancelled, site() + ": task '" + task.name + "' cancelled");
       }
       auto now = Clock::now();
@@ -434,6 +547,9 @@ class ExternalTrainer final : public Executor {
       // Short waits, so the stop token and the trainer process are checked in between.
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
       auto received = s.receive(std::clamp<std::chrono::milliseconds>(left, 1ms, 100ms));
+      if (!received && halted(stop)) {
+        return fail(Errc::cancelled, site() + ": task '" + task.name + "' cancelled");
+      }
       if (!received) {
         return fail(task_error(received.error(), task));
       }
@@ -536,7 +652,10 @@ class ExternalTrainer final : public Executor {
 
   JobInfo job_;
   session::Settings settings_;
-  std::recursive_mutex mutex_;
+  std::stop_source halt_;  // requested by stop(): ends any wait, and no call starts after it
+  std::mutex mutex_;       // guards busy_ only; never held while waiting on the trainer
+  std::condition_variable idle_;
+  bool busy_ = false;  // a start() or execute() runs; it alone touches the members below meanwhile
   std::shared_ptr<Launcher> launcher_;
   std::shared_ptr<Pipe> pipe_;
   std::string pipe_type_;

@@ -78,7 +78,7 @@ std::optional<std::uint64_t> round_of(std::string_view name) {
 }
 
 Result<void> write_temporary(int fd, const wire::SafetensorsSource& source, const fs::path& temporary) {
-  if (::fchmod(fd, 0644) != 0) {
+  if (::fchmod(fd, 0600) != 0) {  // the server's model is its own (a site's umask cannot widen it)
     return io_error("cannot set the mode of", temporary, errno);
   }
   std::vector<std::byte> buffer(

@@ -18,7 +18,7 @@ namespace ember {
 /// implements or calls (adding, removing or reordering a virtual function, changing its parameters).
 /// Adding a new interface, a new free function or a new non-virtual helper does not bump it. The kernel
 /// refuses a plugin whose ABI version differs from its own, naming both.
-inline constexpr std::uint32_t abi_version = 5;
+inline constexpr std::uint32_t abi_version = 6;
 
 #define EMBER_DETAIL_STR2(x) #x
 #define EMBER_DETAIL_STR(x) EMBER_DETAIL_STR2(x)

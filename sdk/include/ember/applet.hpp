@@ -12,7 +12,8 @@
 
 namespace ember {
 
-/// An applet component.
+/// An applet component. Thread-bound for start() and relay() (one call at a time, from any thread); state()
+/// is thread-safe; stop() is thread-safe and may come while start() or relay() runs, which then return soon.
 class EMBER_API Applet : public Component {
  public:
   /// Starts the applet's programs and waits until they answer (bounded by the applet's own timeout).

@@ -8,9 +8,15 @@
 //     ember::client::send(result);
 //   }
 //
-// Every call returns Result<...>; nothing throws. In a multi-process trainer only rank 0 (the explicit rank,
-// else the RANK variable, else 0) talks to the job; on other ranks receive() and send() answer
-// Errc::unsupported with a message saying so, and is_rank0() is false.
+// Every call returns Result<...>; nothing throws.
+//
+// Threading: every call is thread-safe. init(), receive(), send() and shutdown() are meant for the training
+// loop (they take turns; a receive() waiting for a task holds the others back); log(), log_text(),
+// abort_requested() and is_running() never wait for them, so a training thread or a data loader may call them
+// at any time; task_name(), system_info() and the other queries may wait while a receive() or send() runs. In
+// a multi-process trainer only rank 0 (the explicit rank, else the RANK variable, else 0) talks to the job;
+// on other ranks receive() and send() answer Errc::unsupported with a message saying so, and is_rank0() is
+// false.
 
 #include <chrono>
 #include <cstdint>

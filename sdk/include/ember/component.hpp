@@ -1,5 +1,16 @@
 #pragma once
 // The base of every component, the kinds a plugin can provide, and the context the kernel hands a component.
+//
+// Threading. Every SDK interface says which of its calls may come from which thread, in three words (after
+// libcamera's):
+//   - reentrant: may be called from several threads at once on *different* objects (value types: Options,
+//     TaskData, WireTensor, Result);
+//   - thread-safe: may be called from several threads at once on the *same* object;
+//   - thread-bound: called from one thread at a time (not necessarily the same thread each time), so the
+//     object needs no lock for it; the interface says which other calls may overlap it.
+// The kernel never calls a component from a signal handler. Where an interface has a stop (Executor::stop,
+// Applet::stop, LaunchHandle::stop, PipeEndpoint::close) it may come from another thread while a long call
+// runs, and must make that call return promptly; a long wait polls or registers on its stop token.
 
 #include <cstdint>
 #include <filesystem>
@@ -48,7 +59,7 @@ constexpr std::string_view to_string(Kind kind) noexcept {
 }
 
 /// The base of every component. Created by its plugin's factory, owned by the kernel through a
-/// shared_ptr that also keeps the plugin's library loaded.
+/// shared_ptr that also keeps the plugin's library loaded. Destroyed on any thread, once no call runs.
 class EMBER_API Component {
  public:
   virtual ~Component() = default;
@@ -65,7 +76,8 @@ struct ConfiguredComponent {
   Options options;   ///< validated, defaults filled in, substituted for this site
 };
 
-/// What the kernel hands a component when it creates it.
+/// What the kernel hands a component when it creates it. Reentrant; its accessors are thread-safe, and what
+/// they return (logger, event bus, registry) is thread-safe too.
 class ComponentContext {
  public:
   ComponentContext(std::string type, std::string instance, std::shared_ptr<Logger> logger, Options options,
@@ -111,6 +123,7 @@ class ComponentContext {
 };
 
 /// Creates components by type name. Implemented by the kernel; a component reaches it through its context.
+/// Thread-safe: a component may create others from any of its threads.
 class EMBER_API Registry {
  public:
   virtual ~Registry() = default;

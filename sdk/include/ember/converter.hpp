@@ -9,6 +9,8 @@
 namespace ember {
 
 /// A converter component. Both ends of a session declare their converters' formats in HELLO.
+/// Thread-safe: to_native() and to_wire() may run on several threads at once (a session's reader and a
+/// trainer's own threads); format() is constant.
 class EMBER_API Converter : public Component {
  public:
   /// The native format this converter produces and accepts ("torch", "wire").

@@ -54,6 +54,7 @@ struct ExitStatus {
 };
 
 /// A handle on one launched process tree or container. Destroying it stops what it launched.
+/// Thread-safe: wait() and state() may run on one thread (a watcher) while stop() comes from another.
 class EMBER_API LaunchHandle {
  public:
   virtual ~LaunchHandle() = default;
@@ -68,7 +69,7 @@ class EMBER_API LaunchHandle {
   virtual Result<ExitStatus> stop(std::chrono::milliseconds grace) = 0;
 };
 
-/// A launcher component.
+/// A launcher component. Thread-safe: several sites' executors may launch through one launcher at once.
 class EMBER_API Launcher : public Component {
  public:
   /// Starts what `spec` describes.

@@ -54,7 +54,8 @@ struct OptionSpec {
 using OptionValue = std::variant<std::string, std::int64_t, double, bool, std::chrono::milliseconds,
                                  std::vector<std::string>>;
 
-/// The options a component receives: every declared option, with config values over defaults.
+/// The options a component receives: every declared option, with config values over defaults. Reentrant;
+/// the const getters are thread-safe.
 /// The kernel has already checked names and types against the schema, so a getter fails only when the
 /// component asks for a name it did not declare, or with another type (a bug in the component, reported
 /// as std::out_of_range and turned into a create_failed error by the factory wrapper).

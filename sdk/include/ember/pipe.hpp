@@ -25,7 +25,9 @@ enum class PipeSide { job, trainer };
 using PeerAdmission = std::function<bool(std::span<const std::byte> first_frame)>;
 
 /// One open end of a pipe. send() and receive() may be called from different threads; each is used by one
-/// thread at a time. Frames arrive whole and in the order they were sent, or not at all.
+/// thread at a time (thread-bound per direction). close() and describe() are thread-safe: close() may come
+/// while a send() or receive() waits, which then returns promptly with Errc::closed. Frames arrive whole and
+/// in the order they were sent, or not at all.
 class EMBER_API PipeEndpoint {
  public:
   virtual ~PipeEndpoint() = default;
@@ -89,6 +91,7 @@ class EMBER_API PipeEndpoint {
 /// A pipe component, configured from TOML, opens endpoints. A pipe that reaches another process declares an
 /// option named `address`: the trainer end is created with `address` set to what the job end's address()
 /// returned, and attaches to it.
+/// Thread-bound: open() and address() from one thread at a time.
 class EMBER_API Pipe : public Component {
  public:
   /// Opens one end. The job end returns at once, ready for a peer (which its first receive() or send()

@@ -20,7 +20,8 @@ inline constexpr const char* submit_model = "submit_model";
 /// Whether the params are the whole model or a difference to the one received.
 enum class ParamsType { full, diff };
 
-/// A task for a site, or a site's answer to one: named tensors plus metrics and free-form meta.
+/// A task for a site, or a site's answer to one: named tensors plus metrics and free-form meta. A value type
+/// (reentrant); one task is read by several sites' threads at once, and nobody writes it meanwhile.
 struct TaskData {
   std::string name;                ///< task name: any UTF-8 text, e.g. "train"
   std::uint64_t round = 0;         ///< current round, from 0

@@ -84,7 +84,8 @@ constexpr std::optional<DType> parse_dtype(std::string_view name) noexcept {
 }
 
 /// A tensor on the wire: row-major, little-endian, contiguous. `bytes` stays valid while `owner` lives,
-/// so a tensor can point into a received frame or a mapped file without copying it.
+/// so a tensor can point into a received frame or a mapped file without copying it. Reentrant; its bytes
+/// are read-only once shared, so copies may be read on several threads at once.
 struct WireTensor {
   std::string name;
   DType dtype = DType::F32;
