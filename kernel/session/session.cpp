@@ -187,7 +187,9 @@ Session::Session(Role role, std::unique_ptr<PipeEndpoint> pipe, Settings setting
       last_rx_(Clock::now()),
       last_tx_(Clock::now()) {
   reader_ = std::thread([this] { reader_loop(); });
+  reader_id_ = reader_.get_id();
   writer_ = std::thread([this] { writer_loop(); });
+  writer_id_ = writer_.get_id();
 }
 
 Session::~Session() {
@@ -1340,10 +1342,18 @@ void Session::close(Op farewell, std::string reason) noexcept {
     }
     lock.unlock();
     pipe_->close();  // wakes a thread blocked in the pipe
-    if (reader_.joinable() && reader_.get_id() != std::this_thread::get_id()) {
+    // The session's own threads never join: one closing from inside would wait for a close() that waits
+    // for it. Any other caller joins under join_mutex_, so two threads closing at once do not both join one
+    // thread (undefined, and seen to hang); the second returns once the first has joined.
+    const auto self = std::this_thread::get_id();
+    if (reader_id_.load() == self || writer_id_.load() == self) {
+      return;
+    }
+    std::lock_guard join_lock(join_mutex_);
+    if (reader_.joinable()) {
       reader_.join();
     }
-    if (writer_.joinable() && writer_.get_id() != std::this_thread::get_id()) {
+    if (writer_.joinable()) {
       writer_.join();
     }
   } catch (...) {

@@ -135,6 +135,26 @@ TEST_F(SessionPair, AHelloTheJobRefusesGetsHelloRejectedWithTheReason) {
   EXPECT_THAT(peer.error().message, HasSubstr("rejected: the trainer does not speak converter.torch"));
 }
 
+TEST_F(SessionPair, ManyThreadsClosingAtOnceAllReturn) {
+  // A stop and an early trainer exit may close one session from two threads at the same moment: each call
+  // must return (one joins the session's threads, the others wait for it), and the session ends closed.
+  open();
+  handshake();
+  for (int round = 0; round < 20; ++round) {
+    std::vector<std::future<void>> closers;
+    for (int i = 0; i < 4; ++i) {
+      closers.push_back(std::async(std::launch::async, [&] { job_->close(Op::abort, "closed by test"); }));
+    }
+    for (auto& c : closers) {
+      ASSERT_EQ(c.wait_for(10s), std::future_status::ready) << "a concurrent close() did not return";
+    }
+    EXPECT_EQ(job_->state(), State::closed);
+    trainer_->close(Op::shutdown, "");
+    open();
+    handshake();
+  }
+}
+
 TEST_F(SessionPair, NoHelloWithinLaunchTimesOut) {
   auto settings = fast();
   settings.launch = 150ms;

@@ -312,6 +312,10 @@ class Session {
   SinkFactory sink_factory_;
 
   Stats stats_;
+  std::mutex join_mutex_;  // one close() at a time joins the threads; the others wait for it
+  // The threads' ids, readable without join_mutex_ (std::thread::get_id races with a join).
+  std::atomic<std::thread::id> reader_id_{};
+  std::atomic<std::thread::id> writer_id_{};
   std::thread reader_;
   std::thread writer_;
 };
