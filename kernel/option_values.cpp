@@ -1,9 +1,11 @@
 #include "option_values.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <limits>
 #include <sstream>
+#include <tuple>
 
 #include <toml++/toml.h>
 
@@ -262,6 +264,193 @@ std::string option_to_text(const OptionValue& value) {
     }
   };
   return std::visit(Visitor{}, value);
+}
+
+namespace {
+
+// A choice with one `<lo-hi>` placeholder: the text around it and the integer range it stands for.
+struct Pattern {
+  std::string_view prefix;
+  std::string_view suffix;
+  std::int64_t low = 0;
+  std::int64_t high = 0;
+};
+
+std::optional<std::int64_t> parse_decimal(std::string_view text) {
+  if (text.empty() || text.size() > 18 || (text.size() > 1 && text.front() == '0')) {
+    return std::nullopt;
+  }
+  std::int64_t value = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') {
+      return std::nullopt;
+    }
+    value = value * 10 + (c - '0');
+  }
+  return value;
+}
+
+// nullopt: a plain choice; an error: a malformed placeholder.
+Result<std::optional<Pattern>> parse_pattern(std::string_view choice) {
+  auto open = choice.find('<');
+  auto close = choice.find('>');
+  if (open == std::string_view::npos && close == std::string_view::npos) {
+    return std::optional<Pattern>{};
+  }
+  if (open == std::string_view::npos || close == std::string_view::npos || close < open ||
+      choice.find('<', open + 1) != std::string_view::npos ||
+      choice.find('>', close + 1) != std::string_view::npos) {
+    return fail(Errc::invalid_argument, "choice '" + std::string(choice) + "' has an unbalanced '<' or '>'");
+  }
+  auto range = choice.substr(open + 1, close - open - 1);
+  auto dash = range.find('-');
+  auto low = dash == std::string_view::npos ? std::nullopt : parse_decimal(range.substr(0, dash));
+  auto high = dash == std::string_view::npos ? std::nullopt : parse_decimal(range.substr(dash + 1));
+  if (!low || !high || *low > *high) {
+    return fail(Errc::invalid_argument,
+                "choice '" + std::string(choice) + "': want <lo-hi> with decimal lo <= hi, such as <0-15>");
+  }
+  return std::optional<Pattern>(Pattern{choice.substr(0, open), choice.substr(close + 1), *low, *high});
+}
+
+bool matches(std::string_view value, std::string_view choice) {
+  auto pattern = parse_pattern(choice);
+  if (!pattern || !*pattern) {
+    return value == choice;
+  }
+  const Pattern& p = **pattern;
+  if (value.size() < p.prefix.size() + p.suffix.size() || value.substr(0, p.prefix.size()) != p.prefix ||
+      value.substr(value.size() - p.suffix.size()) != p.suffix) {
+    return false;
+  }
+  auto number =
+      parse_decimal(value.substr(p.prefix.size(), value.size() - p.prefix.size() - p.suffix.size()));
+  return number && *number >= p.low && *number <= p.high;
+}
+
+bool has_order(OptionType type) {
+  return type == OptionType::integer || type == OptionType::number || type == OptionType::duration;
+}
+
+// -1, 0, 1 for two values of the same ordered type.
+int compare(const OptionValue& a, const OptionValue& b) {
+  if (const auto* ia = std::get_if<std::int64_t>(&a)) {
+    auto ib = std::get<std::int64_t>(b);
+    return *ia < ib ? -1 : (*ia > ib ? 1 : 0);
+  }
+  if (const auto* da = std::get_if<double>(&a)) {
+    auto db = std::get<double>(b);
+    return *da < db ? -1 : (*da > db ? 1 : 0);
+  }
+  auto ma = std::get<std::chrono::milliseconds>(a);
+  auto mb = std::get<std::chrono::milliseconds>(b);
+  return ma < mb ? -1 : (ma > mb ? 1 : 0);
+}
+
+std::string bare(const OptionValue& value) {
+  if (const auto* d = std::get_if<std::chrono::milliseconds>(&value)) {
+    return format_duration(*d);
+  }
+  return option_to_text(value);
+}
+
+std::string choice_list(const std::vector<std::string>& choices) {
+  std::string out;
+  for (const auto& c : choices) {
+    out += (out.empty() ? "" : ", ") + c;
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<OptionConstraints> parse_constraints(OptionType type, const char* choices, const char* minimum,
+                                            const char* maximum) {
+  OptionConstraints out;
+  if (choices != nullptr) {
+    if (type != OptionType::string && type != OptionType::string_list) {
+      return fail(Errc::invalid_argument, "choices are only for string and string_list options");
+    }
+    std::string_view text(choices);
+    std::size_t start = 0;
+    while (start <= text.size()) {
+      auto end = std::min(text.find('|', start), text.size());
+      auto choice = text.substr(start, end - start);
+      if (choice.empty()) {
+        return fail(Errc::invalid_argument, "choices '" + std::string(text) + "' hold an empty alternative");
+      }
+      if (auto pattern = parse_pattern(choice); !pattern) {
+        return fail(std::move(pattern.error()));
+      }
+      out.choices.emplace_back(choice);
+      start = end + 1;
+    }
+  }
+  for (auto [text, slot, word] :
+       {std::tuple{minimum, &out.minimum, "minimum"}, std::tuple{maximum, &out.maximum, "maximum"}}) {
+    if (text == nullptr) {
+      continue;
+    }
+    if (!has_order(type)) {
+      return fail(Errc::invalid_argument,
+                  std::string(word) + " is only for integer, number and duration options");
+    }
+    auto value = option_from_text(text, type, Substitutions{});
+    if (!value) {
+      return fail(Errc::invalid_argument, std::string(word) + ": " + value.error().message);
+    }
+    *slot = std::move(*value);
+  }
+  if (out.minimum && out.maximum && compare(*out.minimum, *out.maximum) > 0) {
+    return fail(Errc::invalid_argument,
+                "minimum " + bare(*out.minimum) + " is above maximum " + bare(*out.maximum));
+  }
+  return out;
+}
+
+Result<void> check_constraints(const OptionValue& value, const OptionConstraints& constraints) {
+  if (!constraints.choices.empty()) {
+    auto allowed = [&](const std::string& s) {
+      return std::any_of(constraints.choices.begin(), constraints.choices.end(),
+                         [&](const std::string& c) { return matches(s, c); });
+    };
+    if (const auto* s = std::get_if<std::string>(&value); s != nullptr && !allowed(*s)) {
+      return fail(Errc::invalid_option,
+                  option_to_text(value) + " is not one of: " + choice_list(constraints.choices));
+    }
+    if (const auto* list = std::get_if<std::vector<std::string>>(&value)) {
+      for (std::size_t i = 0; i < list->size(); ++i) {
+        if (!allowed((*list)[i])) {
+          return fail(Errc::invalid_option, "element " + std::to_string(i) + ": " +
+                                                option_to_text((*list)[i]) +
+                                                " is not one of: " + choice_list(constraints.choices));
+        }
+      }
+    }
+  }
+  if (constraints.minimum && compare(value, *constraints.minimum) < 0) {
+    return fail(Errc::invalid_option, bare(value) + " is below the minimum " + bare(*constraints.minimum));
+  }
+  if (constraints.maximum && compare(value, *constraints.maximum) > 0) {
+    return fail(Errc::invalid_option, bare(value) + " is above the maximum " + bare(*constraints.maximum));
+  }
+  return ok();
+}
+
+std::string describe_constraints(const OptionConstraints& constraints) {
+  if (!constraints.choices.empty()) {
+    return "one of: " + choice_list(constraints.choices);
+  }
+  if (constraints.minimum && constraints.maximum) {
+    return bare(*constraints.minimum) + ".." + bare(*constraints.maximum);
+  }
+  if (constraints.minimum) {
+    return ">= " + bare(*constraints.minimum);
+  }
+  if (constraints.maximum) {
+    return "<= " + bare(*constraints.maximum);
+  }
+  return "";
 }
 
 }  // namespace ember::kernel
