@@ -268,10 +268,11 @@ std::string option_to_text(const OptionValue& value) {
 
 namespace {
 
-// A choice with one `<lo-hi>` placeholder: the text around it and the integer range it stands for.
-struct Pattern {
-  std::string_view prefix;
-  std::string_view suffix;
+// One piece of a choice: literal text, or a placeholder: `<lo-hi>` (a decimal integer in the range),
+// `<name>` (an identifier, [A-Za-z_][A-Za-z0-9_]*) or `<any>` (any text, even none).
+struct Piece {
+  enum class What { literal, integer, name, any } what = What::literal;
+  std::string_view text;
   std::int64_t low = 0;
   std::int64_t high = 0;
 };
@@ -290,42 +291,91 @@ std::optional<std::int64_t> parse_decimal(std::string_view text) {
   return value;
 }
 
-// nullopt: a plain choice; an error: a malformed placeholder.
-Result<std::optional<Pattern>> parse_pattern(std::string_view choice) {
-  auto open = choice.find('<');
-  auto close = choice.find('>');
-  if (open == std::string_view::npos && close == std::string_view::npos) {
-    return std::optional<Pattern>{};
+Result<std::vector<Piece>> parse_choice(std::string_view choice) {
+  std::vector<Piece> pieces;
+  auto bad = [&](const std::string& why) {
+    return fail(Errc::invalid_argument, "choice '" + std::string(choice) + "': " + why);
+  };
+  std::size_t at = 0;
+  while (at < choice.size()) {
+    auto open = choice.find('<', at);
+    auto close = choice.find('>', at);
+    if (close < open) {
+      return bad("'>' without '<'");
+    }
+    if (open != at) {
+      pieces.push_back({Piece::What::literal, choice.substr(at, std::min(open, choice.size()) - at)});
+      at = std::min(open, choice.size());
+      continue;
+    }
+    if (close == std::string_view::npos) {
+      return bad("'<' without '>'");
+    }
+    auto inside = choice.substr(open + 1, close - open - 1);
+    at = close + 1;
+    if (inside == "name") {
+      pieces.push_back({Piece::What::name, inside});
+      continue;
+    }
+    if (inside == "any") {
+      pieces.push_back({Piece::What::any, inside});
+      continue;
+    }
+    auto dash = inside.find('-');
+    auto low = dash == std::string_view::npos ? std::nullopt : parse_decimal(inside.substr(0, dash));
+    auto high = dash == std::string_view::npos ? std::nullopt : parse_decimal(inside.substr(dash + 1));
+    if (!low || !high || *low > *high) {
+      return bad("want <lo-hi> with decimal lo <= hi (such as <0-15>), <name> or <any>");
+    }
+    pieces.push_back({Piece::What::integer, inside, *low, *high});
   }
-  if (open == std::string_view::npos || close == std::string_view::npos || close < open ||
-      choice.find('<', open + 1) != std::string_view::npos ||
-      choice.find('>', close + 1) != std::string_view::npos) {
-    return fail(Errc::invalid_argument, "choice '" + std::string(choice) + "' has an unbalanced '<' or '>'");
+  return pieces;
+}
+
+bool is_name_char(char c, bool first) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || (!first && c >= '0' && c <= '9');
+}
+
+// Integers and names take the longest run they can; `<any>` tries every length, shortest first.
+bool matches_from(const std::vector<Piece>& pieces, std::size_t piece, std::string_view rest) {
+  if (piece == pieces.size()) {
+    return rest.empty();
   }
-  auto range = choice.substr(open + 1, close - open - 1);
-  auto dash = range.find('-');
-  auto low = dash == std::string_view::npos ? std::nullopt : parse_decimal(range.substr(0, dash));
-  auto high = dash == std::string_view::npos ? std::nullopt : parse_decimal(range.substr(dash + 1));
-  if (!low || !high || *low > *high) {
-    return fail(Errc::invalid_argument,
-                "choice '" + std::string(choice) + "': want <lo-hi> with decimal lo <= hi, such as <0-15>");
+  const Piece& p = pieces[piece];
+  switch (p.what) {
+    case Piece::What::literal:
+      return rest.substr(0, p.text.size()) == p.text &&
+             matches_from(pieces, piece + 1, rest.substr(p.text.size()));
+    case Piece::What::integer: {
+      std::size_t n = 0;
+      while (n < rest.size() && rest[n] >= '0' && rest[n] <= '9') {
+        ++n;
+      }
+      auto number = parse_decimal(rest.substr(0, n));
+      return number && *number >= p.low && *number <= p.high &&
+             matches_from(pieces, piece + 1, rest.substr(n));
+    }
+    case Piece::What::name: {
+      std::size_t n = 0;
+      while (n < rest.size() && is_name_char(rest[n], n == 0)) {
+        ++n;
+      }
+      return n > 0 && matches_from(pieces, piece + 1, rest.substr(n));
+    }
+    case Piece::What::any:
+      for (std::size_t n = 0; n <= rest.size(); ++n) {
+        if (matches_from(pieces, piece + 1, rest.substr(n))) {
+          return true;
+        }
+      }
+      return false;
   }
-  return std::optional<Pattern>(Pattern{choice.substr(0, open), choice.substr(close + 1), *low, *high});
+  return false;
 }
 
 bool matches(std::string_view value, std::string_view choice) {
-  auto pattern = parse_pattern(choice);
-  if (!pattern || !*pattern) {
-    return value == choice;
-  }
-  const Pattern& p = **pattern;
-  if (value.size() < p.prefix.size() + p.suffix.size() || value.substr(0, p.prefix.size()) != p.prefix ||
-      value.substr(value.size() - p.suffix.size()) != p.suffix) {
-    return false;
-  }
-  auto number =
-      parse_decimal(value.substr(p.prefix.size(), value.size() - p.prefix.size() - p.suffix.size()));
-  return number && *number >= p.low && *number <= p.high;
+  auto pieces = parse_choice(choice);
+  return pieces ? matches_from(*pieces, 0, value) : value == choice;
 }
 
 bool has_order(OptionType type) {
@@ -356,8 +406,8 @@ std::string bare(const OptionValue& value) {
 
 std::string choice_list(const std::vector<std::string>& choices) {
   std::string out;
-  for (const auto& c : choices) {
-    out += (out.empty() ? "" : ", ") + c;
+  for (std::size_t i = 0; i < choices.size(); ++i) {
+    out += (i == 0 ? "" : ", ") + (choices[i].empty() ? std::string("\"\"") : choices[i]);
   }
   return out;
 }
@@ -376,11 +426,8 @@ Result<OptionConstraints> parse_constraints(OptionType type, const char* choices
     while (start <= text.size()) {
       auto end = std::min(text.find('|', start), text.size());
       auto choice = text.substr(start, end - start);
-      if (choice.empty()) {
-        return fail(Errc::invalid_argument, "choices '" + std::string(text) + "' hold an empty alternative");
-      }
-      if (auto pattern = parse_pattern(choice); !pattern) {
-        return fail(std::move(pattern.error()));
+      if (auto pieces = parse_choice(choice); !pieces) {
+        return fail(std::move(pieces.error()));
       }
       out.choices.emplace_back(choice);
       start = end + 1;

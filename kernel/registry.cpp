@@ -142,8 +142,10 @@ Result<std::shared_ptr<Component>> ComponentRegistry::create_in(std::string_view
                            scope.registry != nullptr ? *scope.registry : *this, stop_.get_token());
   auto made = factory->first(context);
   if (!made) {
-    return fail(Errc::create_failed, plugin->path.string() + ": creating '" + component->type +
-                                         "' failed: " + made.error().message);
+    // A bad option value stays invalid_option (exit code 3), whatever else failed is create_failed.
+    Errc code = made.error().code == Errc::invalid_option ? Errc::invalid_option : Errc::create_failed;
+    return fail(
+        code, plugin->path.string() + ": creating '" + component->type + "' failed: " + made.error().message);
   }
   if (!*made) {
     return fail(Errc::create_failed, plugin->path.string() + ": creating '" + component->type +

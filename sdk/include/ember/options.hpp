@@ -54,8 +54,9 @@ struct OptionSpec {
   /// The default as TOML-like text ("30s", "64", "true", "[\"a\"]"); nullptr: the option is required.
   const char* default_value;
   const char* doc;  ///< one line for `ember plugins describe`
-  /// string and string_list (each element): the allowed values, '|'-separated. An alternative may hold one
-  /// `<lo-hi>`, matching a decimal integer from lo to hi ("cpu|auto|cuda|cuda:<0-15>"). nullptr: any value.
+  /// string and string_list (each element): the allowed values, '|'-separated (an empty alternative is the
+  /// empty string). An alternative may hold placeholders: `<lo-hi>` a decimal integer from lo to hi,
+  /// `<name>` an identifier, `<any>` any text ("cpu|auto|cuda|cuda:<0-15>", "<name>=<any>"). nullptr: any.
   const char* choices = nullptr;
   /// integer, number, duration: the smallest allowed value, written as a default is ("1", "0.5", "10ms").
   const char* minimum = nullptr;
