@@ -28,7 +28,8 @@ class ComponentRegistry final : public Registry {
   /// Accepts a plugin, or refuses it whole when its name or one of its component types is taken.
   Result<void> add(PluginInfo plugin);
 
-  /// Accepted plugins, in the order they were added.
+  /// Accepted plugins, in the order they were added. Their loaded state (library, factories) changes when a
+  /// component is first created: read it on the thread that creates, or when no other thread does.
   const std::deque<PluginInfo>& plugins() const noexcept { return plugins_; }
   /// The component of `type`, or null.
   const ComponentInfo* find(std::string_view type) const;
