@@ -233,6 +233,24 @@ TEST(Cli, PluginsJsonMatchesTheGoldenFile) {
   EXPECT_EQ(actual, expected) << "diff (golden -> actual): " << json::diff(expected, actual).dump(2);
 }
 
+// Listing, describing and validating read the plugins' sections: none of them, nor LibTorch, gets mapped.
+TEST(Cli, ListingDescribingAndValidatingLoadNoPlugin) {
+  auto plugins = test::build_root() / "plugins";
+  test::TempDir dir;
+  auto job = dir.write("job.toml",
+                       "schema_version = 1\n[components.t]\ntype = \"converter.torch\"\n"
+                       "[components.p]\ntype = \"pipe.socket\"\n");
+  EXPECT_EQ(cli(with(only(plugins), {"plugins", "--json"})).code, exit_code::ok);
+  EXPECT_EQ(cli(with(only(plugins), {"plugins", "describe", "pipe.socket"})).code, exit_code::ok);
+  cli(with(only(plugins), {"validate", job.string()}));
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  while (std::getline(maps, line)) {
+    EXPECT_EQ(line.find(plugins.string()), std::string::npos) << line;
+    EXPECT_EQ(line.find("libtorch"), std::string::npos) << line;
+  }
+}
+
 TEST(Cli, AnUnknownCommandIsNamed) {
   auto run = cli({"frobnicate"});
   EXPECT_EQ(run.code, exit_code::usage);
