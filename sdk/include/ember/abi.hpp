@@ -14,9 +14,8 @@ namespace ember {
 /// The ABI version of the plugin contract.
 ///
 /// Bump rule: increase it by one in the same commit as any change that alters
-/// - the layout of a type in plugin.hpp (PluginInfoHeader, PluginDescriptor, ComponentDescriptor),
-/// options.hpp
-///   (OptionSpec) or the serialized info blob that EMBER_PLUGIN writes (its field order or encoding);
+/// - the layout of PluginInfoHeader, PluginDescriptor or ComponentDescriptor (plugin.hpp), of OptionSpec
+///   (options.hpp), or the serialized info blob that EMBER_PLUGIN writes (its field order or encoding);
 /// - the value of an enumerator that crosses the boundary (Kind in kind.hpp, OptionType in options.hpp, Errc
 ///   in result.hpp, the RunState and other enums of the interfaces);
 /// - the signature of a factory, or the virtual table of an interface a plugin implements or calls (adding,

@@ -15,7 +15,7 @@ namespace ember {
 enum class Errc : std::uint32_t {
   not_found = 0,           ///< a file, plugin, component or key that was asked for does not exist
   open_failed = 1,         ///< the dynamic loader refused a file (its message is kept)
-  not_a_plugin = 2,        ///< a shared library without the ember descriptor symbol
+  not_a_plugin = 2,        ///< a file without the .ember_plugin section (or the entry symbol)
   abi_mismatch = 3,        ///< a plugin built against another SDK ABI version
   invalid_descriptor = 4,  ///< a plugin whose descriptor is malformed (size, names, options)
   build_mismatch = 5,      ///< a plugin built by an incompatible compiler or standard library
