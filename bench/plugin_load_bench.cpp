@@ -2,11 +2,11 @@
 //
 //   plugin_load_bench [--reference-dir=DIR] [--bench-dir=DIR] [Google Benchmark flags]
 //
-// What is measured: a fresh Kernel that discovers and loads every plugin of a folder (the in-tree reference
-// plugins, and the ten benchmark plugins). Every library is pinned by an extra dlopen() handle for the
-// whole run, so each iteration finds it already mapped: these numbers are the kernel's own work (folder
-// scan, dlopen reference count, entry symbol lookup, descriptor checks, option defaults, registry), not
-// mapping and relocation, which startup_bench measures in fresh processes.
+// What is measured: a fresh Kernel that discovers and reads every plugin of a folder (the in-tree reference
+// plugins, and the ten benchmark plugins): folder scan, each file's .ember_plugin section read with libelf,
+// its checks, option defaults and constraints, registry. No plugin is dlopen()ed by the kernel (that happens
+// when a component is first created); the libraries are still pinned by an extra dlopen() handle for the
+// whole run, as the raw_dlopen baseline needs them mapped. startup_bench measures fresh processes.
 // Baselines in the same run: constructing a Kernel that loads nothing, discovery alone, and a bare
 // dlopen()/dlclose() of the same (mapped) files.
 

@@ -62,8 +62,13 @@ EOF
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "run_benchmarks.sh: fresh-process start-up, $runs samples per case"
+tree_args=""
+if [ -d "$build_dir/plugins" ]; then
+  tree_args="--tree $build_dir/plugins"
+fi
+# shellcheck disable=SC2086
 "$build_dir/bench/startup_bench" --ember "$ember" --raw "$build_dir/bench/dlopen_raw" --plugins "$plugins" \
-  --runs "$runs" --json "$work/startup.json"
+  $tree_args --runs "$runs" --json "$work/startup.json"
 echo "run_benchmarks.sh: in-process discovery and load (Google Benchmark)"
 "$build_dir/bench/plugin_load_bench" --benchmark_out="$work/load.json" --benchmark_out_format=json \
   --benchmark_format=console

@@ -1,6 +1,10 @@
 // Start-up and plugin-load time of `ember` in fresh processes, beside its baselines, measured in one run.
 //
-//   startup_bench --ember PATH --raw PATH --plugins DIR [--runs N] [--warmup N] [--json FILE]
+//   startup_bench --ember PATH --raw PATH --plugins DIR [--tree DIR] [--runs N] [--warmup N] [--json FILE]
+//
+// --tree names the build tree's plugin folder (every in-tree plugin, converter.torch and its LibTorch
+// included): `ember plugins` over it, beside `ember version`, is the cost of listing what a site has. Each
+// sample also records the process's peak resident memory (wait4's ru_maxrss).
 //
 // Every sample spawns a new process, so no plugin library is mapped yet when it starts (the files are in
 // the page cache after the warm-up runs: this is a warm-cache cold start, as when a job starts on a site).
@@ -9,6 +13,7 @@
 
 #include <fcntl.h>
 #include <spawn.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -41,6 +46,7 @@ struct Case {
   std::string label;
   std::vector<std::string> argv;
   std::vector<double> samples_ms;
+  long peak_rss_kib = 0;  ///< the largest ru_maxrss of any sample
 };
 
 struct Stats {
@@ -95,8 +101,9 @@ class FileActions {
 };
 
 // Runs argv once; the wall time in milliseconds, or nothing (with a message) if it did not exit with 0.
+// `peak_rss_kib` is raised to the child's peak resident memory.
 std::optional<double> run_once(const std::vector<std::string>& args, std::vector<char*>& env,
-                               const FileActions& actions) {
+                               const FileActions& actions, long& peak_rss_kib) {
   std::vector<char*> argv;
   for (const auto& a : args) {
     argv.push_back(const_cast<char*>(a.c_str()));
@@ -110,13 +117,15 @@ std::optional<double> run_once(const std::vector<std::string>& args, std::vector
     return std::nullopt;
   }
   int status = 0;
-  while (waitpid(pid, &status, 0) < 0) {
+  rusage usage{};
+  while (wait4(pid, &status, 0, &usage) < 0) {
     if (errno != EINTR) {
       std::cerr << "startup_bench: waitpid: " << std::strerror(errno) << "\n";
       return std::nullopt;
     }
   }
   auto took = std::chrono::steady_clock::now() - started;
+  peak_rss_kib = std::max(peak_rss_kib, usage.ru_maxrss);
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
     std::cerr << "startup_bench: " << args[0] << " failed (status " << status << ")\n";
     return std::nullopt;
@@ -174,7 +183,7 @@ void write_json(std::ostream& out, const std::vector<Case>& cases, int runs, int
     out << "    {\"id\": " << json_string(c.id) << ", \"label\": " << json_string(c.label)
         << ", \"command\": " << json_string(command_line(c.argv)) << ", \"median_ms\": " << s.median
         << ", \"p90_ms\": " << s.p90 << ", \"min_ms\": " << s.min << ", \"mean_ms\": " << s.mean
-        << ", \"samples_ms\": [";
+        << ", \"peak_rss_kib\": " << c.peak_rss_kib << ", \"samples_ms\": [";
     for (std::size_t k = 0; k < c.samples_ms.size(); ++k) {
       out << (k == 0 ? "" : ", ") << c.samples_ms[k];
     }
@@ -184,8 +193,8 @@ void write_json(std::ostream& out, const std::vector<Case>& cases, int runs, int
 }
 
 int usage() {
-  std::cerr << "usage: startup_bench --ember PATH --raw PATH --plugins DIR [--runs N] [--warmup N] "
-               "[--json FILE]\n";
+  std::cerr << "usage: startup_bench --ember PATH --raw PATH --plugins DIR [--tree DIR] [--runs N] "
+               "[--warmup N] [--json FILE]\n";
   return 2;
 }
 
@@ -195,6 +204,7 @@ int main(int argc, char** argv) {
   std::string ember;
   std::string raw;
   std::string plugins;
+  std::string tree;
   std::string json_file;
   int runs = 50;
   int warmup = 3;
@@ -210,6 +220,8 @@ int main(int argc, char** argv) {
       raw = value;
     } else if (arg == "--plugins") {
       plugins = value;
+    } else if (arg == "--tree") {
+      tree = value;
     } else if (arg == "--runs") {
       runs = std::atoi(value.c_str());
     } else if (arg == "--warmup") {
@@ -236,12 +248,18 @@ int main(int argc, char** argv) {
       {"raw_dlopen", "raw dlopen of the 10 plugins", {raw, plugins}, {}},
       {"raw_dlopen_empty", "raw dlopen program, no files", {raw, empty.path()}, {}},
   };
+  if (!tree.empty()) {
+    cases.push_back({"ember_plugins_tree",
+                     "ember plugins --json, every in-tree plugin (build tree)",
+                     ember_plugins(tree),
+                     {}});
+  }
 
   auto env = clean_environment();
   FileActions actions;
   for (int i = 0; i < warmup + runs; ++i) {
     for (auto& c : cases) {
-      auto ms = run_once(c.argv, env, actions);
+      auto ms = run_once(c.argv, env, actions, c.peak_rss_kib);
       if (!ms) {
         return 1;
       }
@@ -251,10 +269,12 @@ int main(int argc, char** argv) {
     }
   }
 
-  std::printf("%-40s %10s %10s %10s %10s\n", "case", "median ms", "p90 ms", "min ms", "mean ms");
+  std::printf("%-56s %10s %10s %10s %10s %12s\n", "case", "median ms", "p90 ms", "min ms", "mean ms",
+              "peak RSS MiB");
   for (const auto& c : cases) {
     auto s = stats_of(c.samples_ms);
-    std::printf("%-40s %10.2f %10.2f %10.2f %10.2f\n", c.label.c_str(), s.median, s.p90, s.min, s.mean);
+    std::printf("%-56s %10.2f %10.2f %10.2f %10.2f %12.1f\n", c.label.c_str(), s.median, s.p90, s.min, s.mean,
+                static_cast<double>(c.peak_rss_kib) / 1024.0);
   }
   if (!json_file.empty()) {
     std::ofstream out(json_file);

@@ -15,6 +15,8 @@ STARTUP_ROWS = [
     ("ember_plugins", "ember_plugins_empty", "the ten plugins alone (same command, empty folder)"),
     ("raw_dlopen", "raw_dlopen_empty", "mapping and relocating the ten files, nothing else"),
     ("ember_plugins_empty", "ember_version", "kernel set-up, search and JSON with no plugin"),
+    ("ember_plugins_tree", "ember_version",
+     "listing every in-tree plugin from its ELF section (converter.torch's LibTorch is not loaded)"),
 ]
 
 # In-process rows: (benchmark, baseline benchmark, note).
@@ -713,17 +715,21 @@ def write(args):
     add("| Measured | median | p90 | Baseline (same run) | median | p90 | Difference of medians |")
     add("|---|---:|---:|---|---:|---:|---|")
     for measured, baseline, meaning in STARTUP_ROWS:
+        if measured not in cases or baseline not in cases:
+            continue
         m, b = cases[measured], cases[baseline]
         add(f"| {m['label']} | {fmt(m['median_ms'])} | {fmt(m['p90_ms'])} | {b['label']} | "
             f"{fmt(b['median_ms'])} | {fmt(b['p90_ms'])} | {fmt(m['median_ms'] - b['median_ms'])}: {meaning} |")
     add("")
     add("All cases:")
     add("")
-    add("| Case | median | p90 | min | mean | Command |")
-    add("|---|---:|---:|---:|---:|---|")
+    add("| Case | median | p90 | min | mean | peak RSS MiB | Command |")
+    add("|---|---:|---:|---:|---:|---:|---|")
     for c in startup["cases"]:
+        rss = c.get("peak_rss_kib")
+        rss_text = f"{rss / 1024:.1f}" if rss else "-"
         add(f"| {c['label']} | {fmt(c['median_ms'])} | {fmt(c['p90_ms'])} | {fmt(c['min_ms'])} | "
-            f"{fmt(c['mean_ms'])} | `{c['command']}` |")
+            f"{fmt(c['mean_ms'])} | {rss_text} | `{c['command']}` |")
     add("")
 
     reps = next(iter(load.values()), {}).get("repetitions", "?")

@@ -84,7 +84,42 @@ json option_json(const OptionInfo& option) {
   if (option.default_text) {
     j["default"] = *option.default_text;
   }
+  if (!option.constraints.choices.empty()) {
+    j["choices"] = option.constraints.choices;
+  }
+  if (option.minimum_text) {
+    j["minimum"] = *option.minimum_text;
+  }
+  if (option.maximum_text) {
+    j["maximum"] = *option.maximum_text;
+  }
+  if (option.refers_to != Kind{}) {
+    j["refers_to"] = std::string(to_string(option.refers_to));
+  }
   return j;
+}
+
+// What values an option takes, in words, for `plugins describe`.
+std::string constraint_text(const OptionInfo& option) {
+  std::string text = describe_constraints(option.constraints);
+  if (option.refers_to != Kind{}) {
+    text += (text.empty() ? "" : "; ") + std::string("the id of a ") +
+            std::string(to_string(option.refers_to)) + " component of the job";
+  }
+  return text.empty() ? text : " [" + text + "]";
+}
+
+// The first word of the command line that is not an option or an option's value: the command asked for.
+std::string command_word(int argc, const char* const* argv) {
+  for (int i = 1; i < argc; ++i) {
+    std::string_view arg = argv[i];
+    if (arg == "--plugin-path" || arg == "--site" || arg == "--log-level") {
+      ++i;
+    } else if (!arg.starts_with('-')) {
+      return std::string(arg);
+    }
+  }
+  return {};
 }
 
 json component_json(const ComponentInfo& component) {
@@ -185,7 +220,7 @@ int describe(Kernel& kernel, const std::string& type, bool as_json, std::ostream
   for (const auto& o : component->options) {
     out << "    " << std::left << std::setw(22) << o.name << " " << std::setw(12) << to_string(o.type) << " "
         << std::setw(22) << (o.default_text ? "default " + *o.default_text : std::string("required")) << " "
-        << o.doc << "\n";
+        << o.doc << constraint_text(o) << "\n";
   }
   return exit_code::ok;
 }
@@ -290,6 +325,20 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
       }
       out << target->help();
       return exit_code::ok;
+    }
+    // CLI11 reports an unknown command as a missing one: name it instead.
+    if (std::string word = command_word(argc, argv); !word.empty()) {
+      std::string known;
+      bool is_known = false;
+      for (const auto* sub : app.get_subcommands([](const CLI::App*) { return true; })) {
+        known += (known.empty() ? "" : ", ") + sub->get_name();
+        is_known = is_known || sub->get_name() == word;
+      }
+      if (!is_known) {
+        err << "ember: unknown command '" << word << "' (commands: " << known
+            << ")\nRun 'ember --help' for usage.\n";
+        return exit_code::usage;
+      }
     }
     err << "ember: " << e.what() << "\nRun 'ember --help' for usage.\n";
     return exit_code::usage;

@@ -306,6 +306,12 @@ void read_component(const std::string& id, const toml::node& node, const Compone
       ok = false;
       continue;
     }
+    if (auto fits = check_constraints(*converted, spec->constraints); !fits) {
+      problems.add(value, option_path, fits.error().message);
+      ok = false;
+      continue;
+    }
+    component.option_at.emplace(spec->name, problems.at(value));
     component.options.set(spec->name, std::move(*converted));
   }
   if (!ok) {
@@ -318,6 +324,53 @@ void read_component(const std::string& id, const toml::node& node, const Compone
   }
   component.options = std::move(*resolved);
   job.components.push_back(std::move(component));
+}
+
+// Options that name another component of the job (OptionSpec::refers_to) must name one of that kind.
+// `tables` is the [components] table: an id written there whose component had problems of its own is not
+// reported again here.
+void check_references(const JobConfig& job, const toml::table& tables, const ComponentRegistry& registry,
+                      Problems& problems) {
+  for (const auto& component : job.components) {
+    const auto* info = registry.find(component.type);
+    if (info == nullptr) {
+      continue;
+    }
+    for (const auto& spec : info->options) {
+      if (spec.refers_to == Kind{} || !component.options.contains(spec.name)) {
+        continue;
+      }
+      std::vector<std::string> ids;
+      if (spec.type == OptionType::string_list) {
+        ids = component.options.string_list(spec.name);
+      } else {
+        ids.push_back(component.options.string(spec.name));
+      }
+      auto at = component.option_at.find(spec.name);
+      Location where = at != component.option_at.end() ? at->second : component.where;
+      std::string key = "components." + component.id + "." + spec.name;
+      std::string wanted(to_string(spec.refers_to));
+      for (const auto& id : ids) {
+        const auto* target = job.component(id);
+        if (target == nullptr && tables.contains(id)) {
+          continue;
+        }
+        if (target == nullptr) {
+          problems.add(where, key,
+                       "names component '" + id + "', which the job does not have (want the id of a " +
+                           wanted + " component under [components])" +
+                           (at == component.option_at.end() ? " (this is the option's default)" : ""));
+          continue;
+        }
+        const auto* target_info = registry.find(target->type);
+        if (target_info != nullptr && target_info->kind != spec.refers_to) {
+          problems.add(where, key,
+                       "names component '" + id + "', a " + std::string(to_string(target_info->kind)) + " (" +
+                           target->type + "), where a " + wanted + " is wanted");
+        }
+      }
+    }
+  }
 }
 
 Result<toml::table> parse_toml(std::string_view text, const std::string& name) {
@@ -372,6 +425,7 @@ Result<JobConfig> parse_job(std::string_view text, const std::string& name, cons
     for (const auto& [key, node] : *components) {
       read_component(std::string(key.str()), node, registry, subs, job, problems);
     }
+    check_references(job, *components, registry, problems);
   }
   if (!problems.empty()) {
     return fail(problems.error());

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -46,7 +47,8 @@ struct ComponentConfig {
   std::string id;    ///< the key under [components]
   std::string type;  ///< "pipe.socket"
   Location where;
-  Options options;  ///< validated, defaults filled in
+  Options options;                                         ///< validated, defaults filled in
+  std::map<std::string, Location, std::less<>> option_at;  ///< where each option given in the file is
 };
 
 /// A job: job.toml and the files it names.

@@ -44,9 +44,10 @@ class Kernel {
 
   /// The plugin search path, in priority order.
   const std::vector<std::filesystem::path>& search_paths() const noexcept { return search_paths_; }
-  /// Discovers and loads every plugin on the search path; refusals are kept, not fatal.
+  /// Discovers every plugin on the search path and registers what each file's .ember_plugin section
+  /// describes; refusals are kept, not fatal. No plugin library is loaded (see ComponentRegistry::create).
   void load_plugins();
-  /// Loads one plugin file (already discovered or named by the caller).
+  /// Reads and registers one plugin file (already discovered or named by the caller), without loading it.
   Result<void> load_file(const std::filesystem::path& file);
   /// Registers a plugin linked into the program (built with EMBER_PLUGIN_STATIC).
   Result<void> add_static(const PluginDescriptor* descriptor, const std::string& origin);

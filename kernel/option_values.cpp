@@ -1,9 +1,11 @@
 #include "option_values.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <limits>
 #include <sstream>
+#include <tuple>
 
 #include <toml++/toml.h>
 
@@ -262,6 +264,240 @@ std::string option_to_text(const OptionValue& value) {
     }
   };
   return std::visit(Visitor{}, value);
+}
+
+namespace {
+
+// One piece of a choice: literal text, or a placeholder: `<lo-hi>` (a decimal integer in the range),
+// `<name>` (an identifier, [A-Za-z_][A-Za-z0-9_]*) or `<any>` (any text, even none).
+struct Piece {
+  enum class What { literal, integer, name, any } what = What::literal;
+  std::string_view text;
+  std::int64_t low = 0;
+  std::int64_t high = 0;
+};
+
+std::optional<std::int64_t> parse_decimal(std::string_view text) {
+  if (text.empty() || text.size() > 18 || (text.size() > 1 && text.front() == '0')) {
+    return std::nullopt;
+  }
+  std::int64_t value = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') {
+      return std::nullopt;
+    }
+    value = value * 10 + (c - '0');
+  }
+  return value;
+}
+
+Result<std::vector<Piece>> parse_choice(std::string_view choice) {
+  std::vector<Piece> pieces;
+  auto bad = [&](const std::string& why) {
+    return fail(Errc::invalid_argument, "choice '" + std::string(choice) + "': " + why);
+  };
+  std::size_t at = 0;
+  while (at < choice.size()) {
+    auto open = choice.find('<', at);
+    auto close = choice.find('>', at);
+    if (close < open) {
+      return bad("'>' without '<'");
+    }
+    if (open != at) {
+      pieces.push_back({Piece::What::literal, choice.substr(at, std::min(open, choice.size()) - at)});
+      at = std::min(open, choice.size());
+      continue;
+    }
+    if (close == std::string_view::npos) {
+      return bad("'<' without '>'");
+    }
+    auto inside = choice.substr(open + 1, close - open - 1);
+    at = close + 1;
+    if (inside == "name") {
+      pieces.push_back({Piece::What::name, inside});
+      continue;
+    }
+    if (inside == "any") {
+      pieces.push_back({Piece::What::any, inside});
+      continue;
+    }
+    auto dash = inside.find('-');
+    auto low = dash == std::string_view::npos ? std::nullopt : parse_decimal(inside.substr(0, dash));
+    auto high = dash == std::string_view::npos ? std::nullopt : parse_decimal(inside.substr(dash + 1));
+    if (!low || !high || *low > *high) {
+      return bad("want <lo-hi> with decimal lo <= hi (such as <0-15>), <name> or <any>");
+    }
+    pieces.push_back({Piece::What::integer, inside, *low, *high});
+  }
+  return pieces;
+}
+
+bool is_name_char(char c, bool first) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || (!first && c >= '0' && c <= '9');
+}
+
+// Integers and names take the longest run they can; `<any>` tries every length, shortest first.
+bool matches_from(const std::vector<Piece>& pieces, std::size_t piece, std::string_view rest) {
+  if (piece == pieces.size()) {
+    return rest.empty();
+  }
+  const Piece& p = pieces[piece];
+  switch (p.what) {
+    case Piece::What::literal:
+      return rest.substr(0, p.text.size()) == p.text &&
+             matches_from(pieces, piece + 1, rest.substr(p.text.size()));
+    case Piece::What::integer: {
+      std::size_t n = 0;
+      while (n < rest.size() && rest[n] >= '0' && rest[n] <= '9') {
+        ++n;
+      }
+      auto number = parse_decimal(rest.substr(0, n));
+      return number && *number >= p.low && *number <= p.high &&
+             matches_from(pieces, piece + 1, rest.substr(n));
+    }
+    case Piece::What::name: {
+      std::size_t n = 0;
+      while (n < rest.size() && is_name_char(rest[n], n == 0)) {
+        ++n;
+      }
+      return n > 0 && matches_from(pieces, piece + 1, rest.substr(n));
+    }
+    case Piece::What::any:
+      for (std::size_t n = 0; n <= rest.size(); ++n) {
+        if (matches_from(pieces, piece + 1, rest.substr(n))) {
+          return true;
+        }
+      }
+      return false;
+  }
+  return false;
+}
+
+bool matches(std::string_view value, std::string_view choice) {
+  auto pieces = parse_choice(choice);
+  return pieces ? matches_from(*pieces, 0, value) : value == choice;
+}
+
+bool has_order(OptionType type) {
+  return type == OptionType::integer || type == OptionType::number || type == OptionType::duration;
+}
+
+// -1, 0, 1 for two values of the same ordered type.
+int compare(const OptionValue& a, const OptionValue& b) {
+  if (const auto* ia = std::get_if<std::int64_t>(&a)) {
+    auto ib = std::get<std::int64_t>(b);
+    return *ia < ib ? -1 : (*ia > ib ? 1 : 0);
+  }
+  if (const auto* da = std::get_if<double>(&a)) {
+    auto db = std::get<double>(b);
+    return *da < db ? -1 : (*da > db ? 1 : 0);
+  }
+  auto ma = std::get<std::chrono::milliseconds>(a);
+  auto mb = std::get<std::chrono::milliseconds>(b);
+  return ma < mb ? -1 : (ma > mb ? 1 : 0);
+}
+
+std::string bare(const OptionValue& value) {
+  if (const auto* d = std::get_if<std::chrono::milliseconds>(&value)) {
+    return format_duration(*d);
+  }
+  return option_to_text(value);
+}
+
+std::string choice_list(const std::vector<std::string>& choices) {
+  std::string out;
+  for (std::size_t i = 0; i < choices.size(); ++i) {
+    out += (i == 0 ? "" : ", ") + (choices[i].empty() ? std::string("\"\"") : choices[i]);
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<OptionConstraints> parse_constraints(OptionType type, const char* choices, const char* minimum,
+                                            const char* maximum) {
+  OptionConstraints out;
+  if (choices != nullptr) {
+    if (type != OptionType::string && type != OptionType::string_list) {
+      return fail(Errc::invalid_argument, "choices are only for string and string_list options");
+    }
+    std::string_view text(choices);
+    std::size_t start = 0;
+    while (start <= text.size()) {
+      auto end = std::min(text.find('|', start), text.size());
+      auto choice = text.substr(start, end - start);
+      if (auto pieces = parse_choice(choice); !pieces) {
+        return fail(std::move(pieces.error()));
+      }
+      out.choices.emplace_back(choice);
+      start = end + 1;
+    }
+  }
+  for (auto [text, slot, word] :
+       {std::tuple{minimum, &out.minimum, "minimum"}, std::tuple{maximum, &out.maximum, "maximum"}}) {
+    if (text == nullptr) {
+      continue;
+    }
+    if (!has_order(type)) {
+      return fail(Errc::invalid_argument,
+                  std::string(word) + " is only for integer, number and duration options");
+    }
+    auto value = option_from_text(text, type, Substitutions{});
+    if (!value) {
+      return fail(Errc::invalid_argument, std::string(word) + ": " + value.error().message);
+    }
+    *slot = std::move(*value);
+  }
+  if (out.minimum && out.maximum && compare(*out.minimum, *out.maximum) > 0) {
+    return fail(Errc::invalid_argument,
+                "minimum " + bare(*out.minimum) + " is above maximum " + bare(*out.maximum));
+  }
+  return out;
+}
+
+Result<void> check_constraints(const OptionValue& value, const OptionConstraints& constraints) {
+  if (!constraints.choices.empty()) {
+    auto allowed = [&](const std::string& s) {
+      return std::any_of(constraints.choices.begin(), constraints.choices.end(),
+                         [&](const std::string& c) { return matches(s, c); });
+    };
+    if (const auto* s = std::get_if<std::string>(&value); s != nullptr && !allowed(*s)) {
+      return fail(Errc::invalid_option,
+                  option_to_text(value) + " is not one of: " + choice_list(constraints.choices));
+    }
+    if (const auto* list = std::get_if<std::vector<std::string>>(&value)) {
+      for (std::size_t i = 0; i < list->size(); ++i) {
+        if (!allowed((*list)[i])) {
+          return fail(Errc::invalid_option, "element " + std::to_string(i) + ": " +
+                                                option_to_text((*list)[i]) +
+                                                " is not one of: " + choice_list(constraints.choices));
+        }
+      }
+    }
+  }
+  if (constraints.minimum && compare(value, *constraints.minimum) < 0) {
+    return fail(Errc::invalid_option, bare(value) + " is below the minimum " + bare(*constraints.minimum));
+  }
+  if (constraints.maximum && compare(value, *constraints.maximum) > 0) {
+    return fail(Errc::invalid_option, bare(value) + " is above the maximum " + bare(*constraints.maximum));
+  }
+  return ok();
+}
+
+std::string describe_constraints(const OptionConstraints& constraints) {
+  if (!constraints.choices.empty()) {
+    return "one of: " + choice_list(constraints.choices);
+  }
+  if (constraints.minimum && constraints.maximum) {
+    return bare(*constraints.minimum) + ".." + bare(*constraints.maximum);
+  }
+  if (constraints.minimum) {
+    return ">= " + bare(*constraints.minimum);
+  }
+  if (constraints.maximum) {
+    return "<= " + bare(*constraints.maximum);
+  }
+  return "";
 }
 
 }  // namespace ember::kernel

@@ -4,6 +4,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <ember/options.hpp>
 #include <ember/result.hpp>
@@ -37,6 +38,26 @@ Result<OptionValue> option_from_text(std::string_view text, OptionType type, con
 
 /// Whether `value` holds the alternative that `type` calls for.
 bool holds_type(const OptionValue& value, OptionType type) noexcept;
+
+/// What values an option takes, beyond its type: read from a component's schema (OptionSpec).
+struct OptionConstraints {
+  std::vector<std::string> choices;    ///< allowed strings (each element of a list); empty: any
+  std::optional<OptionValue> minimum;  ///< integer, number, duration
+  std::optional<OptionValue> maximum;  ///< integer, number, duration
+};
+
+/// Parses a schema's constraints for an option of `type`: '|'-separated choices (an alternative may hold
+/// one `<lo-hi>`), and minimum / maximum written as defaults are. A null text is no constraint; a constraint
+/// that does not fit the type, or a minimum above the maximum, is an error saying which.
+Result<OptionConstraints> parse_constraints(OptionType type, const char* choices, const char* minimum,
+                                            const char* maximum);
+
+/// Checks a value against its constraints; Errc::invalid_option saying what the value must be.
+Result<void> check_constraints(const OptionValue& value, const OptionConstraints& constraints);
+
+/// The constraints in words, for `ember plugins describe`: "one of: job, task", "1..65536", ">= 1"; empty
+/// when there are none.
+std::string describe_constraints(const OptionConstraints& constraints);
 
 /// Renders a value as TOML would write it ("30s" quoted, 64, true, ["a", "b"]).
 std::string option_to_text(const OptionValue& value);

@@ -22,7 +22,7 @@ Result<void> ComponentRegistry::add(PluginInfo plugin) {
                                             " (plugin '" + it->second->name + "')");
     }
   }
-  const PluginInfo& stored = plugins_.emplace_back(std::move(plugin));
+  PluginInfo& stored = plugins_.emplace_back(std::move(plugin));
   by_plugin_name_.emplace(stored.name, &stored);
   for (const auto& component : stored.components) {
     by_type_.emplace(component.type, &component);
@@ -61,6 +61,9 @@ Result<Options> ComponentRegistry::resolve_options(const ComponentInfo& componen
       return fail(Errc::invalid_option, component.type + ": option '" + name + "' must be of type " +
                                             std::string(to_string(spec->type)));
     }
+    if (auto fits = check_constraints(value, spec->constraints); !fits) {
+      return fail(Errc::invalid_option, component.type + ": option '" + name + "': " + fits.error().message);
+    }
   }
   Options resolved = given;
   for (const auto& spec : component.options) {
@@ -75,9 +78,38 @@ Result<Options> ComponentRegistry::resolve_options(const ComponentInfo& componen
       return fail(Errc::invalid_option,
                   component.type + ": default of option '" + spec.name + "': " + value.error().message);
     }
+    if (auto fits = check_constraints(*value, spec.constraints); !fits) {
+      return fail(Errc::invalid_option,
+                  component.type + ": default of option '" + spec.name + "': " + fits.error().message);
+    }
     resolved.set(spec.name, std::move(*value));
   }
   return resolved;
+}
+
+Result<std::pair<ComponentFactory, std::shared_ptr<void>>> ComponentRegistry::factory_of(
+    std::string_view type) {
+  std::lock_guard lock(load_mutex_);
+  auto it = provider_of_.find(type);
+  if (it == provider_of_.end()) {
+    return fail(Errc::not_found, "no component of type '" + std::string(type) + "' is registered");
+  }
+  PluginInfo& plugin = *it->second;
+  if (!plugin.loaded && !plugin.load_error) {
+    if (auto loaded = load_library(plugin); !loaded) {
+      plugin.load_error = loaded.error();
+    }
+  }
+  if (plugin.load_error) {
+    return fail(plugin.load_error->code,
+                "cannot create '" + std::string(type) + "': " + plugin.load_error->message);
+  }
+  for (const auto& component : plugin.components) {
+    if (component.type == type) {
+      return std::pair{component.factory, plugin.library};
+    }
+  }
+  return fail(Errc::internal, "component '" + std::string(type) + "' vanished from its plugin");
 }
 
 Result<std::shared_ptr<Component>> ComponentRegistry::create(std::string_view type, const Options& options,
@@ -99,15 +131,21 @@ Result<std::shared_ptr<Component>> ComponentRegistry::create_in(std::string_view
     return fail(std::move(resolved.error()));
   }
   const PluginInfo* plugin = provider(type);
+  auto factory = factory_of(type);
+  if (!factory) {
+    return fail(std::move(factory.error()));
+  }
   std::string category = "plugin." + component->type;
   ComponentContext context(component->type, instance.empty() ? component->type : std::string(instance),
                            scope.site.empty() ? logs_.get(category) : logs_.get(category, scope.site),
                            std::move(*resolved), scope.workspace, events_,
                            scope.registry != nullptr ? *scope.registry : *this, stop_.get_token());
-  auto made = component->factory(context);
+  auto made = factory->first(context);
   if (!made) {
-    return fail(Errc::create_failed, plugin->path.string() + ": creating '" + component->type +
-                                         "' failed: " + made.error().message);
+    // A bad option value stays invalid_option (exit code 3), whatever else failed is create_failed.
+    Errc code = made.error().code == Errc::invalid_option ? Errc::invalid_option : Errc::create_failed;
+    return fail(
+        code, plugin->path.string() + ": creating '" + component->type + "' failed: " + made.error().message);
   }
   if (!*made) {
     return fail(Errc::create_failed, plugin->path.string() + ": creating '" + component->type +
@@ -118,7 +156,7 @@ Result<std::shared_ptr<Component>> ComponentRegistry::create_in(std::string_view
     std::shared_ptr<void> library;
     std::unique_ptr<Component> object;
   };
-  auto holder = std::make_shared<Holder>(Holder{plugin->library, std::move(*made)});
+  auto holder = std::make_shared<Holder>(Holder{std::move(factory->second), std::move(*made)});
   Component* raw = holder->object.get();
   return std::shared_ptr<Component>(std::move(holder), raw);
 }

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <stop_token>
 #include <string>
 #include <string_view>
@@ -27,7 +28,8 @@ class ComponentRegistry final : public Registry {
   /// Accepts a plugin, or refuses it whole when its name or one of its component types is taken.
   Result<void> add(PluginInfo plugin);
 
-  /// Accepted plugins, in the order they were added.
+  /// Accepted plugins, in the order they were added. Their loaded state (library, factories) changes when a
+  /// component is first created: read it on the thread that creates, or when no other thread does.
   const std::deque<PluginInfo>& plugins() const noexcept { return plugins_; }
   /// The component of `type`, or null.
   const ComponentInfo* find(std::string_view type) const;
@@ -36,12 +38,15 @@ class ComponentRegistry final : public Registry {
   /// Every registered type, sorted.
   std::vector<std::string> types() const;
 
-  /// Checks `given` against the schema of `component` and fills in defaults: unknown names, wrong types
-  /// and missing required options are errors naming the option.
+  /// Checks `given` against the schema of `component` and fills in defaults: unknown names, wrong types,
+  /// values outside the declared choices or range and missing required options are errors naming the
+  /// option.
   /// String defaults are substituted with `subs`.
   Result<Options> resolve_options(const ComponentInfo& component, const Options& given,
                                   const Substitutions& subs) const;
 
+  /// Creates a component. The first creation of any component of a plugin file loads that file
+  /// (load_library): until then no code of the plugin has run.
   Result<std::shared_ptr<Component>> create(std::string_view type, const Options& options,
                                             std::string_view instance = {}) override;
 
@@ -72,10 +77,14 @@ class ComponentRegistry final : public Registry {
   std::filesystem::path workspace_;
   Substitutions subs_;
   std::stop_source stop_;
+  // The factory of `type` and the library that must outlive what it makes, loading the plugin if needed.
+  Result<std::pair<ComponentFactory, std::shared_ptr<void>>> factory_of(std::string_view type);
+
+  std::mutex load_mutex_;           // guards the loaded state of every plugin (library, factories, error)
   std::deque<PluginInfo> plugins_;  // a deque keeps ComponentInfo addresses stable as plugins are added
   std::map<std::string, const ComponentInfo*, std::less<>> by_type_;
   std::map<std::string, const PluginInfo*, std::less<>> by_plugin_name_;
-  std::map<std::string, const PluginInfo*, std::less<>> provider_of_;
+  std::map<std::string, PluginInfo*, std::less<>> provider_of_;
 };
 
 }  // namespace ember::kernel

@@ -818,7 +818,8 @@ TEST(FedAvg, RegistersWithTheKernelAndChecksItsOptions) {
   zero.set("rounds", std::int64_t{0});
   auto refused = k.registry().create_as<Workflow>("workflow.fedavg", zero);
   ASSERT_FALSE(refused);
-  EXPECT_THAT(refused.error().message, HasSubstr("option 'rounds' must be at least 1"));
+  EXPECT_EQ(refused.error().code, Errc::invalid_option);
+  EXPECT_THAT(refused.error().message, HasSubstr("option 'rounds': 0 is below the minimum 1"));
 }
 
 }  // namespace

@@ -97,7 +97,7 @@ TEST_F(MemoryPipeTest, RejectsBadCapacity) {
   options.set("capacity", std::int64_t{0});
   auto pipe = kernel_->registry().create("pipe.memory", options);
   ASSERT_FALSE(pipe);
-  EXPECT_EQ(pipe.error().code, Errc::create_failed);
+  EXPECT_EQ(pipe.error().code, Errc::invalid_option);
 }
 
 }  // namespace

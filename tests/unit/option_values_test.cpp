@@ -76,5 +76,49 @@ TEST(OptionToText, RendersAsTomlAndRoundTrips) {
   }
 }
 
+TEST(OptionConstraints, ChoicesWithPlaceholders) {
+  auto device = parse_constraints(OptionType::string, "cpu|auto|cuda|cuda:<0-15>", nullptr, nullptr);
+  ASSERT_TRUE(device) << device.error().message;
+  for (const char* good : {"cpu", "auto", "cuda", "cuda:0", "cuda:15"}) {
+    EXPECT_TRUE(check_constraints(OptionValue(std::string(good)), *device)) << good;
+  }
+  for (const char* bad : {"", "gpu", "cuda:", "cuda:16", "cuda:99", "cuda:01", "cuda:1x"}) {
+    auto checked = check_constraints(OptionValue(std::string(bad)), *device);
+    ASSERT_FALSE(checked) << bad;
+    EXPECT_EQ(checked.error().code, Errc::invalid_option);
+  }
+  auto env = parse_constraints(OptionType::string_list, "<name>=<any>", nullptr, nullptr);
+  ASSERT_TRUE(env);
+  EXPECT_TRUE(check_constraints(OptionValue(std::vector<std::string>{"A=1", "B_2=", "C=x=y"}), *env));
+  auto bad_env = check_constraints(OptionValue(std::vector<std::string>{"A=1", "=x"}), *env);
+  ASSERT_FALSE(bad_env);
+  EXPECT_EQ(bad_env.error().message, "element 1: \"=x\" is not one of: <name>=<any>");
+  auto address = parse_constraints(OptionType::string, "unix:<any>|tcp:<any>:<0-65535>", nullptr, nullptr);
+  ASSERT_TRUE(address);
+  EXPECT_TRUE(check_constraints(OptionValue(std::string("tcp:[::1]:80")), *address));
+  EXPECT_FALSE(check_constraints(OptionValue(std::string("tcp:host:65536")), *address));
+  EXPECT_FALSE(parse_constraints(OptionType::string, "cuda:<9-1>", nullptr, nullptr));
+  EXPECT_FALSE(parse_constraints(OptionType::string, "a<b", nullptr, nullptr));
+}
+
+TEST(OptionConstraints, Ranges) {
+  auto rounds = parse_constraints(OptionType::integer, nullptr, "1", "100");
+  ASSERT_TRUE(rounds);
+  EXPECT_TRUE(check_constraints(OptionValue(std::int64_t{1}), *rounds));
+  EXPECT_EQ(check_constraints(OptionValue(std::int64_t{0}), *rounds).error().message,
+            "0 is below the minimum 1");
+  EXPECT_EQ(check_constraints(OptionValue(std::int64_t{101}), *rounds).error().message,
+            "101 is above the maximum 100");
+  EXPECT_EQ(describe_constraints(*rounds), "1..100");
+  auto wait = parse_constraints(OptionType::duration, nullptr, "10ms", nullptr);
+  ASSERT_TRUE(wait);
+  EXPECT_FALSE(check_constraints(OptionValue(std::chrono::milliseconds(5)), *wait));
+  EXPECT_EQ(describe_constraints(*wait), ">= 10ms");
+  EXPECT_FALSE(parse_constraints(OptionType::integer, nullptr, "5", "1"));        // minimum above maximum
+  EXPECT_FALSE(parse_constraints(OptionType::string, nullptr, "1", nullptr));     // a range on a string
+  EXPECT_FALSE(parse_constraints(OptionType::integer, "a|b", nullptr, nullptr));  // choices on an integer
+  EXPECT_FALSE(parse_constraints(OptionType::integer, nullptr, "one", nullptr));  // not an integer
+}
+
 }  // namespace
 }  // namespace ember::kernel

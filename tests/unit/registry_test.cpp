@@ -69,15 +69,25 @@ TEST(Registry, CreateAsChecksTheInterface) {
   EXPECT_EQ(missing.error().code, Errc::not_found);
 }
 
-TEST(Registry, ConstructorValidationBecomesCreateFailed) {
+TEST(Registry, AValueOutsideTheDeclaredRangeIsAnInvalidOptionNamingIt) {
   auto kernel = test::static_kernel();
   Options options;
   options.set("capacity", std::int64_t{0});
   auto made = kernel->registry().create("pipe.memory", options);
   ASSERT_FALSE(made);
-  EXPECT_EQ(made.error().code, Errc::create_failed);
-  EXPECT_THAT(made.error().message,
-              HasSubstr("creating 'pipe.memory' failed: capacity must be between 1 and 65536"));
+  EXPECT_EQ(made.error().code, Errc::invalid_option);
+  EXPECT_THAT(made.error().message, HasSubstr("pipe.memory: option 'capacity': 0 is below the minimum 1"));
+}
+
+TEST(Registry, StaticPluginsAreLoadedAndTheirSectionAgrees) {
+  auto kernel = test::static_kernel();
+  for (const auto& plugin : kernel->registry().plugins()) {
+    EXPECT_TRUE(plugin.loaded) << plugin.name;
+    EXPECT_FALSE(plugin.library) << plugin.name;
+  }
+  const auto* memory = kernel->registry().find("pipe.memory");
+  ASSERT_NE(memory, nullptr);
+  EXPECT_EQ(memory->find_option("capacity")->maximum_text, "65536");
 }
 
 }  // namespace

@@ -14,10 +14,15 @@ class EchoApplet final : public ember::Applet {
   explicit EchoApplet(const ember::ComponentContext& context)
       : logger_(context.logger_ptr()),
         prefix_(context.options().string("prefix")),
-        max_message_(context.options().integer("max_message_bytes")) {
-    if (max_message_ < 1) {
-      throw std::invalid_argument("max_message_bytes must be positive");
+        max_message_(context.options().integer("max_message_bytes")) {}
+
+  /// Checks the options (a bad value is invalid_option), then constructs.
+  static ember::Result<std::unique_ptr<EchoApplet>> create(const ember::ComponentContext& context) {
+    if (context.options().integer("max_message_bytes") < 1) {
+      return ember::fail(ember::Errc::invalid_option,
+                         "applet.echo: option 'max_message_bytes' must be positive");
     }
+    return std::make_unique<EchoApplet>(context);
   }
 
   ember::Result<void> start() override {
@@ -74,7 +79,11 @@ class EchoApplet final : public ember::Applet {
 
 constexpr ember::OptionSpec echo_options[] = {
     {"prefix", ember::OptionType::string, "\"\"", "text put in front of every reply"},
-    {"max_message_bytes", ember::OptionType::integer, "1048576", "largest message relayed"},
+    {.name = "max_message_bytes",
+     .type = ember::OptionType::integer,
+     .default_value = "1048576",
+     .doc = "largest message relayed",
+     .minimum = "1"},
 };
 
 constexpr ember::ComponentDescriptor components[] = {

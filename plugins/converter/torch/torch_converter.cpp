@@ -234,13 +234,25 @@ class TorchConverter final : public Converter {
 };
 
 constexpr OptionSpec torch_options[] = {
-    {"device", OptionType::string, "cpu",
-     "where to_native puts tensors: \"cpu\", \"cuda\", \"cuda:N\", or \"auto\" (cuda:0 when a GPU is "
-     "visible)"},
-    {"native_dtype", OptionType::string, "\"\"",
-     "dtype to_native casts to (safetensors name, e.g. \"BF16\"); \"\" keeps the wire dtype"},
-    {"wire_dtype", OptionType::string, "\"\"",
-     "dtype to_wire casts to before export (e.g. \"F32\"); \"\" keeps the tensor's dtype"},
+    // LibTorch 1.13 numbers at most 16 CUDA devices (C10_COMPILE_TIME_MAX_GPUS); whether one is present is
+    // known only when the converter is created.
+    {.name = "device",
+     .type = OptionType::string,
+     .default_value = "cpu",
+     .doc = "where to_native puts tensors: \"cpu\", \"cuda\", \"cuda:N\", or \"auto\" (cuda:0 when a GPU is "
+            "visible)",
+     .choices = "cpu|auto|cuda|cuda:<0-15>"},
+    // The safetensors dtypes LibTorch 1.13 has (no U16, U32, U64), and "" for none.
+    {.name = "native_dtype",
+     .type = OptionType::string,
+     .default_value = "\"\"",
+     .doc = "dtype to_native casts to (safetensors name, e.g. \"BF16\"); \"\" keeps the wire dtype",
+     .choices = "|BOOL|U8|I8|I16|I32|I64|F16|BF16|F32|F64"},
+    {.name = "wire_dtype",
+     .type = OptionType::string,
+     .default_value = "\"\"",
+     .doc = "dtype to_wire casts to before export (e.g. \"F32\"); \"\" keeps the tensor's dtype",
+     .choices = "|BOOL|U8|I8|I16|I32|I64|F16|BF16|F32|F64"},
 };
 
 constexpr ComponentDescriptor components[] = {

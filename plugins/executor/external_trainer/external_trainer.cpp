@@ -61,21 +61,6 @@ class ExternalTrainer final : public Executor {
         gpus_(context.options().string_list("gpus")),
         check_layout_(context.options().boolean("check_layout")),
         spill_over_(context.options().integer("spill_over")) {
-    const auto& launch = context.options().string("launch");
-    if (launch != "job" && launch != "task") {
-      throw std::invalid_argument("option 'launch' must be \"job\" or \"task\", not \"" + launch + "\"");
-    }
-    if (spill_over_ < 0) {
-      throw std::invalid_argument("option 'spill_over' must be 0 (never) or a size in bytes");
-    }
-    if (command_.empty()) {
-      throw std::invalid_argument("option 'command' is empty: name the training program to run");
-    }
-    for (const auto& entry : env_) {
-      if (entry.find('=') == std::string::npos || entry.front() == '=') {
-        throw std::invalid_argument("option 'env': entry \"" + entry + "\" is not NAME=VALUE");
-      }
-    }
     if (const JobInfo* job = registry_.job()) {
       job_ = *job;
     }
@@ -83,6 +68,29 @@ class ExternalTrainer final : public Executor {
   }
 
   ~ExternalTrainer() override { stop(); }
+
+  /// Checks the options (a bad value is invalid_option, naming it), then constructs.
+  static Result<std::unique_ptr<ExternalTrainer>> create(const ComponentContext& context) {
+    const Options& o = context.options();
+    auto bad = [](const std::string& why) {
+      return fail(Errc::invalid_option, "executor.external-trainer: option " + why);
+    };
+    if (const auto& launch = o.string("launch"); launch != "job" && launch != "task") {
+      return bad("'launch' must be \"job\" or \"task\", not \"" + launch + "\"");
+    }
+    if (o.integer("spill_over") < 0) {
+      return bad("'spill_over' must be 0 (never) or a size in bytes");
+    }
+    if (o.string_list("command").empty() || o.string_list("command").front().empty()) {
+      return bad("'command' is empty: name the training program to run");
+    }
+    for (const auto& entry : o.string_list("env")) {
+      if (entry.find('=') == std::string::npos || entry.front() == '=') {
+        return bad("'env': entry \"" + entry + "\" is not NAME=VALUE");
+      }
+    }
+    return std::make_unique<ExternalTrainer>(context);
+  }
 
   Result<void> start(std::stop_token stop) override {
     auto busy = enter("start()");
@@ -670,19 +678,42 @@ constexpr OptionSpec options[] = {
     {"command", OptionType::string_list, nullptr,
      "the training program and its arguments; a bare name is looked up in the job folder, then ember's "
      "example programs, then PATH"},
-    {"launcher", OptionType::string, "launcher",
-     "the id of the job's launcher component that starts the trainer"},
-    {"pipe", OptionType::string, "pipe", "the id of the job's pipe component the session runs over"},
-    {"launch", OptionType::string, "job", "\"job\": one trainer for the whole job; \"task\": one per task"},
-    {"converters", OptionType::string_list, "[]",
-     "ids of the job's converter components the trainer must load and declare in HELLO"},
-    {"env", OptionType::string_list, "[]", "NAME=VALUE entries added to the trainer's environment"},
+    {.name = "launcher",
+     .type = OptionType::string,
+     .default_value = "launcher",
+     .doc = "the id of the job's launcher component that starts the trainer",
+     .refers_to = Kind::launcher},
+    {.name = "pipe",
+     .type = OptionType::string,
+     .default_value = "pipe",
+     .doc = "the id of the job's pipe component the session runs over",
+     .refers_to = Kind::pipe},
+    {.name = "launch",
+     .type = OptionType::string,
+     .default_value = "job",
+     .doc = "\"job\": one trainer for the whole job; \"task\": one per task",
+     .choices = "job|task"},
+    {.name = "converters",
+     .type = OptionType::string_list,
+     .default_value = "[]",
+     .doc = "ids of the job's converter components the trainer must load and declare in HELLO",
+     .refers_to = Kind::converter},
+    {.name = "env",
+     .type = OptionType::string_list,
+     .default_value = "[]",
+     .doc = "NAME=VALUE entries added to the trainer's environment",
+     .choices = "<name>=<any>"},
     {"gpus", OptionType::string_list, "[]", "GPU ids for the trainer (CUDA_VISIBLE_DEVICES)"},
     {"check_layout", OptionType::boolean, "true",
      "reject a result whose tensor names, dtypes or shapes differ from the task's"},
-    {"spill_over", OptionType::integer, "268435456",
-     "results of this many bytes or more stream into an unlinked file in the workspace and are mapped, not "
-     "held in memory, so the client job's own memory stays bounded whatever the model's size (0: never)"},
+    {.name = "spill_over",
+     .type = OptionType::integer,
+     .default_value = "268435456",
+     .doc =
+         "results of this many bytes or more stream into an unlinked file in the workspace and are mapped, "
+         "not held in memory, so the client job's own memory stays bounded whatever the model's size (0: "
+         "never)",
+     .minimum = "0"},
 };
 
 constexpr ComponentDescriptor components[] = {

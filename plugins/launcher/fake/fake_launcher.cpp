@@ -82,10 +82,18 @@ class FakeLauncher final : public ember::Launcher {
         run_time_(context.options().duration("run_time")),
         exit_code_(static_cast<int>(context.options().integer("exit_code"))),
         fail_launch_(context.options().boolean("fail_launch")),
-        ignore_stop_(context.options().boolean("ignore_stop")) {
-    if (context.options().integer("exit_code") < 0 || context.options().integer("exit_code") > 255) {
-      throw std::invalid_argument("exit_code must be between 0 and 255");
+        ignore_stop_(context.options().boolean("ignore_stop")) {}
+
+  /// Checks the options (a bad value is invalid_option), then constructs.
+  static ember::Result<std::unique_ptr<FakeLauncher>> create(const ember::ComponentContext& context) {
+    auto code = context.options().integer("exit_code");
+    if (code < 0 || code > 255) {
+      return ember::fail(ember::Errc::invalid_option,
+                         "launcher.fake: option 'exit_code' must be between 0 and "
+                         "255, is " +
+                             std::to_string(code));
     }
+    return std::make_unique<FakeLauncher>(context);
   }
 
   ember::Result<std::unique_ptr<ember::LaunchHandle>> launch(const ember::LaunchSpec& spec) override {
@@ -115,8 +123,17 @@ class FakeLauncher final : public ember::Launcher {
 };
 
 constexpr ember::OptionSpec fake_options[] = {
-    {"run_time", ember::OptionType::duration, "0ms", "how long the pretend program runs before it exits"},
-    {"exit_code", ember::OptionType::integer, "0", "the code it exits with (0-255)"},
+    {.name = "run_time",
+     .type = ember::OptionType::duration,
+     .default_value = "0ms",
+     .doc = "how long the pretend program runs before it exits",
+     .minimum = "0ms"},
+    {.name = "exit_code",
+     .type = ember::OptionType::integer,
+     .default_value = "0",
+     .doc = "the code it exits with",
+     .minimum = "0",
+     .maximum = "255"},
     {"fail_launch", ember::OptionType::boolean, "false", "make every launch fail"},
     {"ignore_stop", ember::OptionType::boolean, "false", "pretend the program ignores SIGTERM"},
 };

@@ -290,9 +290,19 @@ class FilePipe final : public Pipe {
 constexpr OptionSpec file_options[] = {
     {"address", OptionType::string, "{workspace}/pipe",
      "the pipe's root folder; the trainer end is given the job end's address()"},
-    {"max_frame_bytes", OptionType::integer, "68157440", "largest frame accepted, in bytes (default 65 MiB)"},
-    {"capacity", OptionType::integer, "64",
-     "frames a sender may have unread in the peer's inbox before send() waits"},
+    // The maxima are largest_max_frame (1 TiB) and largest_capacity.
+    {.name = "max_frame_bytes",
+     .type = OptionType::integer,
+     .default_value = "68157440",
+     .doc = "largest frame accepted, in bytes (default 65 MiB)",
+     .minimum = "1",
+     .maximum = "1099511627776"},
+    {.name = "capacity",
+     .type = OptionType::integer,
+     .default_value = "64",
+     .doc = "frames a sender may have unread in the peer's inbox before send() waits",
+     .minimum = "1",
+     .maximum = "65536"},
 };
 
 constexpr ComponentDescriptor components[] = {

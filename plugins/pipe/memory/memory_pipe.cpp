@@ -102,15 +102,27 @@ class MemoryPipe final : public ember::Pipe {
       : logger_(context.logger_ptr()), instance_(context.instance()) {
     auto capacity = context.options().integer("capacity");
     auto max_frame = context.options().integer("max_frame_bytes");
-    if (capacity < 1 || capacity > 65536) {
-      throw std::invalid_argument("capacity must be between 1 and 65536, is " + std::to_string(capacity));
-    }
-    if (max_frame < 1) {
-      throw std::invalid_argument("max_frame_bytes must be positive, is " + std::to_string(max_frame));
-    }
     max_frame_ = static_cast<std::size_t>(max_frame);
     to_trainer_ = std::make_shared<Channel>(static_cast<std::size_t>(capacity));
     to_job_ = std::make_shared<Channel>(static_cast<std::size_t>(capacity));
+  }
+
+  /// Checks the options (a bad value is invalid_option), then constructs.
+  static ember::Result<std::unique_ptr<MemoryPipe>> create(const ember::ComponentContext& context) {
+    auto capacity = context.options().integer("capacity");
+    auto max_frame = context.options().integer("max_frame_bytes");
+    if (capacity < 1 || capacity > 65536) {
+      return ember::fail(ember::Errc::invalid_option,
+                         "pipe.memory: option 'capacity' must be between 1 and "
+                         "65536, is " +
+                             std::to_string(capacity));
+    }
+    if (max_frame < 1) {
+      return ember::fail(
+          ember::Errc::invalid_option,
+          "pipe.memory: option 'max_frame_bytes' must be positive, is " + std::to_string(max_frame));
+    }
+    return std::make_unique<MemoryPipe>(context);
   }
 
   ember::Result<std::unique_ptr<ember::PipeEndpoint>> open(ember::PipeSide side, std::chrono::milliseconds,
@@ -147,8 +159,17 @@ class MemoryPipe final : public ember::Pipe {
 };
 
 constexpr ember::OptionSpec memory_options[] = {
-    {"capacity", ember::OptionType::integer, "64", "frames buffered in each direction before send() waits"},
-    {"max_frame_bytes", ember::OptionType::integer, "67108864", "largest frame accepted, in bytes"},
+    {.name = "capacity",
+     .type = ember::OptionType::integer,
+     .default_value = "64",
+     .doc = "frames buffered in each direction before send() waits",
+     .minimum = "1",
+     .maximum = "65536"},
+    {.name = "max_frame_bytes",
+     .type = ember::OptionType::integer,
+     .default_value = "67108864",
+     .doc = "largest frame accepted, in bytes",
+     .minimum = "1"},
 };
 
 constexpr ember::ComponentDescriptor components[] = {

@@ -93,15 +93,28 @@ class SocketPipe final : public Pipe {
 };
 
 constexpr OptionSpec socket_options[] = {
-    {"address", OptionType::string, "unix:{workspace}/ember-pipe.sock",
-     "where the job end listens: unix:/abs/path, or tcp:HOST:PORT with HOST an IPv4 literal or [IPv6] "
-     "(port 0: ephemeral)"},
+    // The shape of an address; the host literal and the path's length are checked when the pipe is created.
+    {.name = "address",
+     .type = OptionType::string,
+     .default_value = "unix:{workspace}/ember-pipe.sock",
+     .doc = "where the job end listens: unix:/abs/path, or tcp:HOST:PORT with HOST an IPv4 literal or [IPv6] "
+            "(port 0: ephemeral)",
+     .choices = "unix:<any>|tcp:<any>:<0-65535>"},
     {"allow_remote", OptionType::boolean, "false", "allow a TCP host other than loopback (127.0.0.0/8, ::1)"},
-    {"max_frame_bytes", OptionType::integer, "68157440",
-     "largest frame sent or received, in bytes; a longer length prefix drops the connection"},
-    {"socket_buffer_bytes", OptionType::integer, "1048576",
-     "SO_SNDBUF and SO_RCVBUF, in bytes, capped by the system's wmem_max / rmem_max (0: the system's "
-     "default, about 208 KiB, which a 1 MiB chunk fills several times over)"},
+    // The maximum is max_encodable_frame (a u32 length).
+    {.name = "max_frame_bytes",
+     .type = OptionType::integer,
+     .default_value = "68157440",
+     .doc = "largest frame sent or received, in bytes; a longer length prefix drops the connection",
+     .minimum = "1",
+     .maximum = "4294967295"},
+    {.name = "socket_buffer_bytes",
+     .type = OptionType::integer,
+     .default_value = "1048576",
+     .doc = "SO_SNDBUF and SO_RCVBUF, in bytes, capped by the system's wmem_max / rmem_max (0: the system's "
+            "default, about 208 KiB, which a 1 MiB chunk fills several times over)",
+     .minimum = "0",
+     .maximum = "2147483647"},
 };
 
 constexpr ComponentDescriptor components[] = {

@@ -542,12 +542,22 @@ class FedAvgWorkflow final : public Workflow {
 };
 
 constexpr OptionSpec fedavg_options[] = {
-    {"rounds", OptionType::integer, "3", "rounds of training to run"},
-    {"min_clients", OptionType::integer, "0",
-     "usable results a round needs to go on (0: every site of the job)"},
+    {.name = "rounds",
+     .type = OptionType::integer,
+     .default_value = "3",
+     .doc = "rounds of training to run",
+     .minimum = "1"},
+    {.name = "min_clients",
+     .type = OptionType::integer,
+     .default_value = "0",
+     .doc = "usable results a round needs to go on (0: every site of the job)",
+     .minimum = "0"},
     {"task", OptionType::string, "train", "the task each round sends"},
-    {"round_timeout", OptionType::duration, "0s",
-     "how long a round waits for the sites (0s: the job's result_wait timeout)"},
+    {.name = "round_timeout",
+     .type = OptionType::duration,
+     .default_value = "0s",
+     .doc = "how long a round waits for the sites (0s: the job's result_wait timeout)",
+     .minimum = "0s"},
     {"initial_model", OptionType::string, "\"\"",
      "safetensors file of the first global model, relative to the job folder (empty: the first round sends "
      "no params and takes FULL results only)"},
@@ -558,7 +568,11 @@ constexpr OptionSpec fedavg_options[] = {
     {"resume", OptionType::boolean, "false", "continue from the newest good checkpoint in checkpoint_dir"},
     {"evaluate_final", OptionType::boolean, "true",
      "after the last round, send 'evaluate' with the final model to every site and report the metrics"},
-    {"keep_checkpoints", OptionType::integer, "0", "checkpoints to keep, the newest (0: all)"},
+    {.name = "keep_checkpoints",
+     .type = OptionType::integer,
+     .default_value = "0",
+     .doc = "checkpoints to keep, the newest (0: all)",
+     .minimum = "0"},
 };
 
 constexpr ComponentDescriptor components[] = {

@@ -23,8 +23,9 @@ class ReverseApplet final : public ember::Applet {
     const ember::Options& options = context.options();
     std::int64_t max_bytes = options.integer("max_message_bytes");
     if (max_bytes < 1) {
-      return ember::fail(ember::Errc::invalid_option,
-                         "max_message_bytes must be at least 1, is " + std::to_string(max_bytes));
+      return ember::fail(
+          ember::Errc::invalid_option,
+          "applet.reverse: option 'max_message_bytes' must be at least 1, is " + std::to_string(max_bytes));
     }
     return std::make_unique<ReverseApplet>(context.logger_ptr(), static_cast<std::size_t>(max_bytes),
                                            options.boolean("log_messages"));
@@ -78,7 +79,11 @@ class ReverseApplet final : public ember::Applet {
 
 // Defaults are written as TOML values; the kernel checks them when it loads the plugin.
 constexpr ember::OptionSpec reverse_options[] = {
-    {"max_message_bytes", ember::OptionType::integer, "1048576", "largest message relayed; larger ones fail"},
+    {.name = "max_message_bytes",
+     .type = ember::OptionType::integer,
+     .default_value = "1048576",
+     .doc = "largest message relayed; larger ones fail",
+     .minimum = "1"},
     {"log_messages", ember::OptionType::boolean, "false", "log the size of each relayed message (debug)"},
 };
 

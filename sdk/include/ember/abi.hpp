@@ -13,11 +13,16 @@ namespace ember {
 
 /// The ABI version of the plugin contract.
 ///
-/// Bump rule: increase it by one in the same commit as any change that alters the layout of a type in
-/// plugin_descriptor.hpp, the signature of a factory, or the virtual table of an interface a plugin
-/// implements or calls (adding, removing or reordering a virtual function, changing its parameters).
+/// Bump rule: increase it by one in the same commit as any change that alters
+/// - the layout of PluginInfoHeader, PluginDescriptor or ComponentDescriptor (plugin.hpp), of OptionSpec
+///   (options.hpp), or the serialized info blob that EMBER_PLUGIN writes (its field order or encoding);
+/// - the value of an enumerator that crosses the boundary (Kind in kind.hpp, OptionType in options.hpp, Errc
+///   in result.hpp, the RunState and other enums of the interfaces);
+/// - the signature of a factory, or the virtual table of an interface a plugin implements or calls (adding,
+///   removing or reordering a virtual function, changing its parameters).
 /// Adding a new interface, a new free function or a new non-virtual helper does not bump it. The kernel
-/// refuses a plugin whose ABI version differs from its own, naming both.
+/// refuses a plugin whose ABI version differs from its own, naming both; tests/sdk/abi_test.cpp pins the
+/// sizes and the enumerator values, so a change that forgets the bump fails there.
 inline constexpr std::uint32_t abi_version = 6;
 
 #define EMBER_DETAIL_STR2(x) #x

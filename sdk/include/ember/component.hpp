@@ -23,40 +23,12 @@
 #include <ember/abi.hpp>
 #include <ember/event_bus.hpp>
 #include <ember/job.hpp>
+#include <ember/kind.hpp>
 #include <ember/logger.hpp>
 #include <ember/options.hpp>
 #include <ember/result.hpp>
 
 namespace ember {
-
-/// The kinds of component a plugin can provide; the first half of a type name ("pipe.socket").
-enum class Kind : std::uint32_t {
-  pipe = 1,       ///< carries frames between a client job and its trainer
-  launcher = 2,   ///< starts, watches and stops a process tree or a container
-  applet = 3,     ///< runs a third-party FL system's programs inside a job
-  converter = 4,  ///< turns wire tensors into a framework's tensors and back
-  workflow = 5,   ///< server-side round logic
-  executor = 6,   ///< client-side task runner
-};
-
-/// The TOML-facing name of a kind ("pipe").
-constexpr std::string_view to_string(Kind kind) noexcept {
-  switch (kind) {
-    case Kind::pipe:
-      return "pipe";
-    case Kind::launcher:
-      return "launcher";
-    case Kind::applet:
-      return "applet";
-    case Kind::converter:
-      return "converter";
-    case Kind::workflow:
-      return "workflow";
-    case Kind::executor:
-      return "executor";
-  }
-  return "unknown";
-}
 
 /// The base of every component. Created by its plugin's factory, owned by the kernel through a
 /// shared_ptr that also keeps the plugin's library loaded. Destroyed on any thread, once no call runs.

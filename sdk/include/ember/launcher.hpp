@@ -2,6 +2,7 @@
 // Launchers: start a job or a trainer as a process tree or a container, watch it and stop it.
 
 #include <chrono>
+#include <cstdint>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -24,7 +25,7 @@ struct LaunchSpec {
 };
 
 /// The life of what a launcher started.
-enum class RunState { not_started, starting, started, stopped, failed };
+enum class RunState : std::uint32_t { not_started = 0, starting = 1, started = 2, stopped = 3, failed = 4 };
 
 /// The state's name ("started").
 constexpr std::string_view to_string(RunState state) noexcept {
@@ -45,7 +46,7 @@ constexpr std::string_view to_string(RunState state) noexcept {
 
 /// How it ended, kept exactly: an exit code or the signal that killed it.
 struct ExitStatus {
-  enum class How { exited, signaled };
+  enum class How : std::uint32_t { exited = 0, signaled = 1 };
   How how = How::exited;
   int value = 0;  ///< the exit code, or the signal number
 

@@ -1,6 +1,7 @@
 #pragma once
 // The logger the kernel hands each component; plugins never write to stdout or stderr themselves.
 
+#include <cstdint>
 #include <string_view>
 
 #include <ember/abi.hpp>
@@ -8,7 +9,15 @@
 namespace ember {
 
 /// Severity of a log line, lowest first.
-enum class LogLevel { trace = 0, debug = 1, info = 2, warn = 3, error = 4, critical = 5, off = 6 };
+enum class LogLevel : std::uint32_t {
+  trace = 0,
+  debug = 1,
+  info = 2,
+  warn = 3,
+  error = 4,
+  critical = 5,
+  off = 6
+};
 
 /// A named logger (category `plugin.<kind>.<name>` for a component). Thread-safe.
 class EMBER_API Logger {

@@ -10,6 +10,8 @@
 #include <variant>
 #include <vector>
 
+#include <ember/kind.hpp>
+
 namespace ember {
 
 /// The type of an option's value, as declared in a component's schema.
@@ -41,13 +43,28 @@ constexpr std::string_view to_string(OptionType type) noexcept {
   return "unknown";
 }
 
-/// One declared option: plain data, so it can live in a plugin's constant descriptor.
+/// One declared option: plain data, so it can live in a plugin's constant descriptor and be serialized into
+/// its ELF section at compile time. The constraints are checked by the kernel when it reads a config
+/// (`ember validate` included), before any plugin code runs; write them with designated initializers:
+///
+///   {.name = "rounds", .type = OptionType::integer, .default_value = "3", .doc = "rounds", .minimum = "1"}
 struct OptionSpec {
   const char* name;  ///< the TOML key, `[a-z0-9_]+`
   OptionType type;   ///< the value's type
-  const char*
-      default_value;  ///< the default as TOML-like text ("30s", "64", "true", "[\"a\"]"); nullptr = required
-  const char* doc;    ///< one line for `ember plugins describe`
+  /// The default as TOML-like text ("30s", "64", "true", "[\"a\"]"); nullptr: the option is required.
+  const char* default_value;
+  const char* doc;  ///< one line for `ember plugins describe`
+  /// string and string_list (each element): the allowed values, '|'-separated (an empty alternative is the
+  /// empty string). An alternative may hold placeholders: `<lo-hi>` a decimal integer from lo to hi,
+  /// `<name>` an identifier, `<any>` any text ("cpu|auto|cuda|cuda:<0-15>", "<name>=<any>"). nullptr: any.
+  const char* choices = nullptr;
+  /// integer, number, duration: the smallest allowed value, written as a default is ("1", "0.5", "10ms").
+  const char* minimum = nullptr;
+  /// integer, number, duration: the largest allowed value, written as a default is.
+  const char* maximum = nullptr;
+  /// Non-zero: the value (each element of a string_list) is the id of a job component of this kind, and
+  /// `ember validate` checks that the job has it.
+  Kind refers_to = Kind{};
 };
 
 /// A validated option value.

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -17,7 +18,7 @@
 namespace ember {
 
 /// Which end of a pipe is being opened: the job end creates the endpoint, the trainer end attaches to it.
-enum class PipeSide { job, trainer };
+enum class PipeSide : std::uint32_t { job = 0, trainer = 1 };
 
 /// Decides, from the first frame a would-be peer sends (its HELLO), whether it may become this end's peer.
 /// Pipes that accept connections (a socket) call it for every candidate and drop the ones it refuses, so a

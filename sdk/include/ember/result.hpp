@@ -1,6 +1,7 @@
 #pragma once
 // Results and errors: every fallible SDK and kernel call returns ember::Result<T>.
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -9,28 +10,29 @@
 
 namespace ember {
 
-/// What went wrong, as a stable code; the message says where and why.
-enum class Errc {
-  not_found,           ///< a file, plugin, component or key that was asked for does not exist
-  open_failed,         ///< the dynamic loader refused a file (its message is kept)
-  not_a_plugin,        ///< a shared library without the ember descriptor symbol
-  abi_mismatch,        ///< a plugin built against another SDK ABI version
-  invalid_descriptor,  ///< a plugin whose descriptor is malformed (size, names, options)
-  build_mismatch,      ///< a plugin built by an incompatible compiler or standard library
-  duplicate_name,      ///< a plugin or component name that an earlier plugin already provides
-  invalid_option,      ///< a component option that is unknown, mistyped or out of range
-  create_failed,       ///< a component factory that failed or threw
-  invalid_config,      ///< a config file that is not valid TOML or breaks the schema
-  io_error,            ///< an operating-system call failed
-  timeout,             ///< a bounded wait ran out
-  closed,              ///< the other end or the object is closed
-  cancelled,           ///< the stop token was triggered
-  invalid_argument,    ///< a caller passed a value the callee cannot accept
-  unsupported,         ///< the component does not support what was asked
-  malformed,           ///< input that breaks its format: a frame, a file, a tensor header
-  peer_gone,           ///< the other end of a session stopped answering or went away
-  rejected,            ///< the peer refused what was sent (a HELLO token, a result)
-  internal,            ///< a broken invariant inside ember
+/// What went wrong, as a stable code (values cross the plugin ABI: never renumber); the message says where
+/// and why.
+enum class Errc : std::uint32_t {
+  not_found = 0,           ///< a file, plugin, component or key that was asked for does not exist
+  open_failed = 1,         ///< the dynamic loader refused a file (its message is kept)
+  not_a_plugin = 2,        ///< a file without the .ember_plugin section (or the entry symbol)
+  abi_mismatch = 3,        ///< a plugin built against another SDK ABI version
+  invalid_descriptor = 4,  ///< a plugin whose descriptor is malformed (size, names, options)
+  build_mismatch = 5,      ///< a plugin built by an incompatible compiler or standard library
+  duplicate_name = 6,      ///< a plugin or component name that an earlier plugin already provides
+  invalid_option = 7,      ///< a component option that is unknown, mistyped or out of range
+  create_failed = 8,       ///< a component factory that failed or threw
+  invalid_config = 9,      ///< a config file that is not valid TOML or breaks the schema
+  io_error = 10,           ///< an operating-system call failed
+  timeout = 11,            ///< a bounded wait ran out
+  closed = 12,             ///< the other end or the object is closed
+  cancelled = 13,          ///< the stop token was triggered
+  invalid_argument = 14,   ///< a caller passed a value the callee cannot accept
+  unsupported = 15,        ///< the component does not support what was asked
+  malformed = 16,          ///< input that breaks its format: a frame, a file, a tensor header
+  peer_gone = 17,          ///< the other end of a session stopped answering or went away
+  rejected = 18,           ///< the peer refused what was sent (a HELLO token, a result)
+  internal = 19,           ///< a broken invariant inside ember
 };
 
 /// A short, stable name of an error code ("abi_mismatch"), for logs and JSON.

@@ -18,7 +18,7 @@ inline constexpr const char* submit_model = "submit_model";
 }  // namespace tasks
 
 /// Whether the params are the whole model or a difference to the one received.
-enum class ParamsType { full, diff };
+enum class ParamsType : std::uint32_t { full = 0, diff = 1 };
 
 /// A task for a site, or a site's answer to one: named tensors plus metrics and free-form meta. A value type
 /// (reentrant); one task is read by several sites' threads at once, and nobody writes it meanwhile.

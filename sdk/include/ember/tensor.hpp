@@ -13,7 +13,21 @@
 namespace ember {
 
 /// Element types, named as in the safetensors format.
-enum class DType : std::uint32_t { BOOL, U8, I8, I16, U16, I32, U32, I64, U64, F16, BF16, F32, F64 };
+enum class DType : std::uint32_t {
+  BOOL = 0,
+  U8 = 1,
+  I8 = 2,
+  I16 = 3,
+  U16 = 4,
+  I32 = 5,
+  U32 = 6,
+  I64 = 7,
+  U64 = 8,
+  F16 = 9,
+  BF16 = 10,
+  F32 = 11,
+  F64 = 12,
+};
 
 /// Size in bytes of one element.
 constexpr std::size_t element_size(DType dtype) noexcept {
