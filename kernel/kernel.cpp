@@ -4,6 +4,8 @@
 #include <cstdlib>
 #include <system_error>
 
+#include <base/strings.hpp>
+
 namespace ember::kernel {
 
 namespace fs = std::filesystem;
@@ -21,20 +23,10 @@ bool is_within(const fs::path& file, const fs::path& dir) {
 
 std::vector<fs::path> split_path_list(const char* value) {
   std::vector<fs::path> out;
-  if (value == nullptr) {
-    return out;
-  }
-  std::string_view text(value);
-  std::size_t start = 0;
-  while (start <= text.size()) {
-    auto end = text.find(':', start);
-    if (end == std::string_view::npos) {
-      end = text.size();
+  if (value != nullptr) {
+    for (auto& piece : base::split(value, ':')) {
+      out.emplace_back(std::move(piece));
     }
-    if (end > start) {
-      out.emplace_back(text.substr(start, end - start));
-    }
-    start = end + 1;
   }
   return out;
 }

@@ -1,13 +1,12 @@
 #include "option_values.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <limits>
 #include <sstream>
 #include <tuple>
-
-#include <toml++/toml.h>
 
 #include "duration.hpp"
 
@@ -64,142 +63,288 @@ Result<std::string> substitute(std::string_view text, const Substitutions& subs)
 
 namespace {
 
-std::string_view toml_type_name(const toml::node& node) {
-  switch (node.type()) {
-    case toml::node_type::string:
-      return "a string";
-    case toml::node_type::integer:
-      return "an integer";
-    case toml::node_type::floating_point:
-      return "a float";
-    case toml::node_type::boolean:
-      return "a boolean";
-    case toml::node_type::array:
-      return "an array";
-    case toml::node_type::table:
-      return "a table";
-    case toml::node_type::date:
-      return "a date";
-    case toml::node_type::time:
-      return "a time";
-    case toml::node_type::date_time:
-      return "a date-time";
-    case toml::node_type::none:
-      break;
+// A schema default is one TOML value, but only of the few forms a default takes: a bare word (string and
+// duration options), a basic "..." or literal '...' string, an integer, a number, true or false, or an
+// array of strings. Reading them here, rather than with the TOML parser, keeps that parser out of the
+// loader, which the trainer's Client API links.
+class Literal {
+ public:
+  explicit Literal(std::string_view text) : text_(text) {}
+
+  void skip_blanks() {
+    while (at_ < text_.size() && (text_[at_] == ' ' || text_[at_] == '\t')) {
+      ++at_;
+    }
   }
-  return "nothing";
+  bool at_end() const { return at_ == text_.size(); }
+  char peek() const { return at_ < text_.size() ? text_[at_] : '\0'; }
+  bool take(char c) {
+    if (peek() != c) {
+      return false;
+    }
+    ++at_;
+    return true;
+  }
+  std::string_view rest() const { return text_.substr(at_); }
+
+  // A '...' (literal) or "..." (basic, with TOML's escapes) string; the reader stands on its quote.
+  Result<std::string> quoted() {
+    const char quote = text_[at_++];
+    std::string out;
+    while (at_ < text_.size() && text_[at_] != quote) {
+      auto c = static_cast<unsigned char>(text_[at_++]);
+      if ((c < 0x20 && c != '\t') || c == 0x7F) {
+        return fail(Errc::invalid_option, "a control character inside a string");
+      }
+      if (quote == '\'' || c != '\\') {
+        out += static_cast<char>(c);
+        continue;
+      }
+      if (at_ >= text_.size()) {
+        break;
+      }
+      char e = text_[at_++];
+      switch (e) {
+        case '"':
+        case '\\':
+          out += e;
+          break;
+        case 'b':
+          out += '\b';
+          break;
+        case 't':
+          out += '\t';
+          break;
+        case 'n':
+          out += '\n';
+          break;
+        case 'f':
+          out += '\f';
+          break;
+        case 'r':
+          out += '\r';
+          break;
+        case 'u':
+        case 'U': {
+          auto code = hex(e == 'u' ? 4 : 8);
+          if (!code) {
+            return fail(std::move(code.error()));
+          }
+          append_utf8(out, *code);
+          break;
+        }
+        default:
+          return fail(Errc::invalid_option, std::string("unknown escape '\\") + e + "' in a string");
+      }
+    }
+    if (!take(quote)) {
+      return fail(Errc::invalid_option, "a string without its closing quote");
+    }
+    return out;
+  }
+
+ private:
+  Result<std::uint32_t> hex(int digits) {
+    std::uint32_t code = 0;
+    for (int i = 0; i < digits; ++i, ++at_) {
+      char c = peek();
+      int v = c >= '0' && c <= '9'   ? c - '0'
+              : c >= 'a' && c <= 'f' ? c - 'a' + 10
+              : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                     : -1;
+      if (v < 0) {
+        return fail(Errc::invalid_option, "a \\u escape needs " + std::to_string(digits) + " hex digits");
+      }
+      code = code * 16 + static_cast<std::uint32_t>(v);
+    }
+    if (code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) {
+      return fail(Errc::invalid_option, "a \\u escape that is not a Unicode scalar value");
+    }
+    return code;
+  }
+
+  static void append_utf8(std::string& out, std::uint32_t code) {
+    if (code < 0x80) {
+      out += static_cast<char>(code);
+    } else if (code < 0x800) {
+      out += static_cast<char>(0xC0 | (code >> 6));
+      out += static_cast<char>(0x80 | (code & 0x3F));
+    } else if (code < 0x10000) {
+      out += static_cast<char>(0xE0 | (code >> 12));
+      out += static_cast<char>(0x80 | ((code >> 6) & 0x3F));
+      out += static_cast<char>(0x80 | (code & 0x3F));
+    } else {
+      out += static_cast<char>(0xF0 | (code >> 18));
+      out += static_cast<char>(0x80 | ((code >> 12) & 0x3F));
+      out += static_cast<char>(0x80 | ((code >> 6) & 0x3F));
+      out += static_cast<char>(0x80 | (code & 0x3F));
+    }
+  }
+
+  std::string_view text_;
+  std::size_t at_ = 0;
+};
+
+// TOML's digits: underscores only between two digits.
+std::optional<std::string> without_underscores(std::string_view text) {
+  std::string out;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    if (text[i] != '_') {
+      out += text[i];
+      continue;
+    }
+    auto digit = [](char c) { return c >= '0' && c <= '9'; };
+    if (i == 0 || i + 1 == text.size() || !digit(text[i - 1]) || !digit(text[i + 1])) {
+      return std::nullopt;
+    }
+  }
+  return out;
 }
 
-tl::unexpected<Error> wrong_type(const toml::node& node, OptionType type) {
-  return fail(Errc::invalid_option,
-              "expected " + std::string(to_string(type)) + ", found " + std::string(toml_type_name(node)));
+Result<OptionValue> scalar_from_text(std::string_view text, OptionType type) {
+  auto digits = without_underscores(text);
+  if (!digits || digits->empty()) {
+    return fail(Errc::invalid_option, "expected " + std::string(to_string(type)));
+  }
+  const char* first = digits->data();
+  const char* last = first + digits->size();
+  if (*first == '+') {
+    ++first;
+  }
+  if (type == OptionType::integer) {
+    std::int64_t v = 0;
+    auto [end, ec] = std::from_chars(first, last, v);
+    if (ec != std::errc{} || end != last) {
+      return fail(Errc::invalid_option, "expected integer");
+    }
+    return OptionValue(v);
+  }
+  double v = 0;
+  auto [end, ec] = std::from_chars(first, last, v);
+  if (ec != std::errc{} || end != last) {
+    return fail(Errc::invalid_option, "expected number");
+  }
+  if (!std::isfinite(v)) {
+    return fail(Errc::invalid_option, "expected a finite number");
+  }
+  return OptionValue(v);
 }
 
-}  // namespace
-
-Result<OptionValue> option_from_toml(const toml::node& node, OptionType type, const Substitutions& subs) {
+// A value of the wrong type, or a duration or substitution that does not parse, is reported as the TOML path
+// reports it ("expected integer, found a string"); text that is no value at all says which default it was.
+Result<OptionValue> value_from_text(std::string_view text, OptionType type, const Substitutions& subs) {
+  auto syntax = [&](const Error& why) {
+    return fail(Errc::invalid_option,
+                "default '" + std::string(text) + "' is not a valid value: " + why.message);
+  };
+  Literal in(text);
+  in.skip_blanks();
+  auto finish = [&](OptionValue value) -> Result<OptionValue> {
+    in.skip_blanks();
+    if (!in.at_end()) {
+      return syntax(Error{Errc::invalid_option, "text after the value: '" + std::string(in.rest()) + "'"});
+    }
+    return value;
+  };
+  auto substituted = [&](std::string raw) -> Result<std::string> {
+    auto done = substitute(raw, subs);
+    if (!done) {
+      return fail(Errc::invalid_option, done.error().message);
+    }
+    return done;
+  };
+  const bool quoted = in.peek() == '"' || in.peek() == '\'';
   switch (type) {
-    case OptionType::string: {
-      auto s = node.value<std::string>();
-      if (!node.is_string() || !s) {
-        return wrong_type(node, type);
+    case OptionType::string:
+    case OptionType::duration: {
+      std::string raw;
+      if (quoted) {
+        auto read = in.quoted();
+        if (!read) {
+          return syntax(read.error());
+        }
+        raw = std::move(*read);
+        in.skip_blanks();
+        if (!in.at_end()) {
+          return syntax(
+              Error{Errc::invalid_option, "text after the value: '" + std::string(in.rest()) + "'"});
+        }
+      } else {
+        raw = std::string(text);  // a bare word, taken whole
       }
-      auto text = substitute(*s, subs);
-      if (!text) {
-        return fail(Errc::invalid_option, text.error().message);
+      if (type == OptionType::duration) {
+        auto d = parse_duration(raw);
+        if (!d) {
+          return fail(Errc::invalid_option, d.error().message);
+        }
+        return OptionValue(*d);
       }
-      return OptionValue(std::move(*text));
+      auto done = substituted(std::move(raw));
+      if (!done) {
+        return fail(std::move(done.error()));
+      }
+      return OptionValue(std::move(*done));
     }
     case OptionType::integer:
-      if (!node.is_integer()) {
-        return wrong_type(node, type);
+    case OptionType::number:
+    case OptionType::boolean: {
+      if (quoted) {
+        return fail(Errc::invalid_option, "expected " + std::string(to_string(type)) + ", found a string");
       }
-      return OptionValue(node.as_integer()->get());
-    case OptionType::number: {
-      double v = 0;
-      if (node.is_floating_point()) {
-        v = node.as_floating_point()->get();
-      } else if (node.is_integer()) {
-        v = static_cast<double>(node.as_integer()->get());
-      } else {
-        return wrong_type(node, type);
+      std::string_view word = in.rest();
+      while (!word.empty() && (word.back() == ' ' || word.back() == '\t')) {
+        word.remove_suffix(1);
       }
-      if (!std::isfinite(v)) {
-        return fail(Errc::invalid_option, "expected a finite number");
-      }
-      return OptionValue(v);
-    }
-    case OptionType::boolean:
-      if (!node.is_boolean()) {
-        return wrong_type(node, type);
-      }
-      return OptionValue(node.as_boolean()->get());
-    case OptionType::duration: {
-      if (!node.is_string()) {
-        if (node.is_integer() || node.is_floating_point()) {
-          return fail(Errc::invalid_option, "expected a duration with a unit, such as \"30s\" or \"250ms\"");
+      if (type == OptionType::boolean) {
+        if (word != "true" && word != "false") {
+          return syntax(Error{Errc::invalid_option, "expected boolean (true or false)"});
         }
-        return wrong_type(node, type);
+        return OptionValue(word == "true");
       }
-      auto d = parse_duration(node.as_string()->get());
-      if (!d) {
-        return fail(Errc::invalid_option, d.error().message);
+      auto scalar = scalar_from_text(word, type);
+      if (!scalar) {
+        return syntax(scalar.error());
       }
-      return OptionValue(*d);
+      return scalar;
     }
     case OptionType::string_list: {
-      const auto* array = node.as_array();
-      if (array == nullptr) {
-        return wrong_type(node, type);
+      if (!in.take('[')) {
+        return syntax(Error{Errc::invalid_option, "expected an array of strings"});
       }
       std::vector<std::string> items;
-      items.reserve(array->size());
-      for (std::size_t i = 0; i < array->size(); ++i) {
-        const auto* item = array->get(i);
-        if (!item->is_string()) {
-          return fail(Errc::invalid_option, "element " + std::to_string(i) + ": expected a string, found " +
-                                                std::string(toml_type_name(*item)));
+      in.skip_blanks();
+      while (!in.take(']')) {
+        if (in.peek() != '"' && in.peek() != '\'') {
+          return fail(Errc::invalid_option,
+                      "element " + std::to_string(items.size()) + ": expected a string in the array");
         }
-        auto text = substitute(item->as_string()->get(), subs);
-        if (!text) {
-          return fail(Errc::invalid_option, "element " + std::to_string(i) + ": " + text.error().message);
+        auto item = in.quoted();
+        if (!item) {
+          return syntax(item.error());
         }
-        items.push_back(std::move(*text));
+        auto done = substituted(std::move(*item));
+        if (!done) {
+          return fail(Errc::invalid_option,
+                      "element " + std::to_string(items.size()) + ": " + done.error().message);
+        }
+        items.push_back(std::move(*done));
+        in.skip_blanks();
+        if (in.take(',')) {
+          in.skip_blanks();
+        } else if (in.peek() != ']') {
+          return syntax(Error{Errc::invalid_option, "expected ',' or ']' in the array"});
+        }
       }
-      return OptionValue(std::move(items));
+      return finish(OptionValue(std::move(items)));
     }
   }
   return fail(Errc::invalid_option, "unknown option type " + std::to_string(static_cast<unsigned>(type)));
 }
 
+}  // namespace
+
 Result<OptionValue> option_from_text(std::string_view text, OptionType type, const Substitutions& subs) {
-  std::string doc = "v = ";
-  bool bare_word = (type == OptionType::string || type == OptionType::duration) && !text.empty() &&
-                   text.front() != '"' && text.front() != '\'';
-  if (bare_word) {
-    // Bare defaults such as 30s or info: quote them, escaping what TOML's basic strings need.
-    doc += '"';
-    for (char c : text) {
-      if (c == '"' || c == '\\') {
-        doc += '\\';
-      }
-      doc += c;
-    }
-    doc += '"';
-  } else {
-    doc += text;
-  }
-  try {
-    auto table = toml::parse(std::string_view(doc), std::string_view("<default>"));
-    const auto* node = table.get("v");
-    if (node == nullptr || table.size() != 1) {
-      return fail(Errc::invalid_option, "default '" + std::string(text) + "' is not a single value");
-    }
-    return option_from_toml(*node, type, subs);
-  } catch (const toml::parse_error& e) {
-    return fail(Errc::invalid_option,
-                "default '" + std::string(text) + "' is not a valid value: " + std::string(e.description()));
-  }
+  return value_from_text(text, type, subs);
 }
 
 bool holds_type(const OptionValue& value, OptionType type) noexcept {

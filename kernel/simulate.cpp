@@ -275,7 +275,10 @@ int simulate(Kernel& kernel, const SimulateOptions& options, std::ostream& out, 
       out << site->site() << ": could not start: " << error->message << "\n";
       if (!is_site_failure(*error) && !fatal) {
         fatal = error;
-        fatal->message = probe->file.string() + ": " + site->site() + ": " + error->message;
+        // Executors name their site at the front of most messages; say it once.
+        const std::string prefix = site->site() + ": ";
+        fatal->message = probe->file.string() + ": " +
+                         (error->message.starts_with(prefix) ? error->message : prefix + error->message);
       }
     } else {
       ++started_sites;

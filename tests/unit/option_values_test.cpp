@@ -48,6 +48,37 @@ TEST(OptionFromText, RejectsMismatches) {
   EXPECT_FALSE(option_from_text("1\nw = 2", OptionType::integer, subs));
 }
 
+TEST(OptionFromText, ReadsTheTomlFormsOfADefaultWithoutTheTomlParser) {
+  auto text = [](std::string_view t) {
+    return std::get<std::string>(*option_from_text(t, OptionType::string, subs));
+  };
+  EXPECT_EQ(text(R"("a\"b\\c\tq\u00e9")"), "a\"b\\c\tq\xC3\xA9");
+  EXPECT_EQ(text(R"('C:\raw')"), R"(C:\raw)");
+  EXPECT_EQ(text("two words"), "two words");
+  EXPECT_EQ(std::get<std::int64_t>(*option_from_text("1_000_000", OptionType::integer, subs)), 1'000'000);
+  EXPECT_EQ(std::get<std::int64_t>(*option_from_text("-3", OptionType::integer, subs)), -3);
+  EXPECT_DOUBLE_EQ(std::get<double>(*option_from_text("1e-3", OptionType::number, subs)), 1e-3);
+  auto list = [](std::string_view t) {
+    return std::get<std::vector<std::string>>(*option_from_text(t, OptionType::string_list, subs));
+  };
+  EXPECT_TRUE(list("[]").empty());
+  EXPECT_TRUE(list("[ ]").empty());
+  EXPECT_EQ(list(R"(["a", 'b',])"), (std::vector<std::string>{"a", "b"}));
+  for (auto bad : {R"("open)", R"("a" b)", R"("\q")", R"("\u12")", "1__0", "_1", "0x", "1.5"}) {
+    auto type = std::string_view(bad).front() == '"' ? OptionType::string : OptionType::integer;
+    auto value = option_from_text(bad, type, subs);
+    EXPECT_FALSE(value) << bad;
+    if (!value) {
+      EXPECT_EQ(value.error().code, Errc::invalid_option) << bad;
+      EXPECT_NE(value.error().message.find(std::string("default '") + bad + "'"), std::string::npos);
+    }
+  }
+  EXPECT_FALSE(option_from_text(R"(["a" "b"])", OptionType::string_list, subs));
+  EXPECT_FALSE(option_from_text(R"(["a"] x)", OptionType::string_list, subs));
+  EXPECT_FALSE(option_from_text("inf", OptionType::number, subs));
+  EXPECT_FALSE(option_from_text("\"true\"", OptionType::boolean, subs));
+}
+
 TEST(OptionFromToml, NamesBothTypesInTheError) {
   auto table = toml::parse("v = 12");
   auto value = option_from_toml(*table.get("v"), OptionType::string, subs);
