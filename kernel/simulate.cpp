@@ -3,7 +3,7 @@
 #include <signal.h>
 #include <sys/stat.h>
 
-#include <charconv>
+#include <algorithm>
 #include <ctime>
 #include <iomanip>
 #include <ostream>
@@ -102,6 +102,33 @@ void stop_all(const std::vector<std::unique_ptr<ClientJob>>& sites) {
   }
 }
 
+// Prints why each site that did not start failed. Returns the first error that means the job cannot run
+// anywhere (a config or plugin error, not one site's trainer), naming the job file and the site once.
+std::optional<Error> report_starts(const std::vector<std::unique_ptr<ClientJob>>& sites,
+                                   const fs::path& job_file, std::ostream& out) {
+  std::optional<Error> fatal;
+  for (const auto& site : sites) {
+    auto error = site->error();
+    if (!error) {
+      continue;
+    }
+    out << site->site() << ": could not start: " << error->message << "\n";
+    if (!is_site_failure(*error) && !fatal) {
+      fatal = error;
+      // Executors name their site at the front of most messages; say it once.
+      const std::string prefix = site->site() + ": ";
+      fatal->message = job_file.string() + ": " +
+                       (error->message.starts_with(prefix) ? error->message : prefix + error->message);
+    }
+  }
+  return fatal;
+}
+
+std::size_t failed_sites(const std::vector<std::unique_ptr<ClientJob>>& sites) {
+  return static_cast<std::size_t>(
+      std::count_if(sites.begin(), sites.end(), [](const auto& site) { return site->error().has_value(); }));
+}
+
 // One row per round: clients that answered, the round's time, then the metrics the workflow averaged.
 // Trainers report val_* for the model they received, so row r shows the global model round r started from;
 // the "final" row is the model after the last round.
@@ -145,6 +172,21 @@ void print_rounds(const RoundMetrics& rounds, std::ostream& out) {
   }
   out << "(val_* of round r: the global model round r started from; final: the model after the last "
          "round)\n";
+}
+
+// The end of a run: what it did, the table of rounds, and where its files are.
+void print_summary(std::ostream& out, const JobConfig& job, const std::string& job_id, int clients,
+                   const JobReport& report, Clock::duration elapsed, const fs::path& ws) {
+  out << "\n== " << job.name << " (" << job_id << ") " << (report.outcome ? "finished" : "FAILED") << " in "
+      << seconds_text(elapsed) << ", " << clients << " client" << (clients == 1 ? "" : "s") << ", "
+      << bytes_text(report.bytes_moved) << " of params moved\n";
+  print_rounds(report.rounds, out);
+  std::error_code ec;
+  auto model = ws / "server" / "model.safetensors";
+  if (fs::exists(model, ec)) {
+    out << "final model: " << model.string() << "\n";
+  }
+  out << "logs: " << ws.string() << "/<site>/log.txt   metrics: " << (ws / "metrics.jsonl").string() << "\n";
 }
 
 }  // namespace
@@ -251,40 +293,13 @@ int simulate(Kernel& kernel, const SimulateOptions& options, std::ostream& out, 
   }
 
   // A trainer's metric carries the round of the task it belongs to (the executor tags it) and its step.
-  auto metrics_sub = kernel.events().subscribe("metrics.trainer", [&metrics](const Event& e) {
-    auto get = [&](const char* key) -> std::string {
-      auto it = e.fields.find(key);
-      return it != e.fields.end() ? it->second : std::string();
-    };
-    // A step that is not a decimal integer (a peer's mistake) is left out rather than written as text.
-    auto number = [](const std::string& text) -> std::optional<std::uint64_t> {
-      std::uint64_t n = 0;
-      auto [end, parsed] = std::from_chars(text.data(), text.data() + text.size(), n);
-      return !text.empty() && parsed == std::errc() && end == text.data() + text.size() ? std::optional(n)
-                                                                                        : std::nullopt;
-    };
-    (*metrics)->write(get("site"), get("key"), std::strtod(get("value").c_str(), nullptr),
-                      number(get("round")).value_or(0), number(get("step")));
-  });
+  auto metrics_sub =
+      kernel.events().subscribe("metrics.trainer", [&metrics](const Event& e) { (*metrics)->record(e); });
 
   start_all(sites, stop.get_token());
-  std::size_t started_sites = 0;
-  std::optional<Error> fatal;
-  for (const auto& site : sites) {
-    if (auto error = site->error()) {
-      out << site->site() << ": could not start: " << error->message << "\n";
-      if (!is_site_failure(*error) && !fatal) {
-        fatal = error;
-        // Executors name their site at the front of most messages; say it once.
-        const std::string prefix = site->site() + ": ";
-        fatal->message = probe->file.string() + ": " +
-                         (error->message.starts_with(prefix) ? error->message : prefix + error->message);
-      }
-    } else {
-      ++started_sites;
-    }
-  }
-  out << started_sites << "/" << sites.size() << " sites ready in " << seconds_text(Clock::now() - t0) << "\n"
+  auto fatal = report_starts(sites, probe->file, out);
+  out << (sites.size() - failed_sites(sites)) << "/" << sites.size() << " sites ready in "
+      << seconds_text(Clock::now() - t0) << "\n"
       << std::flush;
 
   JobReport report;
@@ -312,17 +327,8 @@ int simulate(Kernel& kernel, const SimulateOptions& options, std::ostream& out, 
   stop_all(sites);
   sites.clear();
   workflow->reset();
-  const auto elapsed = Clock::now() - t0;
 
-  out << "\n== " << probe->name << " (" << job_id << ") " << (report.outcome ? "finished" : "FAILED")
-      << " in " << seconds_text(elapsed) << ", " << options.clients << " client"
-      << (options.clients == 1 ? "" : "s") << ", " << bytes_text(report.bytes_moved) << " of params moved\n";
-  print_rounds(report.rounds, out);
-  auto model = ws / "server" / "model.safetensors";
-  if (fs::exists(model, ec)) {
-    out << "final model: " << model.string() << "\n";
-  }
-  out << "logs: " << ws.string() << "/<site>/log.txt   metrics: " << (ws / "metrics.jsonl").string() << "\n";
+  print_summary(out, *probe, job_id, options.clients, report, Clock::now() - t0, ws);
   if (signals.signal() != 0) {
     err << "ember simulate: interrupted by signal " << signals.signal() << "\n";
     return exit_code::interrupted;

@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <charconv>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 
@@ -35,6 +37,21 @@ void MetricsLog::write(const std::string& source, const std::string& key, double
   }
   std::lock_guard lock(mutex_);
   out_ << line.dump() << "\n" << std::flush;
+}
+
+void MetricsLog::record(const Event& event) {
+  auto get = [&](const char* key) -> std::string {
+    auto it = event.fields.find(key);
+    return it != event.fields.end() ? it->second : std::string();
+  };
+  auto number = [](const std::string& text) -> std::optional<std::uint64_t> {
+    std::uint64_t n = 0;
+    auto [end, parsed] = std::from_chars(text.data(), text.data() + text.size(), n);
+    return !text.empty() && parsed == std::errc() && end == text.data() + text.size() ? std::optional(n)
+                                                                                      : std::nullopt;
+  };
+  write(get("site"), get("key"), std::strtod(get("value").c_str(), nullptr), number(get("round")).value_or(0),
+        number(get("step")));
 }
 
 }  // namespace ember::kernel

@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 
+#include <ember/event_bus.hpp>
 #include <ember/result.hpp>
 
 namespace ember::kernel {
@@ -26,6 +27,10 @@ class MetricsLog {
   /// Writes one line. `source` is "server" or a site's name.
   void write(const std::string& source, const std::string& key, double value, std::uint64_t round,
              std::optional<std::uint64_t> step = std::nullopt);
+  /// Writes a trainer's metric from its `metrics.trainer` event (fields site, key, value, round, step, as
+  /// executor.external-trainer publishes them). A step that is not a decimal integer (a peer's mistake) is
+  /// left out rather than written as text.
+  void record(const Event& event);
   const std::filesystem::path& file() const noexcept { return file_; }
 
  private:
