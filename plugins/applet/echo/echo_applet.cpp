@@ -16,15 +16,6 @@ class EchoApplet final : public ember::Applet {
         prefix_(context.options().string("prefix")),
         max_message_(context.options().integer("max_message_bytes")) {}
 
-  /// Checks the options (a bad value is invalid_option), then constructs.
-  static ember::Result<std::unique_ptr<EchoApplet>> create(const ember::ComponentContext& context) {
-    if (context.options().integer("max_message_bytes") < 1) {
-      return ember::fail(ember::Errc::invalid_option,
-                         "applet.echo: option 'max_message_bytes' must be positive");
-    }
-    return std::make_unique<EchoApplet>(context);
-  }
-
   ember::Result<void> start() override {
     std::lock_guard lock(mutex_);
     if (state_ == ember::RunState::started) {

@@ -84,18 +84,6 @@ class FakeLauncher final : public ember::Launcher {
         fail_launch_(context.options().boolean("fail_launch")),
         ignore_stop_(context.options().boolean("ignore_stop")) {}
 
-  /// Checks the options (a bad value is invalid_option), then constructs.
-  static ember::Result<std::unique_ptr<FakeLauncher>> create(const ember::ComponentContext& context) {
-    auto code = context.options().integer("exit_code");
-    if (code < 0 || code > 255) {
-      return ember::fail(ember::Errc::invalid_option,
-                         "launcher.fake: option 'exit_code' must be between 0 and "
-                         "255, is " +
-                             std::to_string(code));
-    }
-    return std::make_unique<FakeLauncher>(context);
-  }
-
   ember::Result<std::unique_ptr<ember::LaunchHandle>> launch(const ember::LaunchSpec& spec) override {
     if (spec.argv.empty()) {
       return ember::fail(ember::Errc::invalid_argument,

@@ -107,24 +107,6 @@ class MemoryPipe final : public ember::Pipe {
     to_job_ = std::make_shared<Channel>(static_cast<std::size_t>(capacity));
   }
 
-  /// Checks the options (a bad value is invalid_option), then constructs.
-  static ember::Result<std::unique_ptr<MemoryPipe>> create(const ember::ComponentContext& context) {
-    auto capacity = context.options().integer("capacity");
-    auto max_frame = context.options().integer("max_frame_bytes");
-    if (capacity < 1 || capacity > 65536) {
-      return ember::fail(ember::Errc::invalid_option,
-                         "pipe.memory: option 'capacity' must be between 1 and "
-                         "65536, is " +
-                             std::to_string(capacity));
-    }
-    if (max_frame < 1) {
-      return ember::fail(
-          ember::Errc::invalid_option,
-          "pipe.memory: option 'max_frame_bytes' must be positive, is " + std::to_string(max_frame));
-    }
-    return std::make_unique<MemoryPipe>(context);
-  }
-
   ember::Result<std::unique_ptr<ember::PipeEndpoint>> open(ember::PipeSide side, std::chrono::milliseconds,
                                                            const ember::PeerAdmission&) override {
     std::lock_guard lock(mutex_);

@@ -18,15 +18,12 @@ namespace {
 
 class ReverseApplet final : public ember::Applet {
  public:
-  // The factory prefers create() over the constructor, so a bad option value is an error, not an exception.
+  // The factory prefers create() over the constructor. The schema's minimum (below) is checked by the kernel
+  // before this runs, so create() only hands the values on; a check the schema cannot say would go here, as
+  // an Errc::invalid_option error rather than an exception.
   static ember::Result<std::unique_ptr<ReverseApplet>> create(const ember::ComponentContext& context) {
     const ember::Options& options = context.options();
     std::int64_t max_bytes = options.integer("max_message_bytes");
-    if (max_bytes < 1) {
-      return ember::fail(
-          ember::Errc::invalid_option,
-          "applet.reverse: option 'max_message_bytes' must be at least 1, is " + std::to_string(max_bytes));
-    }
     return std::make_unique<ReverseApplet>(context.logger_ptr(), static_cast<std::size_t>(max_bytes),
                                            options.boolean("log_messages"));
   }
