@@ -1132,6 +1132,13 @@ void Session::handle_frame(const wire::FrameView& frame, bool app) {
                                   (reason != nullptr && !reason->empty() ? ": " + *reason : std::string())};
       break;
     }
+    case Op::cell_hello:
+    case Op::cell_welcome:
+    case Op::cell_refused:
+    case Op::cell_request:
+    case Op::cell_reply:
+    case Op::cell_notify:
+      return;  // the cell network's ops are not the session's: never delivered to the application
     default:
       break;
   }

@@ -49,7 +49,9 @@ std::string hex_byte(std::uint8_t v) {
 }
 
 bool known_op(std::uint8_t op) {
-  return op >= 1 && op <= static_cast<std::uint8_t>(Op::ack);
+  return (op >= 1 && op <= static_cast<std::uint8_t>(Op::ack)) ||
+         (op >= static_cast<std::uint8_t>(Op::cell_hello) &&
+          op <= static_cast<std::uint8_t>(Op::cell_notify));
 }
 
 }  // namespace
@@ -86,6 +88,18 @@ std::string_view to_string(Op op) noexcept {
       return "SHUTDOWN";
     case Op::ack:
       return "ACK";
+    case Op::cell_hello:
+      return "CELL_HELLO";
+    case Op::cell_welcome:
+      return "CELL_WELCOME";
+    case Op::cell_refused:
+      return "CELL_REFUSED";
+    case Op::cell_request:
+      return "CELL_REQUEST";
+    case Op::cell_reply:
+      return "CELL_REPLY";
+    case Op::cell_notify:
+      return "CELL_NOTIFY";
   }
   return "UNKNOWN";
 }

@@ -58,6 +58,13 @@ enum class Op : std::uint8_t {
   abort = 13,
   shutdown = 14,
   ack = 15,  ///< delivery receipt of a message (req_id = its msg_id)
+  // The cell network's operations (docs/wire-format.md, section 7); a session never sends them.
+  cell_hello = 32,    ///< a child's first frame on a link: its name and token
+  cell_welcome = 33,  ///< the parent admits the child
+  cell_refused = 34,  ///< the parent refuses the child (header cell.reason)
+  cell_request = 35,  ///< a routed request
+  cell_reply = 36,    ///< a routed reply (req_id = the request's msg_id)
+  cell_notify = 37,   ///< a routed message without a reply
 };
 
 /// The op's name in the protocol ("TASK_READY").

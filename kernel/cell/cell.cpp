@@ -1,0 +1,1552 @@
+// The cell network's core: links, routing by FQCN, chunking, relaying with bounded queues, requests and
+// replies, admission. The gRPC side is behind transport.hpp.
+
+#include "cell/cell.hpp"
+
+#include <sys/random.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <random>
+#include <set>
+#include <thread>
+#include <unordered_map>
+
+#include "tls_files.hpp"
+#include "transport.hpp"
+#include "wire/frame.hpp"
+
+namespace ember::cell {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+using wire::Op;
+
+namespace {
+
+// Routing headers on a message's first frame; an application's own headers may not use the prefix.
+constexpr std::string_view h_from = "cell.from";
+constexpr std::string_view h_to = "cell.to";
+constexpr std::string_view h_rc = "cell.rc";
+constexpr std::string_view h_reason = "cell.reason";
+constexpr std::string_view h_ttl = "cell.ttl_ms";
+constexpr std::string_view h_token = "cell.token";
+constexpr std::string_view h_version = "cell.version";
+constexpr std::string_view cell_version = "1";
+
+// A single-frame message up to this size goes on the control lane: ahead of queued bulk packets.
+constexpr std::size_t control_bytes = 64 * 1024;
+// Malformed frames in a row after which a link is closed.
+constexpr int max_malformed_in_row = 8;
+
+std::uint64_t random_id() {
+  static thread_local std::mt19937_64 engine = [] {
+    std::uint64_t seed = 0;
+    if (::getrandom(&seed, sizeof seed, 0) != static_cast<ssize_t>(sizeof seed)) {
+      seed = static_cast<std::uint64_t>(Clock::now().time_since_epoch().count()) ^
+             std::hash<std::thread::id>{}(std::this_thread::get_id());
+    }
+    return std::mt19937_64(seed);
+  }();
+  std::uint64_t id = 0;
+  while (id == 0) {
+    id = engine();
+  }
+  return id;
+}
+
+bool is_under(std::string_view name, std::string_view ancestor) {
+  return name.size() > ancestor.size() + 1 && name.substr(0, ancestor.size()) == ancestor &&
+         name[ancestor.size()] == '.';
+}
+
+bool is_self_or_under(std::string_view name, std::string_view ancestor) {
+  return name == ancestor || is_under(name, ancestor);
+}
+
+std::string ms_text(milliseconds ms) {
+  return std::to_string(ms.count()) + " ms";
+}
+
+const std::string* find_header(const wire::Headers& headers, std::string_view key) {
+  for (const auto& [k, v] : headers) {
+    if (k == key) {
+      return &v;
+    }
+  }
+  return nullptr;
+}
+
+// Encodes one frame into a packet string: head, payload and trailer copied once, checksummed once.
+Result<void> encode_packet(std::string& out, const wire::FrameHeader& header, std::string_view topic,
+                           const wire::Headers& headers, std::span<const std::byte> payload,
+                           const wire::Limits& limits) {
+  wire::GatherFrame frame;
+  std::span<const std::byte> parts[] = {payload};
+  if (auto encoded = wire::encode_frame_around(frame, header, topic, headers, parts, limits); !encoded) {
+    return encoded;
+  }
+  out.resize(frame.head.size() + payload.size() + frame.trailer.size());
+  char* p = out.data();
+  std::memcpy(p, frame.head.data(), frame.head.size());
+  p += frame.head.size();
+  if (!payload.empty()) {
+    std::memcpy(p, payload.data(), payload.size());
+    p += payload.size();
+  }
+  std::memcpy(p, frame.trailer.data(), frame.trailer.size());
+  return ok();
+}
+
+std::span<const std::byte> bytes_of(const std::string& s) {
+  return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
+}
+
+}  // namespace
+
+std::string_view to_string(Rc rc) noexcept {
+  switch (rc) {
+    case Rc::ok:
+      return "ok";
+    case Rc::timeout:
+      return "timeout";
+    case Rc::unreachable:
+      return "unreachable";
+    case Rc::too_big:
+      return "too_big";
+    case Rc::unauthenticated:
+      return "unauthenticated";
+    case Rc::shutting_down:
+      return "shutting_down";
+    case Rc::no_handler:
+      return "no_handler";
+    case Rc::handler_error:
+      return "handler_error";
+    case Rc::malformed:
+      return "malformed";
+    case Rc::cancelled:
+      return "cancelled";
+  }
+  return "unknown";
+}
+
+std::optional<Rc> rc_from_string(std::string_view text) noexcept {
+  for (int i = 0; i <= static_cast<int>(Rc::cancelled); ++i) {
+    if (to_string(static_cast<Rc>(i)) == text) {
+      return static_cast<Rc>(i);
+    }
+  }
+  return std::nullopt;
+}
+
+const std::string* Message::header(std::string_view key) const {
+  return find_header(headers, key);
+}
+
+bool valid_fqcn(std::string_view name) noexcept {
+  if (name.empty() || name.size() > 255) {
+    return false;
+  }
+  bool part_empty = true;
+  for (char c : name) {
+    if (c == '.') {
+      if (part_empty) {
+        return false;
+      }
+      part_empty = true;
+      continue;
+    }
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+              c == '-' || c == '@';
+    if (!ok) {
+      return false;
+    }
+    part_empty = false;
+  }
+  return !part_empty;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+// One link to a peer: the outbound queues and their writer thread, the peer's partial messages, and the
+// messages being relayed from it.
+struct Link {
+  std::string peer;  // FQCN
+  std::string address;
+  bool parent = false;
+  Stream* stream = nullptr;  // valid until close(); owned by the thread that reads it
+
+  std::mutex mutex;
+  std::condition_variable_any changed;
+  std::deque<std::string> control;
+  std::deque<std::string> bulk;
+  std::uint64_t bulk_bytes = 0;
+  bool closed = false;
+  std::string close_reason;
+  std::thread writer;
+  std::atomic<std::int64_t> last_contact_ms{0};
+  std::atomic<std::int64_t> last_write_ms{0};
+
+  // Reader-thread state, guarded by `mutex` as well (housekeeping prunes it).
+  struct Partial {
+    Message message;
+    Op op = Op::cell_notify;
+    std::uint64_t req_id = 0;
+    std::uint64_t total = 0;
+    std::uint32_t next_chunk = 0;
+    bool discard = false;  // too big: its chunks are dropped until the last
+    Clock::time_point touched;
+  };
+  std::unordered_map<std::uint64_t, Partial> partials;
+  struct Forward {
+    std::weak_ptr<Link> to;
+    std::uint32_t next_chunk = 0;
+    bool dropped = false;
+    Clock::time_point touched;
+  };
+  std::unordered_map<std::uint64_t, Forward> forwards;
+  int malformed_in_row = 0;
+};
+
+struct Pending {
+  std::mutex mutex;
+  std::condition_variable_any done_cv;
+  std::optional<Reply> reply;
+  std::weak_ptr<Link> via;
+  std::string target;
+};
+
+struct RelayEntry {
+  std::string origin;
+  std::weak_ptr<Link> to;
+  Clock::time_point expiry;
+};
+
+class CellImpl {
+ public:
+  CellImpl(Config config, std::shared_ptr<Logger> logger, LinkObserver observer)
+      : config_(std::move(config)), logger_(std::move(logger)), observer_(std::move(observer)) {
+    // A whole message's size is checked by the cell (too_big, answered), not by the frame decoder.
+    limits_.max_chunk = config_.packet_bytes;
+  }
+
+  ~CellImpl() { stop(); }
+
+  Result<void> start() {
+    if (!valid_fqcn(config_.fqcn)) {
+      return fail(Errc::invalid_config, "cell name '" + config_.fqcn +
+                                            "' is not a valid FQCN (dot-separated parts of letters, digits, "
+                                            "'_', '-', '@')");
+    }
+    if (config_.packet_bytes < 64 * 1024 || config_.packet_bytes > (1u << 30)) {
+      return fail(Errc::invalid_config, "cell packet_bytes must be between 65536 and 1073741824, is " +
+                                            std::to_string(config_.packet_bytes));
+    }
+    if (config_.listen.empty() && config_.parent.empty()) {
+      return fail(Errc::invalid_config,
+                  "cell '" + config_.fqcn + "' has neither a listen address nor a parent");
+    }
+    settings_.max_packet = config_.packet_bytes + 4096;  // the protobuf wrapper's few bytes
+    settings_.keepalive = config_.keepalive;
+    settings_.keepalive_timeout = config_.keepalive_timeout;
+    if (config_.tls) {
+      // A job's or trainer's cell presents its site's certificate: the name checked is the first part.
+      auto site = config_.fqcn.substr(0, config_.fqcn.find('.'));
+      auto pem = load_tls(*config_.tls, site);
+      if (!pem) {
+        return fail(Errc::invalid_config, "cell '" + config_.fqcn + "': " + pem.error().message);
+      }
+      settings_.tls = std::move(*pem);
+    } else if (config_.insecure) {
+      logger_->warn("cell '" + config_.fqcn +
+                    "': clear text (insecure = true): traffic and identities on its links are not protected");
+    } else {
+      return fail(Errc::invalid_config,
+                  "cell '" + config_.fqcn + "': no TLS files (ca, cert, key) and insecure is not set");
+    }
+    for (int i = 0; i < std::max(1, config_.handler_threads); ++i) {
+      workers_.emplace_back([this] { work(); });
+    }
+    if (!config_.listen.empty()) {
+      auto listener = listen(
+          config_.listen, settings_, [this](Stream& stream) { accept(stream); }, logger_);
+      if (!listener) {
+        stop();
+        return fail(listener.error().code, "cell '" + config_.fqcn + "': " + listener.error().message);
+      }
+      listener_ = std::move(*listener);
+      logger_->info("cell '" + config_.fqcn + "' listening on " + listener_->address() +
+                    (settings_.tls ? " (mutual TLS)" : " (clear text)"));
+    } else {
+      route_grpc_log(logger_);
+    }
+    if (!config_.parent.empty()) {
+      connector_ = std::thread([this] { connect_loop(); });
+    }
+    housekeeper_ = std::thread([this] { housekeep(); });
+    return ok();
+  }
+
+  const std::string& fqcn() const noexcept { return config_.fqcn; }
+  std::string listen_address() const { return listener_ ? listener_->address() : std::string(); }
+
+  // --- admission ---
+
+  void set_admission(Admission admission) {
+    std::lock_guard lock(mutex_);
+    admission_ = std::move(admission);
+  }
+  void set_allowed_children(std::vector<std::string> names) {
+    std::lock_guard lock(mutex_);
+    allowed_ = std::set<std::string>(names.begin(), names.end());
+  }
+  void admit_job(const std::string& job_id, const std::string& token) {
+    std::lock_guard lock(mutex_);
+    job_tokens_[job_id] = token;
+  }
+  void revoke_job(const std::string& job_id) {
+    std::lock_guard lock(mutex_);
+    job_tokens_.erase(job_id);
+  }
+
+  std::optional<std::string> default_admission(const PeerClaim& claim) {
+    std::lock_guard lock(mutex_);
+    bool root = config_.parent.empty();
+    if (root && !is_under(claim.fqcn, config_.fqcn) && claim.fqcn.find('.') == std::string::npos) {
+      // A site joining the server: its certificate must name it, and the project must list it.
+      if (!allowed_.empty() && allowed_.count(claim.fqcn) == 0) {
+        return "'" + claim.fqcn + "' is not a site of this project";
+      }
+      if (settings_.tls && claim.cert_name != claim.fqcn) {
+        return "its certificate is for '" + claim.cert_name + "', not '" + claim.fqcn + "'";
+      }
+      return std::nullopt;
+    }
+    if (!is_under(claim.fqcn, config_.fqcn)) {
+      return "'" + claim.fqcn + "' may not join '" + config_.fqcn + "' (only names under it may)";
+    }
+    if (settings_.tls) {
+      auto own_site = config_.fqcn.substr(0, config_.fqcn.find('.'));
+      if (claim.cert_name != own_site) {
+        return "its certificate is for '" + claim.cert_name + "'; only processes of '" + own_site +
+               "' may join here";
+      }
+    }
+    auto rest = std::string_view(claim.fqcn).substr(config_.fqcn.size() + 1);
+    auto job_id = std::string(rest.substr(0, rest.find('.')));
+    auto it = job_tokens_.find(job_id);
+    if (it == job_tokens_.end()) {
+      return "no job '" + job_id + "' runs on '" + config_.fqcn + "'";
+    }
+    if (claim.token.size() != it->second.size() ||
+        !std::equal(claim.token.begin(), claim.token.end(), it->second.begin())) {
+      return "wrong token for job '" + job_id + "'";
+    }
+    return std::nullopt;
+  }
+
+  // --- handlers ---
+
+  void handle(const std::string& topic, Handler handler) {
+    std::lock_guard lock(mutex_);
+    handlers_[topic] = std::move(handler);
+  }
+
+  // --- sending ---
+
+  Reply request(const std::string& to, const std::string& topic, const wire::Headers& headers,
+                std::span<const std::byte> payload, milliseconds timeout, std::stop_token stop) {
+    auto deadline = Clock::now() + timeout;
+    auto pending = std::make_shared<Pending>();
+    pending->target = to;
+    std::uint64_t id = random_id();
+    {
+      std::lock_guard lock(mutex_);
+      if (stopping_) {
+        return Reply::error(Rc::shutting_down, "cell '" + config_.fqcn + "' is stopping");
+      }
+      pending_[id] = pending;
+    }
+    wire::Headers all = headers;
+    all.emplace_back(std::string(h_ttl), std::to_string(std::max<long>(1, timeout.count())));
+    auto sent =
+        send(Op::cell_request, id, 0, config_.fqcn, to, topic, all, payload, deadline, stop, &pending->via);
+    if (!sent.ok()) {
+      forget(id);
+      return sent;
+    }
+    std::unique_lock lock(pending->mutex);
+    bool done = pending->done_cv.wait_until(lock, stop, deadline, [&] { return pending->reply.has_value(); });
+    if (done) {
+      Reply reply = std::move(*pending->reply);
+      lock.unlock();
+      forget(id);
+      return reply;
+    }
+    lock.unlock();
+    forget(id);
+    if (stop.stop_requested()) {
+      return Reply::error(Rc::cancelled, "request to '" + to + "' cancelled");
+    }
+    return Reply::error(Rc::timeout,
+                        "no reply from '" + to + "' to '" + topic + "' within " + ms_text(timeout));
+  }
+
+  Reply notify(const std::string& to, const std::string& topic, const wire::Headers& headers,
+               std::span<const std::byte> payload, milliseconds timeout, std::stop_token stop) {
+    return send(Op::cell_notify, random_id(), 0, config_.fqcn, to, topic, headers, payload,
+                Clock::now() + timeout, stop, nullptr);
+  }
+
+  std::vector<TargetReply> broadcast(const std::vector<std::string>& targets, const std::string& topic,
+                                     const wire::Headers& headers, std::span<const std::byte> payload,
+                                     milliseconds timeout, std::stop_token stop) {
+    // One thread per target, at most 16 at a time, so a slow link does not hold back the others' sends.
+    std::vector<TargetReply> results(targets.size());
+    auto deadline = Clock::now() + timeout;
+    std::atomic<std::size_t> next{0};
+    auto run = [&] {
+      for (std::size_t i = next++; i < targets.size(); i = next++) {
+        auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
+        results[i].target = targets[i];
+        results[i].reply = left.count() <= 0
+                               ? Reply::error(Rc::timeout, "no time left for '" + targets[i] + "'")
+                               : request(targets[i], topic, headers, payload, left, stop);
+      }
+    };
+    std::vector<std::thread> threads;
+    std::size_t n = std::min<std::size_t>(16, targets.size());
+    for (std::size_t i = 1; i < n; ++i) {
+      threads.emplace_back(run);
+    }
+    run();
+    for (auto& t : threads) {
+      t.join();
+    }
+    return results;
+  }
+
+  bool wait_parent(milliseconds timeout, std::stop_token stop) {
+    std::unique_lock lock(mutex_);
+    return parent_cv_.wait_for(lock, stop, timeout, [&] { return parent_ != nullptr || stopping_; }) &&
+           parent_ != nullptr;
+  }
+
+  std::string parent_error() const {
+    std::lock_guard lock(mutex_);
+    return parent_ ? std::string() : parent_error_;
+  }
+
+  std::vector<PeerInfo> children() const {
+    std::lock_guard lock(mutex_);
+    std::vector<PeerInfo> out;
+    for (const auto& [name, info] : seen_children_) {
+      out.push_back(info);
+      auto it = children_.find(name);
+      if (it != children_.end()) {
+        out.back().connected = true;
+        out.back().last_contact = wall_time(it->second->last_contact_ms.load());
+      }
+    }
+    return out;
+  }
+
+  void stop() noexcept {
+    std::vector<std::shared_ptr<Link>> links;
+    {
+      std::lock_guard lock(mutex_);
+      if (stopped_) {
+        return;
+      }
+      stopped_ = true;
+      stopping_ = true;
+      for (auto& [name, link] : children_) {
+        links.push_back(link);
+      }
+      if (parent_) {
+        links.push_back(parent_);
+      }
+      if (dialing_) {
+        dialing_->cancel();
+      }
+      for (auto& [id, pending] : pending_) {
+        complete(*pending, Reply::error(Rc::shutting_down, "cell '" + config_.fqcn + "' is stopping"));
+      }
+    }
+    parent_cv_.notify_all();
+    wake_.notify_all();
+    work_cv_.notify_all();
+    for (auto& link : links) {
+      close_link(*link, "the cell is stopping");
+    }
+    if (listener_) {
+      listener_->shutdown(milliseconds(500));
+    }
+    if (connector_.joinable()) {
+      connector_.join();
+    }
+    if (housekeeper_.joinable()) {
+      housekeeper_.join();
+    }
+    for (auto& w : workers_) {
+      if (w.joinable()) {
+        w.join();
+      }
+    }
+  }
+
+ private:
+  static std::int64_t now_ms() {
+    return std::chrono::duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  }
+  static std::chrono::system_clock::time_point wall_time(std::int64_t ms) {
+    return std::chrono::system_clock::time_point(milliseconds(ms));
+  }
+
+  void event(LinkEvent::Kind kind, const std::string& peer, const std::string& detail) {
+    if (observer_) {
+      try {
+        observer_(LinkEvent{kind, peer, detail});
+      } catch (...) {
+        logger_->warn("cell '" + config_.fqcn + "': a link observer threw; ignored");
+      }
+    }
+  }
+
+  static void complete(Pending& pending, Reply reply) {
+    {
+      std::lock_guard lock(pending.mutex);
+      if (pending.reply) {
+        return;
+      }
+      pending.reply = std::move(reply);
+    }
+    pending.done_cv.notify_all();
+  }
+
+  void forget(std::uint64_t id) {
+    std::lock_guard lock(mutex_);
+    pending_.erase(id);
+  }
+
+  // The link a message to `to` leaves on, or null with the reason.
+  std::shared_ptr<Link> route(const std::string& to, std::string& why) {
+    std::lock_guard lock(mutex_);
+    std::shared_ptr<Link> best;
+    for (const auto& [name, link] : children_) {
+      if (is_self_or_under(to, name) && (!best || name.size() > best->peer.size())) {
+        best = link;
+      }
+    }
+    if (best) {
+      return best;
+    }
+    if (config_.parent.empty() || is_under(to, config_.fqcn)) {
+      why = "'" + to + "' is not connected to '" + config_.fqcn + "'";
+      return nullptr;
+    }
+    if (!parent_) {
+      why = "'" + config_.fqcn + "' has no link to its parent" +
+            (parent_error_.empty() ? std::string() : " (" + parent_error_ + ")");
+      return nullptr;
+    }
+    return parent_;
+  }
+
+  // Queues one packet on `link`: bulk packets wait for room (at most until `deadline`), control ones go
+  // first.
+  Reply enqueue(Link& link, std::string&& packet, bool control, Clock::time_point deadline,
+                std::stop_token stop) {
+    std::unique_lock lock(link.mutex);
+    if (!control) {
+      bool room = link.changed.wait_until(lock, stop, deadline, [&] {
+        return link.closed || stopping_.load() || link.bulk_bytes < config_.queue_bytes;
+      });
+      if (!room) {
+        if (stop.stop_requested()) {
+          return Reply::error(Rc::cancelled, "sending to '" + link.peer + "' cancelled");
+        }
+        return Reply::error(Rc::timeout, "no room on the link to '" + link.peer + "' in time");
+      }
+    }
+    if (link.closed) {
+      return Reply::error(Rc::unreachable,
+                          "the link to '" + link.peer + "' closed (" + link.close_reason + ")");
+    }
+    if (stopping_) {
+      return Reply::error(Rc::shutting_down, "cell '" + config_.fqcn + "' is stopping");
+    }
+    if (control) {
+      link.control.push_back(std::move(packet));
+    } else {
+      link.bulk_bytes += packet.size();
+      link.bulk.push_back(std::move(packet));
+    }
+    lock.unlock();
+    link.changed.notify_all();
+    return Reply{};
+  }
+
+  // Sends a message: routes it, splits it into frames under the packet cap, queues them in order.
+  Reply send(Op op, std::uint64_t msg_id, std::uint64_t req_id, const std::string& from,
+             const std::string& to, const std::string& topic, const wire::Headers& headers,
+             std::span<const std::byte> payload, Clock::time_point deadline, std::stop_token stop,
+             std::weak_ptr<Link>* via) {
+    if (stopping_) {
+      return Reply::error(Rc::shutting_down, "cell '" + config_.fqcn + "' is stopping");
+    }
+    if (!valid_fqcn(to)) {
+      return Reply::error(Rc::unreachable, "'" + to + "' is not a valid FQCN");
+    }
+    for (const auto& [key, value] : headers) {
+      if (key.rfind("cell.", 0) == 0 && key != h_ttl && key != h_rc && key != h_reason) {
+        return Reply::error(Rc::malformed, "header '" + key + "' uses the reserved prefix 'cell.'");
+      }
+    }
+    if (payload.size() > config_.max_message_bytes) {
+      return Reply::error(Rc::too_big, "a message of " + std::to_string(payload.size()) +
+                                           " bytes exceeds max_message_bytes (" +
+                                           std::to_string(config_.max_message_bytes) + ")");
+    }
+    wire::Headers all;
+    all.reserve(headers.size() + 2);
+    all.emplace_back(std::string(h_from), from);
+    all.emplace_back(std::string(h_to), to);
+    all.insert(all.end(), headers.begin(), headers.end());
+    if (to == config_.fqcn) {
+      Message message{from, to, topic, headers, {payload.begin(), payload.end()}};
+      deliver(op, msg_id, req_id, std::move(message), nullptr);
+      return Reply{};
+    }
+    std::string why;
+    auto link = route(to, why);
+    if (!link) {
+      return Reply::error(Rc::unreachable, why);
+    }
+    if (via != nullptr) {
+      *via = link;
+    }
+    std::size_t head = wire::encoded_size(topic, wire::encoded_headers_size(all), 0);
+    if (head + 1 > config_.packet_bytes) {
+      return Reply::error(Rc::too_big, "topic and headers do not fit one packet");
+    }
+    std::size_t chunk = config_.packet_bytes - head;
+    std::uint64_t total = payload.size();
+    std::uint32_t chunks = total == 0 ? 1 : static_cast<std::uint32_t>((total + chunk - 1) / chunk);
+    for (std::uint32_t i = 0; i < chunks; ++i) {
+      wire::FrameHeader fh;
+      fh.type = req_id != 0 ? wire::MessageType::reply : wire::MessageType::request;
+      fh.op = op;
+      fh.msg_id = msg_id;
+      fh.req_id = req_id;
+      fh.total_len = total;
+      fh.chunk_index = i;
+      fh.flags = static_cast<std::uint8_t>((i == 0 ? wire::flags::first : 0) |
+                                           (i + 1 == chunks ? wire::flags::last : 0));
+      std::size_t begin = static_cast<std::size_t>(i) * chunk;
+      auto part = payload.subspan(std::min<std::size_t>(begin, total),
+                                  std::min<std::size_t>(chunk, total - std::min<std::size_t>(begin, total)));
+      std::string packet;
+      static const wire::Headers none;
+      auto encoded = encode_packet(packet, fh, i == 0 ? std::string_view(topic) : std::string_view(),
+                                   i == 0 ? all : none, part, limits_);
+      if (!encoded) {
+        return Reply::error(Rc::malformed, "message to '" + to + "': " + encoded.error().message);
+      }
+      bool control = chunks == 1 && packet.size() <= control_bytes;
+      auto queued = enqueue(*link, std::move(packet), control, deadline, stop);
+      if (!queued.ok()) {
+        return queued;
+      }
+    }
+    return Reply{};
+  }
+
+  // Sends a reply to `origin` for request `req_id`.
+  void reply_to(const std::string& origin, std::uint64_t req_id, const Reply& reply,
+                Clock::time_point deadline) {
+    wire::Headers headers = reply.message.headers;
+    headers.emplace_back(std::string(h_rc), std::string(to_string(reply.rc)));
+    if (!reply.ok()) {
+      headers.emplace_back(std::string(h_reason), reply.reason);
+    }
+    auto sent = send(Op::cell_reply, random_id(), req_id, config_.fqcn, origin, reply.message.topic, headers,
+                     reply.message.payload, deadline, {}, nullptr);
+    if (!sent.ok()) {
+      logger_->debug("cell '" + config_.fqcn + "': reply to '" + origin + "' not sent: " + sent.reason);
+    }
+  }
+
+  // --- receiving ---
+
+  // A complete message addressed to this cell. `from_link` is null for one this cell sent itself.
+  void deliver(Op op, std::uint64_t msg_id, std::uint64_t req_id, Message message, Link* from_link) {
+    (void)from_link;
+    if (op == Op::cell_reply) {
+      std::shared_ptr<Pending> pending;
+      {
+        std::lock_guard lock(mutex_);
+        auto it = pending_.find(req_id);
+        if (it != pending_.end()) {
+          pending = it->second;
+        }
+      }
+      if (!pending) {
+        logger_->debug("cell '" + config_.fqcn + "': late or unknown reply from '" + message.from +
+                       "' dropped");
+        return;
+      }
+      Reply reply;
+      const auto* rc = message.header(h_rc);
+      auto parsed = rc != nullptr ? rc_from_string(*rc) : std::nullopt;
+      reply.rc = parsed.value_or(Rc::malformed);
+      if (const auto* reason = message.header(h_reason)) {
+        reply.reason = *reason;
+      } else if (!parsed) {
+        reply.reason = "a reply from '" + message.from + "' without a valid cell.rc";
+      }
+      std::erase_if(message.headers, [](const auto& h) { return h.first.rfind("cell.", 0) == 0; });
+      reply.message = std::move(message);
+      complete(*pending, std::move(reply));
+      return;
+    }
+    {
+      std::lock_guard lock(work_mutex_);
+      work_.push_back(Work{op, msg_id, std::move(message)});
+    }
+    work_cv_.notify_one();
+  }
+
+  struct Work {
+    Op op;
+    std::uint64_t msg_id;
+    Message message;
+  };
+
+  void work() {
+    for (;;) {
+      Work item;
+      {
+        std::unique_lock lock(work_mutex_);
+        work_cv_.wait(lock, [&] { return !work_.empty() || stopping_.load(); });
+        if (stopping_) {
+          return;
+        }
+        item = std::move(work_.front());
+        work_.pop_front();
+      }
+      milliseconds ttl = config_.stall_timeout;
+      if (const auto* t = item.message.header(h_ttl)) {
+        try {
+          ttl = milliseconds(std::clamp<long long>(std::stoll(*t), 1, 24LL * 3600 * 1000));
+        } catch (...) {
+        }
+      }
+      auto deadline = Clock::now() + ttl;
+      std::erase_if(item.message.headers, [](const auto& h) { return h.first.rfind("cell.", 0) == 0; });
+      Handler handler;
+      {
+        std::lock_guard lock(mutex_);
+        auto it = handlers_.find(item.message.topic);
+        if (it != handlers_.end()) {
+          handler = it->second;
+        }
+      }
+      Reply reply;
+      if (!handler) {
+        reply = Reply::error(Rc::no_handler,
+                             "'" + config_.fqcn + "' has no handler for topic '" + item.message.topic + "'");
+      } else {
+        try {
+          reply = handler(item.message);
+        } catch (const std::exception& e) {
+          reply = Reply::error(Rc::handler_error, "'" + config_.fqcn + "': handler for '" +
+                                                      item.message.topic + "' threw: " + e.what());
+        } catch (...) {
+          reply = Reply::error(Rc::handler_error,
+                               "'" + config_.fqcn + "': handler for '" + item.message.topic + "' threw");
+        }
+      }
+      if (item.op == Op::cell_request) {
+        if (reply.message.topic.empty()) {
+          reply.message.topic = item.message.topic;
+        }
+        reply_to(item.message.from, item.msg_id, reply, deadline);
+      }
+    }
+  }
+
+  void malformed(Link& link, const std::string& what) {
+    logger_->warn("cell '" + config_.fqcn + "': malformed frame from '" + link.peer + "' (" + link.address +
+                  "): " + what);
+    bool close = false;
+    {
+      std::lock_guard lock(link.mutex);
+      close = ++link.malformed_in_row >= max_malformed_in_row;
+    }
+    if (close) {
+      close_link(link, std::to_string(max_malformed_in_row) + " malformed frames in a row");
+    }
+  }
+
+  // One frame from `link` (its reader thread). The frame string may be moved on (relayed as is).
+  void on_frame(const std::shared_ptr<Link>& link, std::string& packet) {
+    link->last_contact_ms = now_ms();
+    auto decoded = wire::decode_frame(bytes_of(packet), limits_);
+    if (!decoded) {
+      malformed(*link, decoded.error().message);
+      return;
+    }
+    const auto& frame = *decoded;
+    const auto& fh = frame.header;
+    {
+      std::lock_guard lock(link->mutex);
+      link->malformed_in_row = 0;
+    }
+    if (fh.op == Op::heartbeat) {
+      return;
+    }
+    if (fh.op != Op::cell_request && fh.op != Op::cell_reply && fh.op != Op::cell_notify) {
+      malformed(*link, "unexpected " + std::string(wire::to_string(fh.op)) + " on an open link");
+      return;
+    }
+    if ((fh.flags & wire::flags::first) == 0) {
+      on_chunk(link, packet, frame);
+      return;
+    }
+    const auto* from = frame.header_value(h_from);
+    const auto* to = frame.header_value(h_to);
+    if (from == nullptr || to == nullptr || !valid_fqcn(*from) || !valid_fqcn(*to)) {
+      malformed(*link, "msg_id " + std::to_string(fh.msg_id) + ": missing or invalid cell.from / cell.to");
+      return;
+    }
+    if (!link->parent && !is_self_or_under(*from, link->peer)) {
+      // A child speaks only for itself and the cells below it.
+      logger_->warn("cell '" + config_.fqcn + "': '" + link->peer + "' sent a message claiming to be from '" +
+                    *from + "'; dropped");
+      return;
+    }
+    auto now = Clock::now();
+    if (*to == config_.fqcn) {
+      Link::Partial partial;
+      partial.op = fh.op;
+      partial.req_id = fh.req_id;
+      partial.total = fh.total_len;
+      partial.message.from = *from;
+      partial.message.to = *to;
+      partial.message.topic = std::string(frame.topic);
+      partial.message.headers = frame.headers;
+      std::erase_if(partial.message.headers,
+                    [](const auto& h) { return h.first == h_from || h.first == h_to; });
+      partial.touched = now;
+      if (fh.total_len > config_.max_message_bytes) {
+        partial.discard = true;
+        if (fh.op == Op::cell_request) {
+          reply_to(*from, fh.msg_id,
+                   Reply::error(Rc::too_big, "'" + config_.fqcn + "' accepts messages up to " +
+                                                 std::to_string(config_.max_message_bytes) +
+                                                 " bytes, this has " + std::to_string(fh.total_len)),
+                   now + config_.stall_timeout);
+        }
+      } else {
+        partial.message.payload.reserve(std::min<std::uint64_t>(fh.total_len, 64u << 20));
+      }
+      append(link, fh.msg_id, std::move(partial), frame);
+      return;
+    }
+    // Relay.
+    std::string why;
+    auto next = route(*to, why);
+    if (next == link) {
+      next = nullptr;
+      why = "'" + config_.fqcn + "' has no route to '" + *to + "' but back where it came from";
+    }
+    if (!next) {
+      if (fh.op == Op::cell_request) {
+        reply_to(*from, fh.msg_id, Reply::error(Rc::unreachable, why), now + config_.stall_timeout);
+      }
+      std::lock_guard lock(link->mutex);
+      if ((fh.flags & wire::flags::last) == 0) {
+        link->forwards[fh.msg_id] = Link::Forward{{}, 1, true, now};
+      }
+      return;
+    }
+    if (fh.op == Op::cell_request) {
+      milliseconds ttl = config_.stall_timeout;
+      if (const auto* t = frame.header_value(h_ttl)) {
+        try {
+          ttl = milliseconds(std::clamp<long long>(std::stoll(*t), 1, 24LL * 3600 * 1000));
+        } catch (...) {
+        }
+      }
+      std::lock_guard lock(mutex_);
+      relays_[fh.msg_id] = RelayEntry{*from, next, now + ttl};
+    } else if (fh.op == Op::cell_reply) {
+      std::lock_guard lock(mutex_);
+      relays_.erase(fh.req_id);
+    }
+    bool last = (fh.flags & wire::flags::last) != 0;
+    bool control = last && packet.size() <= control_bytes;
+    std::uint64_t msg_id = fh.msg_id;
+    if (!last) {
+      std::lock_guard lock(link->mutex);
+      link->forwards[msg_id] = Link::Forward{next, 1, false, now};
+    }
+    auto queued = enqueue(*next, std::move(packet), control, now + config_.stall_timeout, {});
+    if (!queued.ok()) {
+      relay_failed(link, msg_id, *from, fh.op, queued.reason);
+    }
+  }
+
+  void relay_failed(const std::shared_ptr<Link>& link, std::uint64_t msg_id, const std::string& origin, Op op,
+                    const std::string& reason) {
+    logger_->warn("cell '" + config_.fqcn + "': relaying a message from '" + origin + "' failed: " + reason);
+    {
+      std::lock_guard lock(link->mutex);
+      auto it = link->forwards.find(msg_id);
+      if (it != link->forwards.end()) {
+        it->second.dropped = true;
+      }
+    }
+    if (op == Op::cell_request) {
+      {
+        std::lock_guard lock(mutex_);
+        relays_.erase(msg_id);
+      }
+      reply_to(origin, msg_id, Reply::error(Rc::unreachable, "'" + config_.fqcn + "': " + reason),
+               Clock::now() + config_.stall_timeout);
+    }
+  }
+
+  // A frame after the first of a multi-frame message: appended here, or relayed after its first frame.
+  void on_chunk(const std::shared_ptr<Link>& link, std::string& packet, const wire::FrameView& frame) {
+    const auto& fh = frame.header;
+    std::unique_lock lock(link->mutex);
+    if (auto it = link->partials.find(fh.msg_id); it != link->partials.end()) {
+      lock.unlock();
+      append(link, fh.msg_id, std::nullopt, frame);
+      return;
+    }
+    auto it = link->forwards.find(fh.msg_id);
+    if (it == link->forwards.end()) {
+      lock.unlock();
+      logger_->debug("cell '" + config_.fqcn + "': chunk " + std::to_string(fh.chunk_index) +
+                     " of unknown msg_id " + std::to_string(fh.msg_id) + " from '" + link->peer +
+                     "' dropped");
+      return;
+    }
+    auto& forward = it->second;
+    bool last = (fh.flags & wire::flags::last) != 0;
+    if (forward.dropped || fh.chunk_index != forward.next_chunk) {
+      bool out_of_order = !forward.dropped;
+      if (last) {
+        link->forwards.erase(it);
+      } else {
+        forward.dropped = true;
+      }
+      lock.unlock();
+      if (out_of_order) {
+        malformed(*link, "msg_id " + std::to_string(fh.msg_id) + ": chunk " + std::to_string(fh.chunk_index) +
+                             " out of order");
+      }
+      return;
+    }
+    forward.next_chunk++;
+    forward.touched = Clock::now();
+    auto next = forward.to.lock();
+    if (last) {
+      link->forwards.erase(it);
+    }
+    lock.unlock();
+    if (!next) {
+      return;
+    }
+    auto queued = enqueue(*next, std::move(packet), false, Clock::now() + config_.stall_timeout, {});
+    if (!queued.ok()) {
+      relay_failed(link, fh.msg_id, "a peer", Op::cell_notify, queued.reason);
+    }
+  }
+
+  // Adds a frame's payload to the message being assembled (`start` for its first frame).
+  void append(const std::shared_ptr<Link>& link, std::uint64_t msg_id, std::optional<Link::Partial> start,
+              const wire::FrameView& frame) {
+    const auto& fh = frame.header;
+    std::unique_lock lock(link->mutex);
+    if (start) {
+      link->partials[msg_id] = std::move(*start);
+    }
+    auto it = link->partials.find(msg_id);
+    if (it == link->partials.end()) {
+      return;
+    }
+    auto& partial = it->second;
+    bool last = (fh.flags & wire::flags::last) != 0;
+    if (fh.chunk_index != partial.next_chunk || fh.total_len != partial.total) {
+      link->partials.erase(it);
+      lock.unlock();
+      malformed(*link, "msg_id " + std::to_string(msg_id) + ": chunk " + std::to_string(fh.chunk_index) +
+                           " does not continue its message; the message is dropped");
+      return;
+    }
+    partial.next_chunk++;
+    partial.touched = Clock::now();
+    if (!partial.discard) {
+      if (partial.message.payload.size() + fh.payload_len > partial.total) {
+        link->partials.erase(it);
+        lock.unlock();
+        malformed(*link, "msg_id " + std::to_string(msg_id) + ": more payload than its total_len");
+        return;
+      }
+      partial.message.payload.insert(partial.message.payload.end(), frame.payload.begin(),
+                                     frame.payload.end());
+    }
+    if (!last) {
+      return;
+    }
+    Link::Partial done = std::move(partial);
+    link->partials.erase(it);
+    lock.unlock();
+    if (done.discard) {
+      return;
+    }
+    if (done.message.payload.size() != done.total) {
+      malformed(*link, "msg_id " + std::to_string(msg_id) + ": ended short of its total_len");
+      return;
+    }
+    deliver(done.op, msg_id, done.req_id, std::move(done.message), link.get());
+  }
+
+  // --- links ---
+
+  void start_writer(const std::shared_ptr<Link>& link) {
+    link->last_contact_ms = now_ms();
+    link->last_write_ms = now_ms();
+    link->writer = std::thread([this, link] {
+      for (;;) {
+        std::string packet;
+        {
+          std::unique_lock lock(link->mutex);
+          link->changed.wait(lock,
+                             [&] { return link->closed || !link->control.empty() || !link->bulk.empty(); });
+          if (link->closed) {
+            return;
+          }
+          if (!link->control.empty()) {
+            packet = std::move(link->control.front());
+            link->control.pop_front();
+          } else {
+            packet = std::move(link->bulk.front());
+            link->bulk.pop_front();
+            link->bulk_bytes -= packet.size();
+          }
+        }
+        link->changed.notify_all();
+        if (!link->stream->write(packet)) {
+          close_link(*link, "write failed");
+          return;
+        }
+        link->last_write_ms = now_ms();
+      }
+    });
+  }
+
+  // Closes a link: its stream is cancelled, its queues dropped, waiters woken. The writer is joined by the
+  // reader thread (finish_link).
+  void close_link(Link& link, const std::string& reason) noexcept {
+    {
+      std::lock_guard lock(link.mutex);
+      if (link.closed) {
+        return;
+      }
+      link.closed = true;
+      link.close_reason = reason;
+      link.control.clear();
+      link.bulk.clear();
+      link.bulk_bytes = 0;
+      if (link.stream != nullptr) {
+        link.stream->cancel();
+      }
+    }
+    link.changed.notify_all();
+  }
+
+  // After the reader of `link` saw the end: closes it, fails what depended on it, and unregisters it.
+  void finish_link(const std::shared_ptr<Link>& link, const std::string& reason) {
+    close_link(*link, reason);
+    if (link->writer.joinable()) {
+      link->writer.join();
+    }
+    {
+      std::lock_guard lock(link->mutex);
+      link->stream = nullptr;
+      link->partials.clear();
+      link->forwards.clear();
+    }
+    std::vector<std::shared_ptr<Pending>> broken;
+    std::vector<std::pair<std::uint64_t, std::string>> relayed;
+    {
+      std::lock_guard lock(mutex_);
+      for (auto& [id, pending] : pending_) {
+        if (pending->via.lock() == link) {
+          broken.push_back(pending);
+        }
+      }
+      for (auto it = relays_.begin(); it != relays_.end();) {
+        if (it->second.to.lock() == link) {
+          relayed.emplace_back(it->first, it->second.origin);
+          it = relays_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      if (link->parent) {
+        if (parent_ == link) {
+          parent_.reset();
+          parent_error_ = "link to '" + link->peer + "' lost: " + reason;
+        }
+      } else {
+        auto it = children_.find(link->peer);
+        if (it != children_.end() && it->second == link) {
+          children_.erase(it);
+          seen_children_[link->peer].last_contact = wall_time(link->last_contact_ms.load());
+        }
+      }
+    }
+    for (auto& pending : broken) {
+      complete(*pending, Reply::error(Rc::unreachable, "the link to '" + link->peer + "' on the way to '" +
+                                                           pending->target + "' broke: " + reason));
+    }
+    for (auto& [id, origin] : relayed) {
+      reply_to(origin, id,
+               Reply::error(Rc::unreachable,
+                            "'" + config_.fqcn + "': the link to '" + link->peer + "' broke: " + reason),
+               Clock::now() + config_.stall_timeout);
+    }
+  }
+
+  void read_loop(const std::shared_ptr<Link>& link, Stream& stream) {
+    std::string packet;
+    while (stream.read(packet)) {
+      on_frame(link, packet);
+    }
+  }
+
+  // --- accepting children (a gRPC thread per stream) ---
+
+  std::string read_first(Stream& stream, std::string& packet, milliseconds bound, bool& got) {
+    // A watchdog cancels the stream if nothing arrives within the bound.
+    std::mutex m;
+    std::condition_variable cv;
+    bool done = false;
+    std::thread watchdog([&] {
+      std::unique_lock lock(m);
+      if (!cv.wait_for(lock, bound, [&] { return done || stopping_.load(); }) || stopping_) {
+        stream.cancel();
+      }
+    });
+    got = stream.read(packet);
+    {
+      std::lock_guard lock(m);
+      done = true;
+    }
+    cv.notify_all();
+    watchdog.join();
+    return got ? std::string() : stream.end_reason();
+  }
+
+  void accept(Stream& stream) {
+    if (stopping_) {
+      return;
+    }
+    std::string packet;
+    bool got = false;
+    auto error = read_first(stream, packet, config_.connect_timeout, got);
+    if (!got) {
+      logger_->info("cell '" + config_.fqcn + "': a connection from " + stream.peer() +
+                    " sent no hello within " + ms_text(config_.connect_timeout) + ": " + error);
+      return;
+    }
+    auto decoded = wire::decode_frame(bytes_of(packet), limits_);
+    if (!decoded || decoded->header.op != Op::cell_hello) {
+      logger_->warn("cell '" + config_.fqcn + "': a connection from " + stream.peer() +
+                    " did not start with CELL_HELLO" + (decoded ? "" : ": " + decoded.error().message));
+      return;
+    }
+    PeerClaim claim;
+    const auto* from = decoded->header_value(h_from);
+    claim.fqcn = from != nullptr ? *from : std::string();
+    if (const auto* token = decoded->header_value(h_token)) {
+      claim.token = *token;
+    }
+    claim.cert_name = stream.peer_cert_name();
+    claim.address = stream.peer();
+    std::optional<std::string> refusal;
+    if (!valid_fqcn(claim.fqcn)) {
+      refusal = "'" + claim.fqcn + "' is not a valid FQCN";
+    } else if (const auto* version = decoded->header_value(h_version);
+               version == nullptr || *version != cell_version) {
+      refusal = "it speaks cell protocol version " + (version != nullptr ? *version : std::string("(none)")) +
+                ", this cell speaks " + std::string(cell_version);
+    } else {
+      Admission admission;
+      {
+        std::lock_guard lock(mutex_);
+        admission = admission_;
+      }
+      refusal = admission ? admission(claim) : default_admission(claim);
+    }
+    if (refusal) {
+      logger_->warn("cell '" + config_.fqcn + "': refused '" + claim.fqcn + "' from " + claim.address + ": " +
+                    *refusal);
+      event(LinkEvent::Kind::refused, claim.fqcn, *refusal);
+      std::string out;
+      wire::FrameHeader fh;
+      fh.op = Op::cell_refused;
+      fh.msg_id = random_id();
+      if (encode_packet(out, fh, {}, {{std::string(h_from), config_.fqcn}, {std::string(h_reason), *refusal}},
+                        {}, limits_)) {
+        stream.write(out);
+      }
+      return;
+    }
+    auto link = std::make_shared<Link>();
+    link->peer = claim.fqcn;
+    link->address = claim.address;
+    link->stream = &stream;
+    std::shared_ptr<Link> replaced;
+    {
+      std::lock_guard lock(mutex_);
+      if (stopping_) {
+        return;
+      }
+      auto it = children_.find(claim.fqcn);
+      if (it != children_.end()) {
+        replaced = it->second;
+      }
+      children_[claim.fqcn] = link;
+      auto& seen = seen_children_[claim.fqcn];
+      seen.fqcn = claim.fqcn;
+      seen.address = claim.address;
+    }
+    if (replaced) {
+      logger_->info("cell '" + config_.fqcn + "': '" + claim.fqcn + "' connected again from " +
+                    claim.address + "; its earlier link is closed");
+      close_link(*replaced, "replaced by a new link");
+    }
+    std::string welcome;
+    wire::FrameHeader fh;
+    fh.op = Op::cell_welcome;
+    fh.msg_id = random_id();
+    if (!encode_packet(
+            welcome, fh, {},
+            {{std::string(h_from), config_.fqcn}, {std::string(h_version), std::string(cell_version)}}, {},
+            limits_) ||
+        !stream.write(welcome)) {
+      finish_link(link, "the welcome could not be sent");
+      return;
+    }
+    logger_->info("cell '" + config_.fqcn + "': '" + claim.fqcn + "' joined from " + claim.address);
+    event(LinkEvent::Kind::child_joined, claim.fqcn, claim.address);
+    start_writer(link);
+    read_loop(link, stream);
+    auto reason = stream.end_reason();
+    finish_link(link, reason);
+    logger_->info("cell '" + config_.fqcn + "': '" + claim.fqcn + "' left: " + link->close_reason);
+    event(LinkEvent::Kind::child_left, claim.fqcn, link->close_reason);
+  }
+
+  // --- connecting to the parent ---
+
+  void connect_loop() {
+    auto backoff = config_.backoff_initial;
+    std::mt19937_64 jitter(random_id());
+    while (!stopping_) {
+      auto attempt = connect_once();
+      if (stopping_) {
+        break;
+      }
+      if (attempt == Attempt::ran) {
+        backoff = config_.backoff_initial;
+      }
+      // Back-off with jitter: a uniform draw in [backoff/2, backoff], then double, up to backoff_max.
+      std::uniform_int_distribution<long> draw(backoff.count() / 2, std::max<long>(1, backoff.count()));
+      auto wait = milliseconds(draw(jitter));
+      std::unique_lock lock(mutex_);
+      wake_.wait_for(lock, wait, [&] { return stopping_.load(); });
+      backoff = std::min(config_.backoff_max, backoff * 2);
+    }
+  }
+
+  enum class Attempt { failed, ran };
+
+  void set_parent_error(const std::string& error, bool refused) {
+    {
+      std::lock_guard lock(mutex_);
+      if (parent_error_ == error) {
+        return;  // said once per cause, not at every retry
+      }
+      parent_error_ = error;
+    }
+    if (refused) {
+      logger_->error("cell '" + config_.fqcn + "': " + error);
+    } else {
+      logger_->warn("cell '" + config_.fqcn + "': " + error);
+    }
+  }
+
+  Attempt connect_once() {
+    auto dialed = dial(config_.parent, config_.parent_name, settings_);
+    if (!dialed) {
+      set_parent_error("cannot reach the parent at " + config_.parent + ": " + dialed.error().message, false);
+      return Attempt::failed;
+    }
+    std::shared_ptr<Stream> stream(std::move(*dialed));
+    {
+      std::lock_guard lock(mutex_);
+      if (stopping_) {
+        return Attempt::failed;
+      }
+      dialing_ = stream;
+    }
+    auto clear_dialing = [&] {
+      std::lock_guard lock(mutex_);
+      dialing_.reset();
+    };
+    // The hello and the answer, bounded by connect_timeout (a watchdog cancels the stream).
+    std::string hello;
+    wire::FrameHeader fh;
+    fh.op = Op::cell_hello;
+    fh.msg_id = random_id();
+    wire::Headers headers{{std::string(h_from), config_.fqcn},
+                          {std::string(h_version), std::string(cell_version)}};
+    if (!config_.token.empty()) {
+      headers.emplace_back(std::string(h_token), config_.token);
+    }
+    if (!encode_packet(hello, fh, {}, headers, {}, limits_)) {
+      clear_dialing();
+      return Attempt::failed;
+    }
+    std::mutex m;
+    std::condition_variable cv;
+    bool answered = false;
+    std::thread watchdog([&] {
+      std::unique_lock lock(m);
+      if (!cv.wait_for(lock, config_.connect_timeout, [&] { return answered || stopping_.load(); }) ||
+          stopping_) {
+        stream->cancel();
+      }
+    });
+    std::string answer;
+    bool ok = stream->write(hello) && stream->read(answer);
+    {
+      std::lock_guard lock(m);
+      answered = true;
+    }
+    cv.notify_all();
+    watchdog.join();
+    if (!ok) {
+      auto reason = stream->end_reason();
+      clear_dialing();
+      if (!stopping_) {
+        set_parent_error("cannot reach the parent at " + config_.parent + " within " +
+                             ms_text(config_.connect_timeout) + ": " + reason,
+                         false);
+      }
+      return Attempt::failed;
+    }
+    auto decoded = wire::decode_frame(bytes_of(answer), limits_);
+    if (!decoded || (decoded->header.op != Op::cell_welcome && decoded->header.op != Op::cell_refused)) {
+      clear_dialing();
+      set_parent_error("the parent at " + config_.parent + " answered the hello with something else", true);
+      return Attempt::failed;
+    }
+    const auto* parent_name = decoded->header_value(h_from);
+    if (decoded->header.op == Op::cell_refused) {
+      const auto* reason = decoded->header_value(h_reason);
+      clear_dialing();
+      std::string text = "refused by '" + (parent_name != nullptr ? *parent_name : config_.parent) +
+                         "': " + (reason != nullptr ? *reason : std::string("no reason given"));
+      event(LinkEvent::Kind::refused, parent_name != nullptr ? *parent_name : config_.parent, text);
+      set_parent_error(text, true);
+      return Attempt::failed;
+    }
+    auto link = std::make_shared<Link>();
+    link->peer = parent_name != nullptr ? *parent_name : config_.parent;
+    link->address = config_.parent;
+    link->parent = true;
+    link->stream = stream.get();
+    {
+      std::lock_guard lock(mutex_);
+      dialing_.reset();
+      if (stopping_) {
+        return Attempt::failed;
+      }
+      parent_ = link;
+      parent_error_.clear();
+    }
+    parent_cv_.notify_all();
+    logger_->info("cell '" + config_.fqcn + "': linked to '" + link->peer + "' at " + config_.parent);
+    event(LinkEvent::Kind::parent_up, link->peer, config_.parent);
+    start_writer(link);
+    read_loop(link, *stream);
+    auto reason = stopping_ ? std::string("the cell is stopping") : stream->end_reason();
+    finish_link(link, reason);
+    if (!stopping_) {
+      logger_->warn("cell '" + config_.fqcn + "': link to '" + link->peer + "' lost: " + reason);
+    }
+    event(LinkEvent::Kind::parent_down, link->peer, reason);
+    return Attempt::ran;
+  }
+
+  // --- housekeeping: heartbeats to the parent, stale partial messages, expired relay entries ---
+
+  void housekeep() {
+    auto tick = std::clamp(config_.keepalive / 4, milliseconds(50), milliseconds(1000));
+    while (true) {
+      {
+        std::unique_lock lock(mutex_);
+        if (wake_.wait_for(lock, tick, [&] { return stopping_.load(); })) {
+          return;
+        }
+      }
+      auto now = Clock::now();
+      std::vector<std::shared_ptr<Link>> links;
+      std::shared_ptr<Link> parent;
+      {
+        std::lock_guard lock(mutex_);
+        for (auto it = relays_.begin(); it != relays_.end();) {
+          it = it->second.expiry < now ? relays_.erase(it) : std::next(it);
+        }
+        for (auto& [name, link] : children_) {
+          links.push_back(link);
+        }
+        parent = parent_;
+      }
+      if (parent) {
+        links.push_back(parent);
+        if (now_ms() - parent->last_write_ms.load() >= config_.keepalive.count()) {
+          std::string beat;
+          wire::FrameHeader fh;
+          fh.op = Op::heartbeat;
+          fh.msg_id = random_id();
+          if (encode_packet(beat, fh, {}, {}, {}, limits_)) {
+            enqueue(*parent, std::move(beat), true, now, {});
+          }
+        }
+      }
+      for (auto& link : links) {
+        std::lock_guard lock(link->mutex);
+        std::erase_if(link->partials,
+                      [&](const auto& p) { return now - p.second.touched > config_.stall_timeout; });
+        std::erase_if(link->forwards,
+                      [&](const auto& p) { return now - p.second.touched > config_.stall_timeout; });
+      }
+    }
+  }
+
+  Config config_;
+  std::shared_ptr<Logger> logger_;
+  LinkObserver observer_;
+  wire::Limits limits_;
+  TransportSettings settings_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable_any parent_cv_;
+  std::condition_variable_any wake_;
+  std::atomic<bool> stopping_{false};
+  bool stopped_ = false;
+  std::unique_ptr<Listener> listener_;
+  std::thread connector_;
+  std::thread housekeeper_;
+  std::shared_ptr<Stream> dialing_;
+  std::shared_ptr<Link> parent_;
+  std::string parent_error_ = "not connected yet";
+  std::map<std::string, std::shared_ptr<Link>> children_;
+  std::map<std::string, PeerInfo> seen_children_;
+  std::map<std::string, Handler> handlers_;
+  std::unordered_map<std::uint64_t, std::shared_ptr<Pending>> pending_;
+  std::unordered_map<std::uint64_t, RelayEntry> relays_;
+  Admission admission_;
+  std::set<std::string> allowed_;
+  std::map<std::string, std::string> job_tokens_;
+
+  std::mutex work_mutex_;
+  std::condition_variable work_cv_;
+  std::deque<Work> work_;
+  std::vector<std::thread> workers_;
+};
+
+// ---------------------------------------------------------------------------------------------------------
+
+Result<std::unique_ptr<Cell>> Cell::start(Config config, std::shared_ptr<Logger> logger,
+                                          LinkObserver observer) {
+  auto impl = std::make_unique<CellImpl>(std::move(config), std::move(logger), std::move(observer));
+  if (auto started = impl->start(); !started) {
+    return fail(std::move(started.error()));
+  }
+  return std::unique_ptr<Cell>(new Cell(std::move(impl)));
+}
+
+Cell::Cell(std::unique_ptr<CellImpl> impl) : impl_(std::move(impl)) {}
+Cell::~Cell() {
+  stop();
+}
+
+const std::string& Cell::fqcn() const noexcept {
+  return impl_->fqcn();
+}
+std::string Cell::listen_address() const {
+  return impl_->listen_address();
+}
+void Cell::set_admission(Admission admission) {
+  impl_->set_admission(std::move(admission));
+}
+void Cell::set_allowed_children(std::vector<std::string> names) {
+  impl_->set_allowed_children(std::move(names));
+}
+void Cell::admit_job(const std::string& job_id, const std::string& token) {
+  impl_->admit_job(job_id, token);
+}
+void Cell::revoke_job(const std::string& job_id) {
+  impl_->revoke_job(job_id);
+}
+void Cell::handle(const std::string& topic, Handler handler) {
+  impl_->handle(topic, std::move(handler));
+}
+Reply Cell::request(const std::string& to, const std::string& topic, const wire::Headers& headers,
+                    std::span<const std::byte> payload, std::chrono::milliseconds timeout,
+                    std::stop_token stop) {
+  return impl_->request(to, topic, headers, payload, timeout, std::move(stop));
+}
+Reply Cell::notify(const std::string& to, const std::string& topic, const wire::Headers& headers,
+                   std::span<const std::byte> payload, std::chrono::milliseconds timeout,
+                   std::stop_token stop) {
+  return impl_->notify(to, topic, headers, payload, timeout, std::move(stop));
+}
+std::vector<TargetReply> Cell::broadcast(const std::vector<std::string>& targets, const std::string& topic,
+                                         const wire::Headers& headers, std::span<const std::byte> payload,
+                                         std::chrono::milliseconds timeout, std::stop_token stop) {
+  return impl_->broadcast(targets, topic, headers, payload, timeout, std::move(stop));
+}
+bool Cell::wait_parent(std::chrono::milliseconds timeout, std::stop_token stop) {
+  return impl_->wait_parent(timeout, std::move(stop));
+}
+std::string Cell::parent_error() const {
+  return impl_->parent_error();
+}
+std::vector<PeerInfo> Cell::children() const {
+  return impl_->children();
+}
+void Cell::stop() noexcept {
+  if (impl_) {
+    impl_->stop();
+  }
+}
+
+}  // namespace ember::cell
