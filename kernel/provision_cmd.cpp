@@ -164,7 +164,9 @@ std::string kit_toml(const ProjectConfig& project, const std::string& kit) {
   return text;
 }
 
-Result<KitsWritten> write_kits(const ProjectConfig& project, const fs::path& out, bool force) {
+Result<KitsWritten> write_kits(const ProjectConfig& project, const fs::path& out_given, bool force) {
+  // "kits/" names the folder "kits": the temporary folder goes beside it, not inside.
+  fs::path out = out_given.has_filename() ? out_given : out_given.parent_path();
   auto exists = check_out_dir(out, force);
   if (!exists) {
     return fail(std::move(exists.error()));

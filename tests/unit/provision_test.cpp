@@ -492,6 +492,9 @@ TEST_F(Kits, AnExistingFolderIsReplacedOnlyWithForceAndOnlyIfItIsAnEarlierOutput
   test::expect_error(write_kits(project_, dir_.path() / "file", true), Errc::io_error, "is not a folder");
   fs::create_directory(dir_.path() / "empty");
   EXPECT_TRUE(write_kits(project_, dir_.path() / "empty", true));
+  auto slash = write_kits(project_, (dir_.path() / "slash").string() + "/", false);
+  ASSERT_TRUE(slash) << slash.error().message;
+  EXPECT_TRUE(fs::exists(dir_.path() / "slash" / "ca" / "ca.crt"));
 }
 
 TEST_F(Kits, AFailureLeavesNothingBehind) {
