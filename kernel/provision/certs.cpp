@@ -292,6 +292,9 @@ std::optional<Role> parse_role(std::string_view text) noexcept {
 }
 
 Result<Credentials> make_ca(std::string_view common_name, int valid_days) {
+  if (common_name.empty()) {
+    return fail(Errc::invalid_argument, "a CA needs a common name");
+  }
   if (valid_days < 1) {
     return fail(Errc::invalid_argument,
                 "a CA must be valid for at least one day (asked: " + std::to_string(valid_days) + ")");
@@ -349,6 +352,11 @@ Result<Credentials> issue(const Credentials& ca, std::string_view common_name, R
     Error error = ca_cert ? std::move(ca_key.error()) : std::move(ca_cert.error());
     error.message = "the CA: " + error.message;
     return fail(std::move(error));
+  }
+  if (X509_check_ca(ca_cert->get()) != 1) {
+    return fail(Errc::invalid_argument,
+                "the CA: '" + name_field(X509_get_subject_name(ca_cert->get()), NID_commonName) +
+                    "' is not a CA certificate (no basicConstraints CA:TRUE)");
   }
   if (X509_check_private_key(ca_cert->get(), ca_key->get()) != 1) {
     return fail(openssl_error("the CA's key does not match its certificate", Errc::invalid_argument));

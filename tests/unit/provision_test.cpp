@@ -183,6 +183,10 @@ TEST_F(Certs, BadInputsAreTypedErrors) {
   test::expect_error(
       issue(Credentials{other_ca_->key_pem, ca_->cert_pem}, "s", Role::site, {}, now, now + 1h),
       Errc::invalid_argument, "the CA's key does not match its certificate");
+  auto site = leaf(*ca_, "site-1", Role::site);
+  test::expect_error(issue(site, "s", Role::site, {}, now, now + 1h), Errc::invalid_argument,
+                     "the CA: 'site-1' is not a CA certificate");
+  test::expect_error(make_ca("", 1), Errc::invalid_argument, "needs a common name");
   test::expect_error(describe("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"),
                      Errc::malformed, "not a PEM certificate");
   EXPECT_EQ(ERR_peek_error(), 0u) << "an OpenSSL error was left in the queue";

@@ -34,8 +34,8 @@ using Clock = std::chrono::system_clock;
 
 /// A new root CA: a fresh key and a self-signed certificate (CN = `common_name`, basicConstraints CA:TRUE
 /// critical, keyUsage keyCertSign and cRLSign, a subject key id), valid from a few minutes ago (clock skew
-/// between machines) for `valid_days` days. Each call makes an independent CA: tests make a second one to
-/// check that its certificates are refused.
+/// between machines) for `valid_days` days. Each call makes an independent CA (test-only use: a second CA
+/// whose certificates a project must refuse).
 Result<Credentials> make_ca(std::string_view common_name, int valid_days);
 
 /// A new key and a leaf certificate signed by `ca`: subject CN = `common_name` and OU = `role`; a random
@@ -43,7 +43,7 @@ Result<Credentials> make_ca(std::string_view common_name, int valid_days);
 /// serverAuth and clientAuth (a site is a TLS client of the server and a TLS server for its jobs). The
 /// subjectAltName holds each of `sans` (an IPv4 or IPv6 address as IP, anything else as DNS) and the name
 /// itself: DNS:<common_name>, or email:<common_name> for a name with '@' (an admin's). The validity is taken
-/// as given, so tests can issue a certificate that has already expired.
+/// as given (test-only use: a certificate that has already expired, or is not valid yet).
 Result<Credentials> issue(const Credentials& ca, std::string_view common_name, Role role,
                           const std::vector<std::string>& sans, Clock::time_point not_before,
                           Clock::time_point not_after);
