@@ -9,6 +9,7 @@
 #include "config.hpp"
 #include "exit_codes.hpp"
 #include "kernel.hpp"
+#include "provision_cmd.hpp"
 #include "simulate.hpp"
 
 namespace ember::kernel {
@@ -305,6 +306,16 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
   simulate_cmd->add_flag("--quiet,-q", sim_quiet, "Print only the summary");
   simulate_cmd->add_flag("--verbose,-v", sim_verbose, "Also show info-level logs on the console");
 
+  auto* provision_cmd = app.add_subcommand(
+      "provision",
+      "Write a project's root CA and a startup kit (certificate, key, kit.toml) per participant");
+  std::string provision_project;
+  std::string provision_out;
+  bool provision_force = false;
+  provision_cmd->add_option("project", provision_project, "Project file (project.toml)")->required();
+  provision_cmd->add_option("--out,-o", provision_out, "Output folder (default ./<project name>-kits)");
+  provision_cmd->add_flag("--force", provision_force, "Replace an earlier output folder");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp&) {
@@ -317,7 +328,7 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
     // Help of a subcommand arrives here too, as a parse "error" with exit code 0.
     if (e.get_exit_code() == 0) {
       const CLI::App* target = &app;
-      for (auto* sub : {describe_cmd, plugins_cmd, validate_cmd, version_cmd, simulate_cmd}) {
+      for (auto* sub : {describe_cmd, plugins_cmd, validate_cmd, version_cmd, simulate_cmd, provision_cmd}) {
         if (sub->parsed()) {
           target = sub;
           break;
@@ -349,6 +360,9 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
     return exit_code::ok;
   }
   try {
+    if (provision_cmd->parsed()) {
+      return provision(provision_project, provision_out, provision_force, out, err);  // no plugins needed
+    }
     if (simulate_cmd->parsed() && global.log_level.empty()) {
       global.default_level = LogLevel::info;  // the site logs get info; the console shows warnings only
     }
