@@ -187,6 +187,7 @@ struct Link {
   std::deque<std::string> bulk;
   std::uint64_t bulk_bytes = 0;
   bool closed = false;
+  bool writing = false;  // the writer holds a packet it took from the queues
   std::string close_reason;
   std::thread writer;
   std::atomic<std::int64_t> last_contact_ms{0};
@@ -398,9 +399,9 @@ class CellImpl {
   }
 
   Reply notify(const std::string& to, const std::string& topic, const wire::Headers& headers,
-               std::span<const std::byte> payload, milliseconds timeout, std::stop_token stop) {
+               std::span<const std::byte> payload, milliseconds timeout, std::stop_token stop, Lane lane) {
     return send(Op::cell_notify, random_id(), 0, config_.fqcn, to, topic, headers, payload,
-                Clock::now() + timeout, stop, nullptr);
+                Clock::now() + timeout, stop, nullptr, lane);
   }
 
   std::vector<TargetReply> broadcast(const std::vector<std::string>& targets, const std::string& topic,
@@ -456,6 +457,29 @@ class CellImpl {
     return out;
   }
 
+  bool drain(milliseconds timeout) {
+    auto deadline = Clock::now() + timeout;
+    std::vector<std::shared_ptr<Link>> links;
+    {
+      std::lock_guard lock(mutex_);
+      for (auto& [name, link] : children_) {
+        links.push_back(link);
+      }
+      if (parent_) {
+        links.push_back(parent_);
+      }
+    }
+    for (auto& link : links) {
+      std::unique_lock lock(link->mutex);
+      if (!link->changed.wait_until(lock, deadline, [&] {
+            return link->closed || (link->control.empty() && link->bulk.empty() && !link->writing);
+          })) {
+        return false;
+      }
+    }
+    return true;
+  }
+
   void stop() noexcept {
     std::vector<std::shared_ptr<Link>> links;
     {
@@ -480,7 +504,11 @@ class CellImpl {
     }
     parent_cv_.notify_all();
     wake_.notify_all();
+    {
+      std::lock_guard lock(work_mutex_);  // no waiter misses the flag between its check and its wait
+    }
     work_cv_.notify_all();
+    work_space_cv_.notify_all();
     for (auto& link : links) {
       close_link(*link, "the cell is stopping");
     }
@@ -597,7 +625,7 @@ class CellImpl {
   Reply send(Op op, std::uint64_t msg_id, std::uint64_t req_id, const std::string& from,
              const std::string& to, const std::string& topic, const wire::Headers& headers,
              std::span<const std::byte> payload, Clock::time_point deadline, std::stop_token stop,
-             std::weak_ptr<Link>* via) {
+             std::weak_ptr<Link>* via, Lane lane = Lane::automatic) {
     if (stopping_) {
       return Reply::error(Rc::shutting_down, "cell '" + config_.fqcn + "' is stopping");
     }
@@ -647,8 +675,12 @@ class CellImpl {
       fh.req_id = req_id;
       fh.total_len = total;
       fh.chunk_index = i;
+      // The control lane: a small single-packet message, unless the sender asked for order. The flag
+      // travels in the frame so that relays keep the sender's choice.
+      bool control = lane == Lane::automatic && chunks == 1 && head + total <= control_bytes;
       fh.flags = static_cast<std::uint8_t>((i == 0 ? wire::flags::first : 0) |
-                                           (i + 1 == chunks ? wire::flags::last : 0));
+                                           (i + 1 == chunks ? wire::flags::last : 0) |
+                                           (control ? wire::flags::control : 0));
       std::size_t begin = static_cast<std::size_t>(i) * chunk;
       auto part = payload.subspan(std::min<std::size_t>(begin, total),
                                   std::min<std::size_t>(chunk, total - std::min<std::size_t>(begin, total)));
@@ -659,7 +691,6 @@ class CellImpl {
       if (!encoded) {
         return Reply::error(Rc::malformed, "message to '" + to + "': " + encoded.error().message);
       }
-      bool control = chunks == 1 && packet.size() <= control_bytes;
       auto queued = enqueue(*link, std::move(packet), control, deadline, stop);
       if (!queued.ok()) {
         return queued;
@@ -716,17 +747,42 @@ class CellImpl {
       complete(*pending, std::move(reply));
       return;
     }
+    // Bounded: a reader waits (at most stall_timeout) while handlers are behind, so a peer that sends
+    // faster than this cell handles is held back by the transport's flow control, not by memory.
+    std::size_t size = message.payload.size() + 256;
     {
-      std::lock_guard lock(work_mutex_);
-      work_.push_back(Work{op, msg_id, std::move(message)});
+      std::unique_lock lock(work_mutex_);
+      bool room = work_space_cv_.wait_for(lock, config_.stall_timeout, [&] {
+        return stopping_.load() || work_bytes_ == 0 || work_bytes_ + size <= work_limit();
+      });
+      if (stopping_) {
+        return;
+      }
+      if (!room) {
+        lock.unlock();
+        logger_->warn("cell '" + config_.fqcn + "': handlers did not take a message from '" + message.from +
+                      "' within " + ms_text(config_.stall_timeout) + "; dropped");
+        if (op == Op::cell_request) {
+          reply_to(message.from, msg_id,
+                   Reply::error(Rc::timeout,
+                                "'" + config_.fqcn + "' is too busy to handle '" + message.topic + "'"),
+                   Clock::now() + config_.stall_timeout);
+        }
+        return;
+      }
+      work_bytes_ += size;
+      work_.push_back(Work{op, msg_id, std::move(message), size});
     }
     work_cv_.notify_one();
   }
+
+  std::uint64_t work_limit() const { return std::max<std::uint64_t>(4 * config_.queue_bytes, 64u << 20); }
 
   struct Work {
     Op op;
     std::uint64_t msg_id;
     Message message;
+    std::size_t size = 0;
   };
 
   void work() {
@@ -740,7 +796,9 @@ class CellImpl {
         }
         item = std::move(work_.front());
         work_.pop_front();
+        work_bytes_ -= item.size;
       }
+      work_space_cv_.notify_all();
       milliseconds ttl = config_.stall_timeout;
       if (const auto* t = item.message.header(h_ttl)) {
         try {
@@ -892,7 +950,7 @@ class CellImpl {
       relays_.erase(fh.req_id);
     }
     bool last = (fh.flags & wire::flags::last) != 0;
-    bool control = last && packet.size() <= control_bytes;
+    bool control = last && (fh.flags & wire::flags::control) != 0 && packet.size() <= control_bytes;
     std::uint64_t msg_id = fh.msg_id;
     if (!last) {
       std::lock_guard lock(link->mutex);
@@ -1037,6 +1095,7 @@ class CellImpl {
           if (link->closed) {
             return;
           }
+          link->writing = true;
           if (!link->control.empty()) {
             packet = std::move(link->control.front());
             link->control.pop_front();
@@ -1047,7 +1106,13 @@ class CellImpl {
           }
         }
         link->changed.notify_all();
-        if (!link->stream->write(packet)) {
+        bool written = link->stream->write(packet);
+        {
+          std::lock_guard lock(link->mutex);
+          link->writing = false;
+        }
+        link->changed.notify_all();
+        if (!written) {
           close_link(*link, "write failed");
           return;
         }
@@ -1478,7 +1543,9 @@ class CellImpl {
 
   std::mutex work_mutex_;
   std::condition_variable work_cv_;
+  std::condition_variable work_space_cv_;
   std::deque<Work> work_;
+  std::uint64_t work_bytes_ = 0;
   std::vector<std::thread> workers_;
 };
 
@@ -1526,8 +1593,8 @@ Reply Cell::request(const std::string& to, const std::string& topic, const wire:
 }
 Reply Cell::notify(const std::string& to, const std::string& topic, const wire::Headers& headers,
                    std::span<const std::byte> payload, std::chrono::milliseconds timeout,
-                   std::stop_token stop) {
-  return impl_->notify(to, topic, headers, payload, timeout, std::move(stop));
+                   std::stop_token stop, Lane lane) {
+  return impl_->notify(to, topic, headers, payload, timeout, std::move(stop), lane);
 }
 std::vector<TargetReply> Cell::broadcast(const std::vector<std::string>& targets, const std::string& topic,
                                          const wire::Headers& headers, std::span<const std::byte> payload,
@@ -1542,6 +1609,9 @@ std::string Cell::parent_error() const {
 }
 std::vector<PeerInfo> Cell::children() const {
   return impl_->children();
+}
+bool Cell::drain(std::chrono::milliseconds timeout) {
+  return impl_->drain(timeout);
 }
 void Cell::stop() noexcept {
   if (impl_) {

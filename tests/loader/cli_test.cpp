@@ -21,12 +21,16 @@
 namespace ember::kernel {
 namespace {
 
-// The plugin files the build tree holds: the reference plugins, the job plugins, and LibTorch's converter.
+// The plugin files the build tree holds: the reference plugins, the job plugins, LibTorch's converter and
+// the cell pipe (where their libraries were found).
+constexpr std::size_t reference_plugin_count = 9
 #ifdef EMBER_TEST_HAVE_TORCH
-constexpr std::size_t reference_plugin_count = 10;
-#else
-constexpr std::size_t reference_plugin_count = 9;
+                                               + 1
 #endif
+#ifdef EMBER_TEST_HAVE_CELL
+                                               + 1
+#endif
+    ;
 
 using nlohmann::json;
 using ::testing::HasSubstr;

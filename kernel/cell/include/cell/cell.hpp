@@ -70,6 +70,11 @@ struct Reply {
   }
 };
 
+/// Which lane a message takes. Small single-packet messages normally go ahead of queued bulk packets
+/// (automatic); `ordered` keeps a message behind everything sent before it on the same path, for senders
+/// whose messages must arrive in the order they were sent (a pipe's frames).
+enum class Lane { automatic, ordered };
+
 /// One target's result of a broadcast.
 struct TargetReply {
   std::string target;
@@ -177,7 +182,7 @@ class Cell {
   /// beyond it).
   Reply notify(const std::string& to, const std::string& topic, const wire::Headers& headers,
                std::span<const std::byte> payload, std::chrono::milliseconds timeout,
-               std::stop_token stop = {});
+               std::stop_token stop = {}, Lane lane = Lane::automatic);
   /// Sends one request to each target, all under one `timeout`: a result per target, in their order.
   std::vector<TargetReply> broadcast(const std::vector<std::string>& targets, const std::string& topic,
                                      const wire::Headers& headers, std::span<const std::byte> payload,
@@ -189,6 +194,10 @@ class Cell {
   std::string parent_error() const;
   /// The children connected now, and those that left (connected = false), with their last contact.
   std::vector<PeerInfo> children() const;
+
+  /// Waits until every packet queued on this cell's links was handed to the transport, or `timeout`
+  /// passes (false). A farewell before stop(), which drops what is still queued.
+  bool drain(std::chrono::milliseconds timeout);
 
   /// Stops: pending requests end with shutting_down, links close, threads join. Bounded (about a second);
   /// idempotent.
