@@ -258,7 +258,7 @@ class CellImpl {
     if (config_.tls) {
       // A job's or trainer's cell presents its site's certificate: the name checked is the first part.
       auto site = config_.fqcn.substr(0, config_.fqcn.find('.'));
-      auto pem = load_tls(*config_.tls, site);
+      auto pem = load_tls(*config_.tls, site, config_.check_own_certificate);
       if (!pem) {
         return fail(Errc::invalid_config, "cell '" + config_.fqcn + "': " + pem.error().message);
       }
@@ -1249,10 +1249,19 @@ class CellImpl {
     if (const auto* token = decoded->header_value(h_token)) {
       claim.token = *token;
     }
-    claim.cert_name = stream.peer_cert_name();
     claim.address = stream.peer();
     std::optional<std::string> refusal;
-    if (!valid_fqcn(claim.fqcn)) {
+    if (settings_.tls) {
+      auto verified = verify_peer(settings_.tls->ca, stream.peer_cert_pem());
+      if (verified) {
+        claim.cert_name = *verified;
+      } else {
+        refusal = verified.error().message;
+      }
+    }
+    if (refusal) {
+      // said below
+    } else if (!valid_fqcn(claim.fqcn)) {
       refusal = "'" + claim.fqcn + "' is not a valid FQCN";
     } else if (const auto* version = decoded->header_value(h_version);
                version == nullptr || *version != cell_version) {

@@ -14,6 +14,8 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
+#include <openssl/x509_vfy.h>
+#include <openssl/x509v3.h>
 
 namespace ember::cell {
 namespace {
@@ -23,6 +25,12 @@ struct BioFree {
 };
 struct X509Free {
   void operator()(X509* p) const noexcept { X509_free(p); }
+};
+struct StoreFree {
+  void operator()(X509_STORE* p) const noexcept { X509_STORE_free(p); }
+};
+struct StoreCtxFree {
+  void operator()(X509_STORE_CTX* p) const noexcept { X509_STORE_CTX_free(p); }
 };
 struct KeyFree {
   void operator()(EVP_PKEY* p) const noexcept { EVP_PKEY_free(p); }
@@ -77,7 +85,53 @@ std::string certificate_name(const std::string& pem) {
                      static_cast<std::size_t>(ASN1_STRING_length(data)));
 }
 
-Result<TlsPem> load_tls(const TlsFiles& files, std::string_view own_name) {
+Result<std::string> verify_peer(const std::string& ca_pem, const std::string& cert_pem) {
+  if (cert_pem.empty()) {
+    return fail(Errc::rejected, "it presented no certificate");
+  }
+  auto ca = parse_cert(ca_pem);
+  auto cert = parse_cert(cert_pem);
+  if (!ca || !cert) {
+    ERR_clear_error();
+    return fail(Errc::rejected, "its certificate is not a readable X.509 certificate");
+  }
+  auto name = certificate_name(cert_pem);
+  std::unique_ptr<X509_STORE, StoreFree> store(X509_STORE_new());
+  std::unique_ptr<X509_STORE_CTX, StoreCtxFree> ctx(X509_STORE_CTX_new());
+  if (!store || !ctx || X509_STORE_add_cert(store.get(), ca.get()) != 1 ||
+      X509_STORE_CTX_init(ctx.get(), store.get(), cert.get(), nullptr) != 1) {
+    ERR_clear_error();
+    return fail(Errc::internal, "cannot set up certificate verification");
+  }
+  X509_STORE_CTX_set_purpose(ctx.get(), X509_PURPOSE_SSL_CLIENT);
+  if (X509_verify_cert(ctx.get()) == 1) {
+    return name;
+  }
+  int error = X509_STORE_CTX_get_error(ctx.get());
+  ERR_clear_error();
+  std::string who = "its certificate (for '" + name + "')";
+  switch (error) {
+    case X509_V_ERR_CERT_HAS_EXPIRED:
+      return fail(Errc::rejected, who + " expired on " + asn1_time_text(X509_get0_notAfter(cert.get())));
+    case X509_V_ERR_CERT_NOT_YET_VALID:
+      return fail(Errc::rejected, who + " is not valid before " +
+                                      asn1_time_text(X509_get0_notBefore(cert.get())) +
+                                      " (check the clocks)");
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+    case X509_V_ERR_CERT_SIGNATURE_FAILURE:
+    case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+    case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN: {
+      char issuer[256] = {0};
+      X509_NAME_oneline(X509_get_issuer_name(cert.get()), issuer, sizeof issuer - 1);
+      return fail(Errc::rejected, who + " was not issued by this project's CA (its issuer: " + issuer + ")");
+    }
+    default:
+      return fail(Errc::rejected, who + " does not verify: " + X509_verify_cert_error_string(error));
+  }
+}
+
+Result<TlsPem> load_tls(const TlsFiles& files, std::string_view own_name, bool check) {
   TlsPem pem;
   auto ca = read_file(files.ca, "CA certificate");
   if (!ca) {
@@ -120,6 +174,12 @@ Result<TlsPem> load_tls(const TlsFiles& files, std::string_view own_name) {
     ERR_clear_error();
     return fail(Errc::invalid_config, "private key " + files.key.string() +
                                           " does not belong to certificate " + files.cert.string());
+  }
+  if (!check) {
+    pem.ca = std::move(*ca);
+    pem.cert = std::move(*cert);
+    pem.key = std::move(*key);
+    return pem;
   }
   std::unique_ptr<EVP_PKEY, KeyFree> ca_key(X509_get_pubkey(ca_cert.get()));
   if (!ca_key || X509_verify(own.get(), ca_key.get()) != 1) {

@@ -52,11 +52,12 @@ std::string status_text(const grpc::Status& status) {
   return text;
 }
 
-std::string cert_name_of(const std::shared_ptr<const grpc::AuthContext>& auth) {
-  if (!auth || !auth->IsPeerAuthenticated()) {
+// The peer's certificate as PEM, as the handshake received it (verified by the cell, not by TLS).
+std::string cert_pem_of(const std::shared_ptr<const grpc::AuthContext>& auth) {
+  if (!auth) {
     return {};
   }
-  auto values = auth->FindPropertyValues(GRPC_X509_CN_PROPERTY_NAME);
+  auto values = auth->FindPropertyValues(GRPC_X509_PEM_CERT_PROPERTY_NAME);
   if (values.empty()) {
     return {};
   }
@@ -74,7 +75,7 @@ void keepalive_args(grpc::ChannelArguments& args, const TransportSettings& setti
 class ServerStream final : public Stream {
  public:
   ServerStream(grpc::ServerContext* context, grpc::ServerReaderWriter<v1::Packet, v1::Packet>* stream)
-      : context_(context), stream_(stream), cert_name_(cert_name_of(context->auth_context())) {}
+      : context_(context), stream_(stream), cert_pem_(cert_pem_of(context->auth_context())) {}
 
   bool read(std::string& frame) override {
     if (!stream_->Read(&in_)) {
@@ -93,12 +94,12 @@ class ServerStream final : public Stream {
   void cancel() noexcept override { context_->TryCancel(); }
   std::string end_reason() override { return context_->IsCancelled() ? "cancelled" : "closed by the peer"; }
   std::string peer() const override { return context_->peer(); }
-  std::string peer_cert_name() const override { return cert_name_; }
+  std::string peer_cert_pem() const override { return cert_pem_; }
 
  private:
   grpc::ServerContext* context_;
   grpc::ServerReaderWriter<v1::Packet, v1::Packet>* stream_;
-  std::string cert_name_;
+  std::string cert_pem_;
   v1::Packet in_;
   std::mutex write_mutex_;
   v1::Packet out_;
@@ -180,7 +181,7 @@ class ClientStream final : public Stream {
   void cancel() noexcept override { context_.TryCancel(); }
   std::string end_reason() override { return finish(); }
   std::string peer() const override { return address_; }
-  std::string peer_cert_name() const override { return cert_name_of(context_.auth_context()); }
+  std::string peer_cert_pem() const override { return cert_pem_of(context_.auth_context()); }
 
  private:
   std::string finish() {
@@ -231,9 +232,7 @@ void route_grpc_log(std::shared_ptr<Logger> logger) {
   static std::once_flag once;
   {
     std::lock_guard lock(log_mutex);
-    if (!grpc_logger) {
-      grpc_logger = std::move(logger);
-    }
+    grpc_logger = std::move(logger);  // the latest cell's: a process runs one cell, or tests many in turn
   }
   std::call_once(once, [] { gpr_set_log_function(grpc_log_sink); });
 }
@@ -243,7 +242,10 @@ Result<std::unique_ptr<Listener>> listen(const std::string& address, const Trans
   route_grpc_log(std::move(logger));
   std::shared_ptr<grpc::ServerCredentials> credentials;
   if (settings.tls) {
-    grpc::SslServerCredentialsOptions options(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    // A client must present a certificate; the cell verifies it at the hello (against the same CA), so a
+    // refusal reaches the client with its reason instead of as a bare handshake failure.
+    grpc::SslServerCredentialsOptions options(
+        GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_BUT_DONT_VERIFY);
     options.pem_root_certs = settings.tls->ca;
     options.pem_key_cert_pairs.push_back({settings.tls->key, settings.tls->cert});
     credentials = grpc::SslServerCredentials(options);

@@ -44,8 +44,9 @@ class Stream {
   virtual std::string end_reason() = 0;
   /// The peer's address ("ipv4:127.0.0.1:40123").
   virtual std::string peer() const = 0;
-  /// The common name of the peer's verified certificate, or empty on a clear-text link.
-  virtual std::string peer_cert_name() const = 0;
+  /// The certificate the peer presented (PEM), or empty on a clear-text link. A server does not verify a
+  /// client's certificate in the handshake: the cell does, at the hello (verify_peer).
+  virtual std::string peer_cert_pem() const = 0;
 };
 
 /// Called on a gRPC thread for each accepted stream; the stream lives until it returns.
@@ -69,7 +70,7 @@ Result<std::unique_ptr<Listener>> listen(const std::string& address, const Trans
 Result<std::unique_ptr<Stream>> dial(const std::string& address, const std::string& server_name,
                                      const TransportSettings& settings);
 
-/// Routes gRPC's own log lines (TLS handshake failures among them) into `logger`, once per process.
+/// Routes gRPC's own log lines (TLS handshake failures among them) into `logger` (the latest one given).
 void route_grpc_log(std::shared_ptr<Logger> logger);
 
 }  // namespace ember::cell

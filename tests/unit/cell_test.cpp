@@ -11,6 +11,9 @@
 
 #include "cell/cell.hpp"
 #include "cell_test_support.hpp"
+#include "provision/certs.hpp"
+#include "provision/files.hpp"
+#include "support.hpp"
 #include "transport.hpp"
 #include "wire/crc32c.hpp"
 
@@ -428,6 +431,159 @@ TEST(Cell, ClearTextNeedsToBeAskedForAndIsWarnedAbout) {
   auto started = Cell::start(config, log);
   ASSERT_TRUE(started);
   EXPECT_TRUE(log->contains("clear text"));
+}
+
+// --- mutual TLS ---
+
+// A project's kits written the way `ember provision` writes them, plus a second CA and bad certificates.
+struct Kits {
+  ember::test::TempDir dir;
+  provision::Credentials ca, other_ca;
+
+  Kits() {
+    ca = *provision::make_ca("test CA", 30);
+    other_ca = *provision::make_ca("other CA", 30);
+    write("server", ca,
+          *provision::issue(ca, "server", provision::Role::server, {"localhost", "127.0.0.1"}, soon(-1),
+                            soon(30)));
+    for (const char* site : {"site-1", "site-2"}) {
+      write(site, ca, *provision::issue(ca, site, provision::Role::site, {}, soon(-1), soon(30)));
+    }
+    write("foreign", other_ca,
+          *provision::issue(other_ca, "site-1", provision::Role::site, {}, soon(-1), soon(30)));
+    write("expired", ca, *provision::issue(ca, "site-1", provision::Role::site, {}, soon(-30), soon(-1)));
+  }
+  static provision::Clock::time_point soon(int days) {
+    return provision::Clock::now() + std::chrono::hours(24) * days;
+  }
+  void write(const std::string& name, const provision::Credentials& issuer,
+             const provision::Credentials& own) {
+    auto folder = dir.path() / name;
+    EXPECT_TRUE(provision::make_dir(folder, 0700));
+    EXPECT_TRUE(provision::write_file_atomic(folder / "ca.crt", issuer.cert_pem, 0644));
+    EXPECT_TRUE(provision::write_file_atomic(folder / "cert.crt", own.cert_pem, 0644));
+    EXPECT_TRUE(provision::write_file_atomic(folder / "cert.key", own.key_pem, 0600));
+  }
+  TlsFiles files(const std::string& name) const {
+    auto folder = dir.path() / name;
+    return TlsFiles{folder / "ca.crt", folder / "cert.crt", folder / "cert.key"};
+  }
+  Config config(const std::string& fqcn, const std::string& kit, const std::string& listen,
+                const std::string& parent, const std::string& parent_name) const {
+    auto c = fast_config(fqcn, listen, parent);
+    c.insecure = false;
+    c.tls = files(kit);
+    c.parent_name = parent_name;
+    return c;
+  }
+};
+
+TEST(CellTls, RoutesOverMutualTlsAndChecksEveryName) {
+  Kits kits;
+  auto log = std::make_shared<CaptureLogger>();
+  auto server = Cell::start(kits.config("server", "server", "127.0.0.1:0", "", ""), log);
+  ASSERT_TRUE(server) << server.error().message;
+  (*server)->set_allowed_children({"site-1", "site-2"});
+  auto site =
+      Cell::start(kits.config("site-1", "site-1", "127.0.0.1:0", (*server)->listen_address(), "server"), log);
+  ASSERT_TRUE(site) << site.error().message;
+  ASSERT_TRUE((*site)->wait_parent(5s)) << (*site)->parent_error();
+  (*site)->admit_job("J", "secret");
+  // A job presents its site's certificate and the job's token.
+  auto jc = kits.config("site-1.J", "site-1", "", (*site)->listen_address(), "site-1");
+  jc.token = "secret";
+  auto job = Cell::start(jc, log);
+  ASSERT_TRUE(job) << job.error().message;
+  ASSERT_TRUE((*job)->wait_parent(5s)) << (*job)->parent_error();
+  (*job)->handle("echo", echo_handler("site-1.J"));
+  std::string text = "over TLS";
+  auto r = (*server)->request("site-1.J", "echo", {}, as_bytes(text), 5s);
+  ASSERT_TRUE(r.ok()) << r.reason;
+  EXPECT_EQ(as_text(r.message.payload), text);
+  // site-2's kit used to claim site-1's name: refused by the server, and told why.
+  auto liar = kits.config("site-1", "site-2", "", (*server)->listen_address(), "server");
+  liar.check_own_certificate = false;
+  auto l = Cell::start(liar, log);
+  ASSERT_TRUE(l) << l.error().message;
+  EXPECT_FALSE((*l)->wait_parent(1s));
+  EXPECT_NE((*l)->parent_error().find("its certificate is for 'site-2', not 'site-1'"), std::string::npos)
+      << (*l)->parent_error();
+  EXPECT_TRUE(log->contains("refused 'site-1' from"));
+  // Its own check says it first, when not turned off.
+  auto checked = Cell::start(kits.config("site-1", "site-2", "", (*server)->listen_address(), "server"), log);
+  ASSERT_FALSE(checked);
+  EXPECT_NE(checked.error().message.find("is for 'site-2', but this cell is 'site-1'"), std::string::npos)
+      << checked.error().message;
+  // A process of the site with site-2's certificate may not join site-1's listener.
+  auto intruder = kits.config("site-1.J", "site-2", "", (*site)->listen_address(), "site-1");
+  intruder.token = "secret";
+  intruder.check_own_certificate = false;
+  auto i = Cell::start(intruder, log);
+  ASSERT_TRUE(i);
+  EXPECT_FALSE((*i)->wait_parent(1s));
+  EXPECT_NE((*i)->parent_error().find("certificate is for 'site-2'"), std::string::npos)
+      << (*i)->parent_error();
+  // Expecting another name in the server's certificate: the handshake fails on the site's side.
+  auto wrong_server =
+      Cell::start(kits.config("site-2", "site-2", "", (*server)->listen_address(), "not-the-server"), log);
+  ASSERT_TRUE(wrong_server);
+  EXPECT_FALSE((*wrong_server)->wait_parent(1s));
+  EXPECT_FALSE((*wrong_server)->parent_error().empty());
+}
+
+TEST(CellTls, ACertificateOfAnotherCaOrAnExpiredOneIsRefusedWithTheReason) {
+  Kits kits;
+  auto log = std::make_shared<CaptureLogger>();
+  auto server = Cell::start(kits.config("server", "server", "127.0.0.1:0", "", ""), log);
+  ASSERT_TRUE(server) << server.error().message;
+  // The site's own check names the cause before any connection.
+  auto foreign = kits.config("site-1", "foreign", "", (*server)->listen_address(), "server");
+  foreign.tls->ca = kits.files("site-1").ca;  // the project's CA, a certificate of another
+  auto f = Cell::start(foreign, log);
+  ASSERT_FALSE(f);
+  EXPECT_NE(f.error().message.find("was not issued by the CA"), std::string::npos) << f.error().message;
+  auto e = Cell::start(kits.config("site-1", "expired", "", (*server)->listen_address(), "server"), log);
+  ASSERT_FALSE(e);
+  EXPECT_NE(e.error().message.find("expired on"), std::string::npos) << e.error().message;
+  // Past its own check, the server refuses it at the hello, and both sides say why.
+  foreign.check_own_certificate = false;
+  auto f2 = Cell::start(foreign, log);
+  ASSERT_TRUE(f2) << f2.error().message;
+  EXPECT_FALSE((*f2)->wait_parent(1500ms));
+  EXPECT_NE(
+      (*f2)->parent_error().find("refused by 'server': its certificate (for 'site-1') was not issued by "
+                                 "this project's CA (its issuer: /CN=other CA)"),
+      std::string::npos)
+      << (*f2)->parent_error();
+  EXPECT_TRUE(log->contains("cell 'server': refused 'site-1' from"));
+  EXPECT_TRUE(log->contains("was not issued by this project's CA"));
+  auto expired = kits.config("site-1", "expired", "", (*server)->listen_address(), "server");
+  expired.check_own_certificate = false;
+  auto e2 = Cell::start(expired, log);
+  ASSERT_TRUE(e2) << e2.error().message;
+  EXPECT_FALSE((*e2)->wait_parent(1500ms));
+  EXPECT_NE((*e2)->parent_error().find("refused by 'server': its certificate (for 'site-1') expired on"),
+            std::string::npos)
+      << (*e2)->parent_error();
+  // A site of another project (its CA file too) fails the handshake on its side: the server's certificate
+  // is not one it trusts.
+  auto stranger = kits.config("site-1", "foreign", "", (*server)->listen_address(), "server");
+  auto s3 = Cell::start(stranger, log);
+  ASSERT_TRUE(s3) << s3.error().message;
+  EXPECT_FALSE((*s3)->wait_parent(1500ms));
+  EXPECT_NE((*s3)->parent_error().find("handshake"), std::string::npos) << (*s3)->parent_error();
+  EXPECT_TRUE((*server)->children().empty());
+}
+
+TEST(CellTls, AKeyReadableByOthersIsRefused) {
+  Kits kits;
+  auto files = kits.files("site-1");
+  std::filesystem::permissions(files.key, std::filesystem::perms::group_read,
+                               std::filesystem::perm_options::add);
+  auto log = std::make_shared<CaptureLogger>();
+  auto c = Cell::start(kits.config("site-1", "site-1", "", "127.0.0.1:1", "server"), log);
+  ASSERT_FALSE(c);
+  EXPECT_NE(c.error().message.find("readable by others"), std::string::npos) << c.error().message;
 }
 
 }  // namespace

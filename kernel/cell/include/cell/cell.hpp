@@ -114,6 +114,9 @@ struct Config {
   std::optional<TlsFiles> tls;  ///< mutual TLS; nullopt only with insecure
   bool insecure = false;        ///< clear text (a warning is logged at every start)
   std::string token;            ///< presented to the parent in the hello (a job's cell token)
+  /// Check this cell's own certificate before connecting (CA, validity, name). Tests turn it off to see
+  /// how the peer refuses a bad one; nothing else should.
+  bool check_own_certificate = true;
 
   std::uint32_t packet_bytes = 4u << 20;              ///< cap of one gRPC message (one frame)
   std::uint64_t max_message_bytes = 4ull << 30;       ///< largest whole message this cell accepts
