@@ -41,6 +41,8 @@ constexpr std::string_view cell_version = "1";
 
 // A single-frame message up to this size goes on the control lane: ahead of queued bulk packets.
 constexpr std::size_t control_bytes = 64 * 1024;
+// Messages one link may have in progress (partly received) at once.
+constexpr std::size_t max_partials = 64;
 // Malformed frames in a row after which a link is closed.
 constexpr int max_malformed_in_row = 8;
 
@@ -106,6 +108,36 @@ Result<void> encode_packet(std::string& out, const wire::FrameHeader& header, st
 std::span<const std::byte> bytes_of(const std::string& s) {
   return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
 }
+
+// Packet buffers reused between senders, readers and writers: a 4 MiB buffer allocated afresh for every
+// packet costs a page fault per page each time, which dominated a large transfer's profile.
+class PacketPool {
+ public:
+  explicit PacketPool(std::size_t keep) : keep_(keep) {}
+  std::string take() {
+    std::lock_guard lock(mutex_);
+    if (free_.empty()) {
+      return {};
+    }
+    std::string s = std::move(free_.back());
+    free_.pop_back();
+    return s;
+  }
+  void give(std::string&& s) {
+    if (s.capacity() < 64 * 1024) {
+      return;  // small ones are cheap to make
+    }
+    std::lock_guard lock(mutex_);
+    if (free_.size() < keep_) {
+      free_.push_back(std::move(s));
+    }
+  }
+
+ private:
+  std::mutex mutex_;
+  std::vector<std::string> free_;
+  std::size_t keep_;
+};
 
 }  // namespace
 
@@ -684,7 +716,7 @@ class CellImpl {
       std::size_t begin = static_cast<std::size_t>(i) * chunk;
       auto part = payload.subspan(std::min<std::size_t>(begin, total),
                                   std::min<std::size_t>(chunk, total - std::min<std::size_t>(begin, total)));
-      std::string packet;
+      std::string packet = pool_.take();
       static const wire::Headers none;
       auto encoded = encode_packet(packet, fh, i == 0 ? std::string_view(topic) : std::string_view(),
                                    i == 0 ? all : none, part, limits_);
@@ -913,7 +945,13 @@ class CellImpl {
                    now + config_.stall_timeout);
         }
       } else {
-        partial.message.payload.reserve(std::min<std::uint64_t>(fh.total_len, 64u << 20));
+        // Reserved whole up to 1 GiB (address space, touched as it fills), so a large message is not copied
+        // again each time its buffer doubles.
+        try {
+          partial.message.payload.reserve(std::min<std::uint64_t>(fh.total_len, 1u << 30));
+        } catch (const std::bad_alloc&) {
+          partial.message.payload.reserve(64u << 20);
+        }
       }
       append(link, fh.msg_id, std::move(partial), frame);
       return;
@@ -1037,6 +1075,12 @@ class CellImpl {
     const auto& fh = frame.header;
     std::unique_lock lock(link->mutex);
     if (start) {
+      if (link->partials.size() >= max_partials) {
+        lock.unlock();
+        malformed(*link, "msg_id " + std::to_string(msg_id) + ": more than " + std::to_string(max_partials) +
+                             " messages in progress at once; dropped");
+        return;
+      }
       link->partials[msg_id] = std::move(*start);
     }
     auto it = link->partials.find(msg_id);
@@ -1061,8 +1105,16 @@ class CellImpl {
         malformed(*link, "msg_id " + std::to_string(msg_id) + ": more payload than its total_len");
         return;
       }
-      partial.message.payload.insert(partial.message.payload.end(), frame.payload.begin(),
-                                     frame.payload.end());
+      try {
+        partial.message.payload.insert(partial.message.payload.end(), frame.payload.begin(),
+                                       frame.payload.end());
+      } catch (const std::bad_alloc&) {
+        link->partials.erase(it);
+        lock.unlock();
+        logger_->error("cell '" + config_.fqcn + "': out of memory assembling msg_id " +
+                       std::to_string(msg_id) + " from '" + link->peer + "'; dropped");
+        return;
+      }
     }
     if (!last) {
       return;
@@ -1107,6 +1159,7 @@ class CellImpl {
         }
         link->changed.notify_all();
         bool written = link->stream->write(packet);
+        pool_.give(std::move(packet));
         {
           std::lock_guard lock(link->mutex);
           link->writing = false;
@@ -1197,9 +1250,16 @@ class CellImpl {
 
   void read_loop(const std::shared_ptr<Link>& link, Stream& stream) {
     std::string packet;
-    while (stream.read(packet)) {
-      on_frame(link, packet);
+    for (;;) {
+      if (packet.capacity() < 64 * 1024) {
+        packet = pool_.take();  // protobuf parses into the capacity it finds
+      }
+      if (!stream.read(packet)) {
+        break;
+      }
+      on_frame(link, packet);  // may move the packet on (relayed as is)
     }
+    pool_.give(std::move(packet));
   }
 
   // --- accepting children (a gRPC thread per stream) ---
@@ -1530,6 +1590,7 @@ class CellImpl {
   wire::Limits limits_;
   TransportSettings settings_;
 
+  PacketPool pool_{32};
   mutable std::mutex mutex_;
   std::condition_variable_any parent_cv_;
   std::condition_variable_any wake_;
