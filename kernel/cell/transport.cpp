@@ -92,7 +92,11 @@ class ServerStream final : public Stream {
     return written;
   }
   void cancel() noexcept override { context_->TryCancel(); }
-  std::string end_reason() override { return context_->IsCancelled() ? "cancelled" : "closed by the peer"; }
+  std::string end_reason() override {
+    return context_->IsCancelled()
+               ? "the stream ended (the peer went away, or its link was silent past the keepalive)"
+               : "closed by the peer";
+  }
   std::string peer() const override { return context_->peer(); }
   std::string peer_cert_pem() const override { return cert_pem_; }
 
