@@ -479,6 +479,130 @@ Result<JobConfig> load_job(const fs::path& path, const ComponentRegistry& regist
   return parse_job(*text, file.string(), registry, subs);
 }
 
+// The [cell] table of a site file (a startup kit's kit.toml).
+void read_cell(const toml::table& root, const fs::path& base, SiteConfig& site, Problems& problems) {
+  const auto* table = sub_table(root, "cell", "cell", problems);
+  if (table == nullptr) {
+    return;
+  }
+  CellSettings cell;
+  reject_unknown(*table,
+                 {"listen", "server", "server_name", "internal_listen", "ca", "cert", "key", "insecure",
+                  "packet_bytes", "max_message_bytes", "connect_timeout", "keepalive", "keepalive_timeout",
+                  "backoff_initial", "backoff_max"},
+                 "cell.", problems);
+  auto address = [&](std::string_view key, std::string& out) {
+    auto value = string_value(*table, key, "cell." + std::string(key), problems);
+    if (!value) {
+      return;
+    }
+    auto colon = value->rfind(':');
+    int port = -1;
+    if (colon != std::string::npos && colon > 0) {
+      auto digits = value->substr(colon + 1);
+      auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), port);
+      if (ec != std::errc() || end != digits.data() + digits.size()) {
+        port = -1;
+      }
+    }
+    if (port < 0 || port > 65535) {
+      problems.add(*table->get(key), "cell." + std::string(key),
+                   "expected HOST:PORT, such as \"127.0.0.1:8002\"");
+      return;
+    }
+    out = *value;
+  };
+  address("listen", cell.listen);
+  address("server", cell.server);
+  address("internal_listen", cell.internal_listen);
+  cell.server_name = string_value(*table, "server_name", "cell.server_name", problems).value_or("");
+  for (auto [key, out] :
+       {std::pair{"ca", &cell.ca}, std::pair{"cert", &cell.cert}, std::pair{"key", &cell.key}}) {
+    if (auto value = string_value(*table, key, "cell." + std::string(key), problems)) {
+      *out = base / *value;
+    }
+  }
+  if (const auto* node = table->get("insecure")) {
+    if (const auto* flag = node->as_boolean()) {
+      cell.insecure = flag->get();
+    } else {
+      problems.add(*node, "cell.insecure", "expected true or false");
+    }
+  }
+  bool any_tls = !cell.ca.empty() || !cell.cert.empty() || !cell.key.empty();
+  bool all_tls = !cell.ca.empty() && !cell.cert.empty() && !cell.key.empty();
+  if (any_tls && !all_tls) {
+    problems.add(*table, "cell.ca", "ca, cert and key are given together");
+  } else if (!any_tls && !cell.insecure) {
+    problems.add(*table, "cell",
+                 "no ca, cert and key: give them (a startup kit has them), or set insecure = true "
+                 "for clear text");
+  }
+  struct Size {
+    std::string_view key;
+    std::uint64_t* value;
+    std::uint64_t min, max;
+  };
+  for (const auto& size : {Size{"packet_bytes", &cell.packet_bytes, 64 * 1024, 1u << 30},
+                           Size{"max_message_bytes", &cell.max_message_bytes, 1, std::uint64_t{1} << 40}}) {
+    if (const auto* node = table->get(size.key)) {
+      const auto* n = node->as_integer();
+      if (n == nullptr || n->get() < 0 || static_cast<std::uint64_t>(n->get()) < size.min ||
+          static_cast<std::uint64_t>(n->get()) > size.max) {
+        problems.add(
+            *node, "cell." + std::string(size.key),
+            "expected an integer from " + std::to_string(size.min) + " to " + std::to_string(size.max));
+      } else {
+        *size.value = static_cast<std::uint64_t>(n->get());
+      }
+    }
+  }
+  struct Wait {
+    std::string_view key;
+    std::chrono::milliseconds* value;
+  };
+  for (const auto& wait :
+       {Wait{"connect_timeout", &cell.connect_timeout}, Wait{"keepalive", &cell.keepalive},
+        Wait{"keepalive_timeout", &cell.keepalive_timeout}, Wait{"backoff_initial", &cell.backoff_initial},
+        Wait{"backoff_max", &cell.backoff_max}}) {
+    if (const auto* node = table->get(wait.key)) {
+      auto value = option_from_toml(*node, OptionType::duration, Substitutions{});
+      if (!value || std::get<std::chrono::milliseconds>(*value).count() <= 0) {
+        problems.add(*node, "cell." + std::string(wait.key),
+                     value ? "must be longer than zero" : value.error().message);
+      } else {
+        *wait.value = std::get<std::chrono::milliseconds>(*value);
+      }
+    }
+  }
+  if (cell.backoff_initial > cell.backoff_max) {
+    problems.add(*table, "cell.backoff_initial", "must not be longer than backoff_max");
+  }
+  site.cell = std::move(cell);
+}
+
+// The [project] table of a server's kit.
+void read_project(const toml::table& root, SiteConfig& site, Problems& problems) {
+  const auto* table = sub_table(root, "project", "project", problems);
+  if (table == nullptr) {
+    return;
+  }
+  reject_unknown(*table, {"name", "sites", "admins"}, "project.", problems);
+  ProjectSettings project;
+  project.name = string_value(*table, "name", "project.name", problems).value_or("");
+  for (auto [key, out] : {std::pair{"sites", &project.sites}, std::pair{"admins", &project.admins}}) {
+    if (const auto* node = table->get(key)) {
+      auto value = option_from_toml(*node, OptionType::string_list, Substitutions{});
+      if (value) {
+        *out = std::get<std::vector<std::string>>(*value);
+      } else {
+        problems.add(*node, "project." + std::string(key), value.error().message);
+      }
+    }
+  }
+  site.project = std::move(project);
+}
+
 Result<SiteConfig> parse_site(std::string_view text, const std::string& name, const fs::path& base) {
   auto parsed = parse_toml(text, name);
   if (!parsed) {
@@ -489,13 +613,26 @@ Result<SiteConfig> parse_site(std::string_view text, const std::string& name, co
   SiteConfig site;
   site.file = name;
   check_schema_version(root, problems);
-  reject_unknown(root, {"schema_version", "site", "plugins", "log"}, "", problems);
+  reject_unknown(root, {"schema_version", "site", "plugins", "log", "cell", "project"}, "", problems);
   // A site file is read before any job exists: only {site} means something in it.
   Substitutions subs{"local", std::nullopt, std::nullopt};
   if (const auto* table = sub_table(root, "site", "site", problems)) {
-    reject_unknown(*table, {"name", "workspace", "umask"}, "site.", problems);
+    reject_unknown(*table, {"name", "workspace", "umask", "role"}, "site.", problems);
+    if (auto role = string_value(*table, "role", "site.role", problems)) {
+      if (*role == "server" || *role == "client" || *role == "admin") {
+        site.role = *role;
+      } else {
+        problems.add(*table->get("role"), "site.role", "expected \"server\", \"client\" or \"admin\"");
+      }
+    }
     if (auto site_name = string_value(*table, "name", "site.name", problems)) {
-      if (valid_id(*site_name)) {
+      // An admin is named as provisioned, e-mail style ("ops@example.org"); a site's name is an id.
+      bool admin_name = site.role == "admin" && !site_name->empty() && site_name->size() <= 128 &&
+                        std::all_of(site_name->begin(), site_name->end(), [](char c) {
+                          return std::isalnum(static_cast<unsigned char>(c)) || c == '@' || c == '.' ||
+                                 c == '_' || c == '-';
+                        });
+      if (valid_id(*site_name) || admin_name) {
         site.name = *site_name;
       } else {
         problems.add(*table->get("name"), "site.name", "invalid site name (want [A-Za-z0-9_-]{1,64})");
@@ -540,6 +677,8 @@ Result<SiteConfig> parse_site(std::string_view text, const std::string& name, co
     }
   }
   read_log(root, site.log, problems);
+  read_cell(root, base, site, problems);
+  read_project(root, site, problems);
   if (!problems.empty()) {
     return fail(problems.error());
   }

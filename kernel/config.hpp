@@ -65,6 +65,31 @@ struct JobConfig {
   const ComponentConfig* component(std::string_view id) const;
 };
 
+/// A site file's [cell] table: how this process joins the cell network (docs/config-reference.md). Paths
+/// are resolved against the file's folder; durations and sizes keep their defaults when absent.
+struct CellSettings {
+  std::string listen;           ///< the server's listening address ("0.0.0.0:8002")
+  std::string server;           ///< where a site or admin reaches the server ("host:8002")
+  std::string server_name;      ///< the name the server's certificate must carry
+  std::string internal_listen;  ///< a site's listener for its jobs and trainers ("127.0.0.1:0")
+  std::filesystem::path ca, cert, key;
+  bool insecure = false;  ///< clear text: only when said, and warned about at every start
+  std::uint64_t packet_bytes = 4u << 20;
+  std::uint64_t max_message_bytes = 4ull << 30;
+  std::chrono::milliseconds connect_timeout{5000};
+  std::chrono::milliseconds keepalive{10000};
+  std::chrono::milliseconds keepalive_timeout{5000};
+  std::chrono::milliseconds backoff_initial{200};
+  std::chrono::milliseconds backoff_max{5000};
+};
+
+/// A server's [project] table: who belongs to the federation.
+struct ProjectSettings {
+  std::string name;
+  std::vector<std::string> sites;
+  std::vector<std::string> admins;
+};
+
 /// A site: what belongs to the machine rather than to a job.
 struct SiteConfig {
   std::filesystem::path file;
@@ -73,6 +98,9 @@ struct SiteConfig {
   std::optional<unsigned> umask;                    ///< [site] umask for a run's files; empty: 0077
   std::vector<std::filesystem::path> plugin_paths;  ///< resolved against the file's folder
   LogSettings log;
+  std::string role;                        ///< [site] role: "server", "client", "admin", or empty
+  std::optional<CellSettings> cell;        ///< [cell], when the file has one (a startup kit's kit.toml)
+  std::optional<ProjectSettings> project;  ///< [project] (a server's kit)
 };
 
 /// Loads `path` (a job folder holding job.toml, or the file itself) and validates it against `registry`.

@@ -13,6 +13,7 @@
 #include <toml++/toml.h>
 
 #include "cli.hpp"
+#include "config.hpp"
 #include "exit_codes.hpp"
 #include "expect_error.hpp"
 #include "provision/certs.hpp"
@@ -467,6 +468,64 @@ TEST_F(Kits, KitTomlParsesAndSaysWhereToConnect) {
   project_.server_hosts = {"::1"};
   auto v6 = toml::parse(kit_toml(project_, "site-1"));
   EXPECT_EQ(v6["cell"]["server"].value<std::string>(), "[::1]:9443");
+}
+
+// Every kit.toml is a site file the kernel reads: its [cell] settings resolve against the kit's folder.
+TEST_F(Kits, EveryKitIsASiteFileTheKernelReads) {
+  fs::path out = dir_.path() / "kits";
+  ASSERT_TRUE(write_kits(project_, out, false));
+  auto server = kernel::load_site(out / "server" / "kit.toml");
+  ASSERT_TRUE(server) << server.error().message;
+  EXPECT_EQ(server->name, "server");
+  EXPECT_EQ(server->role, "server");
+  ASSERT_TRUE(server->cell);
+  EXPECT_EQ(server->cell->listen, "0.0.0.0:9443");
+  EXPECT_EQ(server->cell->ca, out / "server" / "ca.crt");
+  EXPECT_EQ(server->cell->key, out / "server" / "cert.key");
+  EXPECT_FALSE(server->cell->insecure);
+  ASSERT_TRUE(server->project);
+  EXPECT_EQ(server->project->sites, (std::vector<std::string>{"site-1", "site-2"}));
+  EXPECT_EQ(server->project->admins, (std::vector<std::string>{"ops@example.org"}));
+  auto site = kernel::load_site(out / "site-1" / "kit.toml");
+  ASSERT_TRUE(site) << site.error().message;
+  EXPECT_EQ(site->role, "client");
+  EXPECT_EQ(site->cell->server, "fl.example.org:9443");
+  EXPECT_EQ(site->cell->server_name, "server");
+  EXPECT_EQ(site->cell->internal_listen, "127.0.0.1:0");
+  EXPECT_EQ(site->cell->cert, out / "site-1" / "cert.crt");
+  auto admin = kernel::load_site(out / "ops@example.org" / "kit.toml");
+  ASSERT_TRUE(admin) << admin.error().message;
+  EXPECT_EQ(admin->name, "ops@example.org");
+  EXPECT_EQ(admin->role, "admin");
+}
+
+TEST(SiteCellTable, BadValuesAreNamedAndClearTextIsExplicit) {
+  test::TempDir dir;
+  auto bad =
+      dir.write("site.toml",
+                "schema_version = 1\n[site]\nname = \"s\"\nrole = \"boss\"\n[cell]\nserver = \"nohost\"\n"
+                "packet_bytes = 12\nkeepalive = \"0s\"\nca = \"ca.crt\"\nbogus = 1\n");
+  auto loaded = kernel::load_site(bad);
+  ASSERT_FALSE(loaded);
+  const auto& m = loaded.error().message;
+  EXPECT_THAT(m, ::testing::HasSubstr("site.role: expected \"server\", \"client\" or \"admin\""));
+  EXPECT_THAT(m, ::testing::HasSubstr("cell.server: expected HOST:PORT"));
+  EXPECT_THAT(m, ::testing::HasSubstr("cell.packet_bytes: expected an integer from 65536"));
+  EXPECT_THAT(m, ::testing::HasSubstr("cell.keepalive: must be longer than zero"));
+  EXPECT_THAT(m, ::testing::HasSubstr("cell.ca: ca, cert and key are given together"));
+  EXPECT_THAT(m, ::testing::HasSubstr("cell.bogus"));
+  auto bare = dir.write("bare.toml", "schema_version = 1\n[site]\nname = \"s\"\n[cell]\nserver = \"h:1\"\n");
+  auto refused = kernel::load_site(bare);
+  ASSERT_FALSE(refused);
+  EXPECT_THAT(refused.error().message, ::testing::HasSubstr("insecure = true"));
+  auto clear =
+      dir.write("clear.toml",
+                "schema_version = 1\n[site]\nname = \"s\"\n[cell]\nserver = \"h:1\"\ninsecure = true\n"
+                "keepalive = \"2s\"\n");
+  auto ok = kernel::load_site(clear);
+  ASSERT_TRUE(ok) << ok.error().message;
+  EXPECT_TRUE(ok->cell->insecure);
+  EXPECT_EQ(ok->cell->keepalive, std::chrono::seconds(2));
 }
 
 TEST_F(Kits, AnExistingFolderIsReplacedOnlyWithForceAndOnlyIfItIsAnEarlierOutput) {
