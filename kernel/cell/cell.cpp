@@ -17,6 +17,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "cell/codec.hpp"
 #include "tls_files.hpp"
 #include "transport.hpp"
 #include "wire/frame.hpp"
@@ -30,8 +31,8 @@ using wire::Op;
 namespace {
 
 // Routing headers on a message's first frame; an application's own headers may not use the prefix.
-constexpr std::string_view h_from = "cell.from";
-constexpr std::string_view h_to = "cell.to";
+constexpr std::string_view h_from = header_from;
+constexpr std::string_view h_to = header_to;
 constexpr std::string_view h_rc = "cell.rc";
 constexpr std::string_view h_reason = "cell.reason";
 constexpr std::string_view h_ttl = "cell.ttl_ms";
@@ -73,15 +74,6 @@ bool is_self_or_under(std::string_view name, std::string_view ancestor) {
 
 std::string ms_text(milliseconds ms) {
   return std::to_string(ms.count()) + " ms";
-}
-
-const std::string* find_header(const wire::Headers& headers, std::string_view key) {
-  for (const auto& [k, v] : headers) {
-    if (k == key) {
-      return &v;
-    }
-  }
-  return nullptr;
 }
 
 // Encodes one frame into a packet string: head, payload and trailer copied once, checksummed once.
@@ -141,68 +133,6 @@ class PacketPool {
 
 }  // namespace
 
-std::string_view to_string(Rc rc) noexcept {
-  switch (rc) {
-    case Rc::ok:
-      return "ok";
-    case Rc::timeout:
-      return "timeout";
-    case Rc::unreachable:
-      return "unreachable";
-    case Rc::too_big:
-      return "too_big";
-    case Rc::unauthenticated:
-      return "unauthenticated";
-    case Rc::shutting_down:
-      return "shutting_down";
-    case Rc::no_handler:
-      return "no_handler";
-    case Rc::handler_error:
-      return "handler_error";
-    case Rc::malformed:
-      return "malformed";
-    case Rc::cancelled:
-      return "cancelled";
-  }
-  return "unknown";
-}
-
-std::optional<Rc> rc_from_string(std::string_view text) noexcept {
-  for (int i = 0; i <= static_cast<int>(Rc::cancelled); ++i) {
-    if (to_string(static_cast<Rc>(i)) == text) {
-      return static_cast<Rc>(i);
-    }
-  }
-  return std::nullopt;
-}
-
-const std::string* Message::header(std::string_view key) const {
-  return find_header(headers, key);
-}
-
-bool valid_fqcn(std::string_view name) noexcept {
-  if (name.empty() || name.size() > 255) {
-    return false;
-  }
-  bool part_empty = true;
-  for (char c : name) {
-    if (c == '.') {
-      if (part_empty) {
-        return false;
-      }
-      part_empty = true;
-      continue;
-    }
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
-              c == '-' || c == '@';
-    if (!ok) {
-      return false;
-    }
-    part_empty = false;
-  }
-  return !part_empty;
-}
-
 // ---------------------------------------------------------------------------------------------------------
 
 // One link to a peer: the outbound queues and their writer thread, the peer's partial messages, and the
@@ -226,16 +156,9 @@ struct Link {
   std::atomic<std::int64_t> last_write_ms{0};
 
   // Reader-thread state, guarded by `mutex` as well (housekeeping prunes it).
-  struct Partial {
-    Message message;
-    Op op = Op::cell_notify;
-    std::uint64_t req_id = 0;
-    std::uint64_t total = 0;
-    std::uint32_t next_chunk = 0;
-    bool discard = false;  // too big: its chunks are dropped until the last
-    Clock::time_point touched;
-  };
-  std::unordered_map<std::uint64_t, Partial> partials;
+  Assembler assembler;
+
+  explicit Link(std::uint64_t max_message) : assembler(max_message, max_partials) {}
   struct Forward {
     std::weak_ptr<Link> to;
     std::uint32_t next_chunk = 0;
@@ -886,14 +809,15 @@ class CellImpl {
   }
 
   // One frame from `link` (its reader thread). The frame string may be moved on (relayed as is).
-  void on_frame(const std::shared_ptr<Link>& link, std::string& packet) {
+  void on_frame(const std::shared_ptr<Link>& link, std::string& bytes) {
     link->last_contact_ms = now_ms();
-    auto decoded = wire::decode_frame(bytes_of(packet), limits_);
+    auto decoded = decode_packet(bytes_of(bytes), limits_);
     if (!decoded) {
       malformed(*link, decoded.error().message);
       return;
     }
-    const auto& frame = *decoded;
+    const auto& packet = *decoded;
+    const auto& frame = packet.frame;
     const auto& fh = frame.header;
     {
       std::lock_guard lock(link->mutex);
@@ -902,70 +826,33 @@ class CellImpl {
     if (fh.op == Op::heartbeat) {
       return;
     }
-    if (fh.op != Op::cell_request && fh.op != Op::cell_reply && fh.op != Op::cell_notify) {
-      malformed(*link, "unexpected " + std::string(wire::to_string(fh.op)) + " on an open link");
+    if (!packet.first()) {
+      on_chunk(link, bytes, packet);
       return;
     }
-    if ((fh.flags & wire::flags::first) == 0) {
-      on_chunk(link, packet, frame);
-      return;
-    }
-    const auto* from = frame.header_value(h_from);
-    const auto* to = frame.header_value(h_to);
-    if (from == nullptr || to == nullptr || !valid_fqcn(*from) || !valid_fqcn(*to)) {
-      malformed(*link, "msg_id " + std::to_string(fh.msg_id) + ": missing or invalid cell.from / cell.to");
-      return;
-    }
-    if (!link->parent && !is_self_or_under(*from, link->peer)) {
+    const std::string& from = *packet.from;
+    const std::string& to = *packet.to;
+    if (!link->parent && !is_self_or_under(from, link->peer)) {
       // A child speaks only for itself and the cells below it.
       logger_->warn("cell '" + config_.fqcn + "': '" + link->peer + "' sent a message claiming to be from '" +
-                    *from + "'; dropped");
+                    from + "'; dropped");
       return;
     }
     auto now = Clock::now();
-    if (*to == config_.fqcn) {
-      Link::Partial partial;
-      partial.op = fh.op;
-      partial.req_id = fh.req_id;
-      partial.total = fh.total_len;
-      partial.message.from = *from;
-      partial.message.to = *to;
-      partial.message.topic = std::string(frame.topic);
-      partial.message.headers = frame.headers;
-      std::erase_if(partial.message.headers,
-                    [](const auto& h) { return h.first == h_from || h.first == h_to; });
-      partial.touched = now;
-      if (fh.total_len > config_.max_message_bytes) {
-        partial.discard = true;
-        if (fh.op == Op::cell_request) {
-          reply_to(*from, fh.msg_id,
-                   Reply::error(Rc::too_big, "'" + config_.fqcn + "' accepts messages up to " +
-                                                 std::to_string(config_.max_message_bytes) +
-                                                 " bytes, this has " + std::to_string(fh.total_len)),
-                   now + config_.stall_timeout);
-        }
-      } else {
-        // Reserved whole up to 1 GiB (address space, touched as it fills), so a large message is not copied
-        // again each time its buffer doubles.
-        try {
-          partial.message.payload.reserve(std::min<std::uint64_t>(fh.total_len, 1u << 30));
-        } catch (const std::bad_alloc&) {
-          partial.message.payload.reserve(64u << 20);
-        }
-      }
-      append(link, fh.msg_id, std::move(partial), frame);
+    if (to == config_.fqcn) {
+      assemble(link, packet, now);
       return;
     }
     // Relay.
     std::string why;
-    auto next = route(*to, why);
+    auto next = route(to, why);
     if (next == link) {
       next = nullptr;
-      why = "'" + config_.fqcn + "' has no route to '" + *to + "' but back where it came from";
+      why = "'" + config_.fqcn + "' has no route to '" + to + "' but back where it came from";
     }
     if (!next) {
       if (fh.op == Op::cell_request) {
-        reply_to(*from, fh.msg_id, Reply::error(Rc::unreachable, why), now + config_.stall_timeout);
+        reply_to(from, fh.msg_id, Reply::error(Rc::unreachable, why), now + config_.stall_timeout);
       }
       std::lock_guard lock(link->mutex);
       if ((fh.flags & wire::flags::last) == 0) {
@@ -982,21 +869,21 @@ class CellImpl {
         }
       }
       std::lock_guard lock(mutex_);
-      relays_[fh.msg_id] = RelayEntry{*from, next, now + ttl};
+      relays_[fh.msg_id] = RelayEntry{from, next, now + ttl};
     } else if (fh.op == Op::cell_reply) {
       std::lock_guard lock(mutex_);
       relays_.erase(fh.req_id);
     }
     bool last = (fh.flags & wire::flags::last) != 0;
-    bool control = last && (fh.flags & wire::flags::control) != 0 && packet.size() <= control_bytes;
+    bool control = last && (fh.flags & wire::flags::control) != 0 && bytes.size() <= control_bytes;
     std::uint64_t msg_id = fh.msg_id;
     if (!last) {
       std::lock_guard lock(link->mutex);
       link->forwards[msg_id] = Link::Forward{next, 1, false, now};
     }
-    auto queued = enqueue(*next, std::move(packet), control, now + config_.stall_timeout, {});
+    auto queued = enqueue(*next, std::move(bytes), control, now + config_.stall_timeout, {});
     if (!queued.ok()) {
-      relay_failed(link, msg_id, *from, fh.op, queued.reason);
+      relay_failed(link, msg_id, from, fh.op, queued.reason);
     }
   }
 
@@ -1021,12 +908,12 @@ class CellImpl {
   }
 
   // A frame after the first of a multi-frame message: appended here, or relayed after its first frame.
-  void on_chunk(const std::shared_ptr<Link>& link, std::string& packet, const wire::FrameView& frame) {
-    const auto& fh = frame.header;
+  void on_chunk(const std::shared_ptr<Link>& link, std::string& bytes, const Packet& packet) {
+    const auto& fh = packet.frame.header;
     std::unique_lock lock(link->mutex);
-    if (auto it = link->partials.find(fh.msg_id); it != link->partials.end()) {
+    if (link->assembler.has(fh.msg_id)) {
       lock.unlock();
-      append(link, fh.msg_id, std::nullopt, frame);
+      assemble(link, packet, Clock::now());
       return;
     }
     auto it = link->forwards.find(fh.msg_id);
@@ -1063,73 +950,39 @@ class CellImpl {
     if (!next) {
       return;
     }
-    auto queued = enqueue(*next, std::move(packet), false, Clock::now() + config_.stall_timeout, {});
+    auto queued = enqueue(*next, std::move(bytes), false, Clock::now() + config_.stall_timeout, {});
     if (!queued.ok()) {
       relay_failed(link, fh.msg_id, "a peer", Op::cell_notify, queued.reason);
     }
   }
 
-  // Adds a frame's payload to the message being assembled (`start` for its first frame).
-  void append(const std::shared_ptr<Link>& link, std::uint64_t msg_id, std::optional<Link::Partial> start,
-              const wire::FrameView& frame) {
-    const auto& fh = frame.header;
+  // A frame of a message addressed to this cell: assembled, and delivered once complete.
+  void assemble(const std::shared_ptr<Link>& link, const Packet& packet, Clock::time_point now) {
+    const auto& fh = packet.frame.header;
     std::unique_lock lock(link->mutex);
-    if (start) {
-      if (link->partials.size() >= max_partials) {
-        lock.unlock();
-        malformed(*link, "msg_id " + std::to_string(msg_id) + ": more than " + std::to_string(max_partials) +
-                             " messages in progress at once; dropped");
-        return;
-      }
-      link->partials[msg_id] = std::move(*start);
-    }
-    auto it = link->partials.find(msg_id);
-    if (it == link->partials.end()) {
-      return;
-    }
-    auto& partial = it->second;
-    bool last = (fh.flags & wire::flags::last) != 0;
-    if (fh.chunk_index != partial.next_chunk || fh.total_len != partial.total) {
-      link->partials.erase(it);
+    auto outcome = link->assembler.add(packet, now);
+    if (!outcome) {
       lock.unlock();
-      malformed(*link, "msg_id " + std::to_string(msg_id) + ": chunk " + std::to_string(fh.chunk_index) +
-                           " does not continue its message; the message is dropped");
+      malformed(*link, outcome.error().message);
       return;
     }
-    partial.next_chunk++;
-    partial.touched = Clock::now();
-    if (!partial.discard) {
-      if (partial.message.payload.size() + fh.payload_len > partial.total) {
-        link->partials.erase(it);
-        lock.unlock();
-        malformed(*link, "msg_id " + std::to_string(msg_id) + ": more payload than its total_len");
-        return;
+    if (*outcome == Assembler::Outcome::too_big) {
+      lock.unlock();
+      if (fh.op == Op::cell_request) {
+        reply_to(*packet.from, fh.msg_id,
+                 Reply::error(Rc::too_big, "'" + config_.fqcn + "' accepts messages up to " +
+                                               std::to_string(config_.max_message_bytes) +
+                                               " bytes, this has " + std::to_string(fh.total_len)),
+                 now + config_.stall_timeout);
       }
-      try {
-        partial.message.payload.insert(partial.message.payload.end(), frame.payload.begin(),
-                                       frame.payload.end());
-      } catch (const std::bad_alloc&) {
-        link->partials.erase(it);
-        lock.unlock();
-        logger_->error("cell '" + config_.fqcn + "': out of memory assembling msg_id " +
-                       std::to_string(msg_id) + " from '" + link->peer + "'; dropped");
-        return;
-      }
-    }
-    if (!last) {
       return;
     }
-    Link::Partial done = std::move(partial);
-    link->partials.erase(it);
+    if (*outcome != Assembler::Outcome::done) {
+      return;
+    }
+    auto done = link->assembler.take();
     lock.unlock();
-    if (done.discard) {
-      return;
-    }
-    if (done.message.payload.size() != done.total) {
-      malformed(*link, "msg_id " + std::to_string(msg_id) + ": ended short of its total_len");
-      return;
-    }
-    deliver(done.op, msg_id, done.req_id, std::move(done.message), link.get());
+    deliver(done.op, done.msg_id, done.req_id, std::move(done.message), link.get());
   }
 
   // --- links ---
@@ -1203,7 +1056,7 @@ class CellImpl {
     {
       std::lock_guard lock(link->mutex);
       link->stream = nullptr;
-      link->partials.clear();
+      link->assembler.clear();
       link->forwards.clear();
     }
     std::vector<std::shared_ptr<Pending>> broken;
@@ -1349,7 +1202,7 @@ class CellImpl {
       }
       return;
     }
-    auto link = std::make_shared<Link>();
+    auto link = std::make_shared<Link>(config_.max_message_bytes);
     link->peer = claim.fqcn;
     link->address = claim.address;
     link->stream = &stream;
@@ -1510,7 +1363,7 @@ class CellImpl {
       set_parent_error(text, true);
       return Attempt::failed;
     }
-    auto link = std::make_shared<Link>();
+    auto link = std::make_shared<Link>(config_.max_message_bytes);
     link->peer = parent_name != nullptr ? *parent_name : config_.parent;
     link->address = config_.parent;
     link->parent = true;
@@ -1576,8 +1429,7 @@ class CellImpl {
       }
       for (auto& link : links) {
         std::lock_guard lock(link->mutex);
-        std::erase_if(link->partials,
-                      [&](const auto& p) { return now - p.second.touched > config_.stall_timeout; });
+        link->assembler.prune(now - config_.stall_timeout);
         std::erase_if(link->forwards,
                       [&](const auto& p) { return now - p.second.touched > config_.stall_timeout; });
       }

@@ -3,8 +3,8 @@
 #
 #   tests/fuzz/run_fuzz.sh [--build-dir DIR] [--time SECONDS] [--fuzzer PATH] TARGET [-- LIBFUZZER_ARGS...]
 #
-# TARGET is config (job and site config loading), frame (the frame codec) or safetensors (the safetensors
-# reader); with --fuzzer it may be left out when the executable is named TARGET_fuzz. Without --fuzzer it
+# TARGET is config (job and site config loading), frame (the frame codec), safetensors (the safetensors
+# reader) or cell (the cell network's decoder and reassembly); with --fuzzer it may be left out when the executable is named TARGET_fuzz. Without --fuzzer it
 # configures DIR (default: build-fuzz at the top of the source tree) if needed, with
 #   CXX=clang++ meson setup DIR --wrap-mode=nodownload -Dfuzz=true -Dtests=enabled -Dbench=disabled -Db_lundef=false
 # and builds the TARGET_fuzz target in it. The fuzzer runs on a copy of the seed corpus (corpus/TARGET/) in a
@@ -41,7 +41,7 @@ if [ -z "$target" ] && [ -n "$fuzzer" ]; then
   target=$(basename "$fuzzer" _fuzz)
 fi
 if [ -z "$target" ]; then
-  echo "run_fuzz.sh: which target? config, frame or safetensors (try --help)" >&2
+  echo "run_fuzz.sh: which target? config, frame, safetensors or cell (try --help)" >&2
   exit 2
 fi
 if [ ! -d "$here/corpus/$target" ]; then
