@@ -356,6 +356,9 @@ TEST_P(JobE2E, ATrainerWithAWrongTokenIsReportedAsRefused) {
 }
 
 TEST_P(JobE2E, TwoSitesGivenOnePipeAddressAreRefusedNamingIt) {
+  if (GetParam() == "pipe.cell") {
+    GTEST_SKIP() << "pipe.cell has no shared address: each job end listens on a port of its own";
+  }
   auto address = GetParam() == "pipe.socket" ? "unix:" + (dir_.path() / "shared.sock").string()
                                              : (dir_.path() / "shared-pipe").string();
   auto run = simulate(write_job({.launch = "5s", .address = address}));
@@ -481,8 +484,8 @@ INSTANTIATE_TEST_SUITE_P(Pipes, HelloJob, ::testing::Values("job.toml", "file-pi
                          [](const auto& p) { return p.param == "job.toml" ? "socket" : "file"; });
 #endif
 
-INSTANTIATE_TEST_SUITE_P(Pipes, JobE2E, ::testing::Values("pipe.socket", "pipe.file"),
-                         [](const auto& p) { return p.param == "pipe.socket" ? "socket" : "file"; });
+INSTANTIATE_TEST_SUITE_P(Pipes, JobE2E, ::testing::Values("pipe.socket", "pipe.file", "pipe.cell"),
+                         [](const auto& p) { return p.param.substr(5); });
 
 }  // namespace
 }  // namespace ember

@@ -90,8 +90,9 @@ class CellEndpoint final : public PipeEndpoint {
       return cell::Reply{};
     });
     cell_->handle(close_topic, [this](const cell::Message& m) {
-      if (m.from == peer_) {
-        std::lock_guard lock(mutex_);
+      std::lock_guard guard(mutex_);
+      // A would-be peer the screen refused (a stranger under the trainer's name) does not end the pipe.
+      if (m.from == peer_ && (side_ == PipeSide::trainer || attached_)) {
         peer_closed_ = true;
         changed_.notify_all();
       }
@@ -182,6 +183,10 @@ class CellEndpoint final : public PipeEndpoint {
     std::unique_lock lock(mutex_);
     if (side_ == PipeSide::job && !attached_) {
       if (admit_ && !admit_(as_span(m.payload))) {
+        // As a socket drops a connection it does not admit: the would-be peer is told the pipe is closed
+        // to it, so it gives up at once instead of waiting for an answer.
+        lock.unlock();
+        cell_->notify(peer_, close_topic, {{"reason", "not admitted"}}, {}, 1s, {}, cell::Lane::ordered);
         return cell::Reply::error(cell::Rc::unauthenticated, "pipe.cell: the first frame was not admitted");
       }
       attached_ = true;
@@ -254,8 +259,12 @@ class CellPipe final : public Pipe {
     const auto& o = context.options();
     const auto* job = context.registry().job();
     Settings s;
-    s.site = job != nullptr && !job->site.empty() ? job->site : std::string("local");
-    s.job_id = job != nullptr && !job->job_id.empty() ? job->job_id : context.instance();
+    s.site = !o.string("site").empty()              ? o.string("site")
+             : job != nullptr && !job->site.empty() ? job->site
+                                                    : std::string("local");
+    s.job_id = !o.string("job_id").empty()              ? o.string("job_id")
+               : job != nullptr && !job->job_id.empty() ? job->job_id
+                                                        : context.instance();
     s.channel = o.string("channel");
     s.site_address = o.string("site_address");
     s.listen = o.string("listen");
@@ -413,6 +422,9 @@ constexpr OptionSpec cell_options[] = {
     {"listen", OptionType::string, "127.0.0.1:0",
      "where a self-hosted job end listens (HOST:PORT, port 0: ephemeral); loopback unless TLS files are "
      "given"},
+    {"site", OptionType::string, "",
+     "the site's name in the cell names (default: the job's site; for a trainer started by hand)"},
+    {"job_id", OptionType::string, "", "the job's id in the cell names (default: the running job's id)"},
     {"channel", OptionType::string, "trainer",
      "the trainer's name under the job (its FQCN is <site>.<job_id>.<channel>); one per trainer of a job"},
     {"token_file", OptionType::string, "",
