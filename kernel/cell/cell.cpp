@@ -610,7 +610,13 @@ class CellImpl {
     std::string why;
     auto link = route(to, why);
     if (!link) {
-      return Reply::error(Rc::unreachable, why);
+      // The way up is closed to this cell (refused at the hello): its requests are unauthenticated.
+      bool refused = false;
+      {
+        std::lock_guard lock(mutex_);
+        refused = parent_refused_ && !parent_ && !config_.parent.empty() && !is_under(to, config_.fqcn);
+      }
+      return Reply::error(refused ? Rc::unauthenticated : Rc::unreachable, why);
     }
     if (via != nullptr) {
       *via = link;
@@ -1360,6 +1366,10 @@ class CellImpl {
       std::string text = "refused by '" + (parent_name != nullptr ? *parent_name : config_.parent) +
                          "': " + (reason != nullptr ? *reason : std::string("no reason given"));
       event(LinkEvent::Kind::refused, parent_name != nullptr ? *parent_name : config_.parent, text);
+      {
+        std::lock_guard lock(mutex_);
+        parent_refused_ = true;
+      }
       set_parent_error(text, true);
       return Attempt::failed;
     }
@@ -1376,6 +1386,7 @@ class CellImpl {
       }
       parent_ = link;
       parent_error_.clear();
+      parent_refused_ = false;
     }
     parent_cv_.notify_all();
     logger_->info("cell '" + config_.fqcn + "': linked to '" + link->peer + "' at " + config_.parent);
@@ -1454,6 +1465,7 @@ class CellImpl {
   std::shared_ptr<Stream> dialing_;
   std::shared_ptr<Link> parent_;
   std::string parent_error_ = "not connected yet";
+  bool parent_refused_ = false;  // the parent's last answer was CELL_REFUSED
   std::map<std::string, std::shared_ptr<Link>> children_;
   std::map<std::string, PeerInfo> seen_children_;
   std::map<std::string, Handler> handlers_;

@@ -327,6 +327,10 @@ TEST(Cell, ServerAdmitsOnlyTheProjectsSites) {
   EXPECT_FALSE((*no)->wait_parent(1s));
   EXPECT_NE((*no)->parent_error().find("not a site of this project"), std::string::npos)
       << (*no)->parent_error();
+  // Its requests fail as unauthenticated, with the parent's reason.
+  auto r = (*no)->request("server", "echo", {}, {}, 1s);
+  EXPECT_EQ(r.rc, Rc::unauthenticated) << r.reason;
+  EXPECT_NE(r.reason.find("not a site of this project"), std::string::npos) << r.reason;
 }
 
 TEST(Cell, TooBigMessagesAreTypedErrors) {
