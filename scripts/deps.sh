@@ -6,6 +6,7 @@ EMBER_PACKAGES=(
   meson ninja-build pkg-config g++ ccache python3
   libboost-dev libtomlplusplus-dev libspdlog-dev libfmt-dev libexpected-dev libcli11-dev nlohmann-json3-dev
   libssl-dev libtorch-dev libelf-dev
+  pybind11-dev python3-dev python3-numpy python3-torch libdlpack-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang clang-format libclang-rt-14-dev
 )

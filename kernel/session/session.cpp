@@ -24,6 +24,7 @@ bool control_lane(Op op) {
     case Op::result_accepted:
     case Op::result_rejected:
     case Op::heartbeat:
+    case Op::log:  // a metric never waits behind a large result's chunks
     case Op::abort:
     case Op::shutdown:
     case Op::ack:
