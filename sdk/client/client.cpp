@@ -299,6 +299,9 @@ class Client {
 
   Result<void> clear(std::string_view reason) {
     std::unique_lock lock(mutex_);
+    if (initialized_ && !task_msg_) {
+      return ok();  // nothing to decline (always so on ranks other than 0)
+    }
     if (auto usable = check_usable(); !usable) {
       return fail(std::move(usable.error()));
     }
