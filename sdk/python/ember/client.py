@@ -22,13 +22,14 @@ docs/client-api.md lists every call and each departure from the FLARE Client API
 
 import atexit
 import enum
-import json
 import os
 import sys
 import time
-import traceback
 
 from . import _client
+
+# json and traceback are imported where they are used: a trainer's start to SESSION_READY does not wait
+# for them (nor for numpy, nor torch).
 
 __all__ = [
     "AnalyticsDataType", "EmberError", "FLModel", "LogKind", "ParamsType",
@@ -145,6 +146,7 @@ def _require_init():
 def _excepthook(exc_type, exc, tb):
     # An unhandled error ends the session cleanly: the job's task fails with the error's text (the site
     # reports it), instead of waiting for a trainer that is gone.
+    import traceback
     where = ""
     frames = traceback.extract_tb(tb) if tb is not None else []
     if frames:
@@ -299,6 +301,7 @@ def send(model, clear_cache=True):
     params_type = model.params_type or ParamsType.FULL
     params_type = ParamsType(getattr(params_type, "value", params_type)).value
     metrics = {str(k): _metric_value(k, v) for k, v in (model.metrics or {}).items()}
+    import json
     meta = {}
     for k, v in (model.meta or {}).items():
         meta[str(k)] = v if isinstance(v, str) else json.dumps(v, default=str)
@@ -353,6 +356,7 @@ def system_info():
 def get_config():
     """The job's [trainer_config] table, as a dict ({} when the job has none)."""
     _require_init()
+    import json
     return json.loads(_client.get_config())
 
 
