@@ -21,7 +21,6 @@ docs/client-api.md lists every call and each departure from the FLARE Client API
 """
 
 import atexit
-import enum
 import os
 import sys
 import time
@@ -45,14 +44,16 @@ EmberError = _client.EmberError
 _WAIT_STEP_S = 0.1
 
 
-class ParamsType(str, enum.Enum):
+# Plain string constants rather than enum.Enum (whose import alone costs a trainer's start about 5 ms):
+# they compare equal to the strings the wire and FLARE scripts use.
+class ParamsType:
     """Whether params are the whole model or a difference to the one received."""
 
     FULL = "FULL"
     DIFF = "DIFF"
 
 
-class LogKind(str, enum.Enum):
+class LogKind:
     """What log() records. The names follow FLARE's AnalyticsDataType."""
 
     SCALAR = "SCALAR"
@@ -213,7 +214,7 @@ def _to_model(fields):
         params[tensor.name] = _from_wire(tensor)
         wire[tensor.name] = (tensor.address, tensor.nbytes)
     model = FLModel(
-        params_type=ParamsType(fields["params_type"]),
+        params_type=fields["params_type"],
         params=params,
         metrics=dict(fields["metrics"]),
         current_round=fields["current_round"],
@@ -298,8 +299,9 @@ def send(model, clear_cache=True):
     params = []
     for name, value in (model.params or {}).items():
         params.append(_wire_tensor(str(name), value))
-    params_type = model.params_type or ParamsType.FULL
-    params_type = ParamsType(getattr(params_type, "value", params_type)).value
+    params_type = str(getattr(model.params_type, "value", model.params_type) or ParamsType.FULL)
+    if params_type not in (ParamsType.FULL, ParamsType.DIFF):
+        raise ValueError(f"params_type must be FULL or DIFF, not {model.params_type!r}")
     metrics = {str(k): _metric_value(k, v) for k, v in (model.metrics or {}).items()}
     import json
     meta = {}
@@ -332,14 +334,17 @@ def log(key, value, kind=LogKind.SCALAR, data_type=None, **kwargs):
     other kwargs are accepted and ignored.
     """
     _require_init()
-    kind = LogKind(getattr(data_type or kind, "value", data_type or kind))
+    kind = str(getattr(data_type or kind, "value", data_type or kind)).upper()
     step = kwargs.get("global_step", kwargs.get("step"))
     step = None if step is None else int(step)
-    if kind is LogKind.TEXT:
+    if kind not in (LogKind.SCALAR, LogKind.SCALARS, LogKind.METRIC, LogKind.METRICS, LogKind.TEXT):
+        raise ValueError(f"log('{key}'): kind {kind} is not supported "
+                         "(SCALAR, SCALARS, METRIC, METRICS or TEXT)")
+    if kind == LogKind.TEXT:
         _client.log_text(f"{key}: {value}" if key else str(value))
     elif kind in (LogKind.SCALARS, LogKind.METRICS):
         if not isinstance(value, dict):
-            raise TypeError(f"log('{key}'): {kind.value} takes a dict of numbers")
+            raise TypeError(f"log('{key}'): {kind} takes a dict of numbers")
         for name, v in value.items():
             _client.log_metric(f"{key}/{name}", _metric_value(name, v), step)
     else:
