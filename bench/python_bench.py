@@ -1,16 +1,18 @@
-"""Python trainers against the C++ test trainer, through `ember simulate` (one site, pipe.socket over Unix).
+"""Python trainers against the C++ test trainer, through `ember simulate` (one site, Unix socket).
 
-    /usr/bin/python3 bench/python_bench.py --build BUILD [--runs N] [--rounds R] [--mib M] [--json FILE]
+    /usr/bin/python3 bench/python_bench.py --build BUILD [--runs N] [--rounds R] [--mib M]
+                                           [--json FILE]
 
 Measures, each beside its baseline taken in the same run (cases interleaved, medians):
-  - trainer launch to SESSION_READY (the executor's "ready in" figure): a Python trainer that imports
-    ember.client only (no torch), and ember-test-trainer (C++); beside the interpreter starting and exiting,
-    and starting with `import ember.client`.
-  - a round with an M MiB model (F32, four tensors): both trainers add one to every element into buffers
-    kept across rounds and send them back; the round's wall time, and the same less the trainer's own work
-    (its train_ms metric); beside one copy of the M MiB in this process (the floor of touching the bytes).
-It prints a Markdown table (for docs/BENCHMARKS.md) and, with --json, writes the raw samples. Not a test:
-nothing here passes or fails.
+  - trainer launch to SESSION_READY (the executor's "ready in" figure): a Python trainer that
+    imports ember.client only (no torch), and ember-test-trainer (C++); beside the interpreter
+    starting and exiting, and starting with `import ember.client`.
+  - a round with an M MiB model (F32, four tensors): both trainers add one to every element into
+    buffers kept across rounds and send them back; the round's wall time, and the same less the
+    trainer's own work (its train_ms metric); beside one copy of the M MiB in this process (the
+    floor of touching the bytes).
+It prints a Markdown table (for docs/BENCHMARKS.md) and, with --json, writes the raw samples.
+Not a test: nothing here passes or fails.
 """
 
 import argparse
@@ -95,11 +97,13 @@ type = "pipe.socket"
 
 
 def simulate(ember, job_file, workspace):
-    run = subprocess.run([ember, "simulate", job_file, "--clients", "1", "--workspace", workspace, "--quiet"],
+    run = subprocess.run([ember, "simulate", job_file, "--clients", "1",
+                          "--workspace", workspace, "--quiet"],
                          capture_output=True, text=True, timeout=1800,
                          env=dict(os.environ, EMBER_LOG="info"))
     if run.returncode != 0:
-        sys.exit(f"python_bench.py: ember simulate failed ({run.returncode}):\n{run.stdout}\n{run.stderr}")
+        sys.exit(f"python_bench.py: ember simulate failed ({run.returncode}):\n"
+                 f"{run.stdout}\n{run.stderr}")
     return run.stdout
 
 
@@ -164,11 +168,13 @@ def main():
                     samples[key].append(ready_ms(ws))
             if i:
                 samples["python_exit"].append(time_command(["/usr/bin/python3", "-c", "pass"]))
-                samples["python_import"].append(time_command(["/usr/bin/python3", "-c", "import ember.client"]))
+                samples["python_import"].append(
+                    time_command(["/usr/bin/python3", "-c", "import ember.client"]))
 
         model = os.path.join(work, "model.safetensors")
         write_model(model, args.mib)
-        print(f"python_bench.py: {args.rounds} rounds of {args.mib} MiB with each trainer", file=sys.stderr)
+        print(f"python_bench.py: {args.rounds} rounds of {args.mib} MiB with each trainer",
+              file=sys.stderr)
         for key, command in (("py", ["python3", script]), ("cpp", [cpp_trainer])):
             job_file = job(work, command, args.rounds, model)
             out = simulate(ember, job_file, os.path.join(work, f"ws-round-{key}"))
@@ -190,16 +196,19 @@ def main():
     table = [
         "| Measured | median | Baseline (same run) | median |",
         "|---|---:|---|---:|",
-        f"| launch to SESSION_READY: Python trainer (`import ember.client`, no torch) | {ready_py:.2f} ms "
+        "| launch to SESSION_READY: Python trainer (`import ember.client`, no torch) "
+        f"| {ready_py:.2f} ms "
         f"| C++ test trainer (Client API only) | {ready_cpp:.2f} ms |",
         f"| the Python trainer's overhead over the C++ one | {ready_py - ready_cpp:.2f} ms "
         f"| `python3 -c pass` / `python3 -c 'import ember.client'` (fork, exec, exit) "
         f"| {med(samples['python_exit']):.2f} / {med(samples['python_import']):.2f} ms |",
         f"| one round, {args.mib} MiB model, 1 site, Python trainer (wall) | {py_round:.2f} ms "
         f"| the same with the C++ test trainer | {cpp_round:.2f} ms |",
-        f"| the same, less each trainer's own work (Python / C++) | {py_net:.2f} / {cpp_net:.2f} ms "
-        f"| ratio Python / C++ (wall; less the work) | {py_round / cpp_round:.2f} / {py_net / cpp_net:.2f} |",
-        f"| | | one copy of the {args.mib} MiB in one process (NumPy copyto, the floor) | {med(copies):.2f} ms |",
+        f"| the same, less each trainer's own work (Python / C++) "
+        f"| {py_net:.2f} / {cpp_net:.2f} ms | ratio Python / C++ (wall; less the work) "
+        f"| {py_round / cpp_round:.2f} / {py_net / cpp_net:.2f} |",
+        f"| | | one copy of the {args.mib} MiB in one process (NumPy copyto, the floor) "
+        f"| {med(copies):.2f} ms |",
     ]
     print("\n".join(table))
     if args.json:

@@ -1,4 +1,4 @@
-"""ember.client without a job: tensor conversion for send(), the bfloat16 helpers, and clear errors."""
+"""ember.client without a job: tensor conversion for send(), the bfloat16 helpers, errors."""
 
 import os
 import subprocess
@@ -16,10 +16,10 @@ import ember.client as client  # noqa: E402
 
 class Convert(unittest.TestCase):
     def test_numpy_dtypes_map_to_wire_dtypes(self):
-        for dtype, wire in [(np.bool_, "BOOL"), (np.uint8, "U8"), (np.int8, "I8"), (np.int16, "I16"),
-                            (np.uint16, "U16"), (np.int32, "I32"), (np.uint32, "U32"), (np.int64, "I64"),
-                            (np.uint64, "U64"), (np.float16, "F16"), (np.float32, "F32"),
-                            (np.float64, "F64")]:
+        for dtype, wire in [(np.bool_, "BOOL"), (np.uint8, "U8"), (np.int8, "I8"),
+                            (np.int16, "I16"), (np.uint16, "U16"), (np.int32, "I32"),
+                            (np.uint32, "U32"), (np.int64, "I64"), (np.uint64, "U64"),
+                            (np.float16, "F16"), (np.float32, "F32"), (np.float64, "F64")]:
             a = np.zeros((2, 3), dtype)
             name, got, shape, buf = client._wire_tensor("t", a)
             self.assertEqual((name, got, shape), ("t", wire, [2, 3]))
@@ -43,7 +43,8 @@ class Convert(unittest.TestCase):
         self.assertEqual(client._wire_tensor("b", bf16)[1], "BF16")
         back = client.bfloat16_to_float32(bf16)
         np.testing.assert_array_equal(back[:4], values[:4])
-        self.assertEqual(int(client.float32_to_bfloat16(np.float32(1.00390625)).item()), 0x3F80)  # to even
+        halfway = client.float32_to_bfloat16(np.float32(1.00390625))
+        self.assertEqual(int(halfway.item()), 0x3F80)  # ties go to even
 
     def test_torch_tensors_are_sent_from_their_memory_and_bfloat16_keeps_its_dtype(self):
         try:

@@ -1,5 +1,6 @@
-"""A training script in the FLARE Client API's style that calls only that API's functions: with its import
-line changed, it runs under ember. It writes the tasks it saw to flare-style.txt in its workspace."""
+"""A training script in the FLARE Client API's style that calls only that API's functions: with
+its import line changed, it runs under ember. It writes the tasks it saw to flare-style.txt in its
+workspace."""
 
 import numpy as np
 
@@ -21,7 +22,8 @@ def main():
             continue
         assert flare.is_train() and not flare.is_submit_model()
         params = input_model.params or {"w": np.ones(4, np.float32)}
-        output = {name: (np.asarray(value) * scale).astype(np.float32) for name, value in params.items()}
+        output = {name: (np.asarray(value) * scale).astype(np.float32)
+                  for name, value in params.items()}
         flare.send(flare.FLModel(params=output, params_type="FULL", metrics={"num_samples": 4},
                                  current_round=input_model.current_round))
     flare.clear()

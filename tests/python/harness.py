@@ -1,4 +1,4 @@
-"""What the Python tests share: skipping when a module is missing, writing a job, running ember simulate."""
+"""What the Python tests share: skipping when a module is missing, writing a job, running it."""
 
 import errno
 import json
@@ -58,7 +58,8 @@ def write_job(folder, command, pipe="pipe.socket", rounds=2, min_clients=1, init
         lines.append(f"{k} = {toml_value(v)}")
     if converters:
         lines += ['converters = ["tensors"]', "[components.tensors]", 'type = "converter.torch"']
-    lines += ["[components.launcher]", 'type = "launcher.process"', "[components.pipe]", f'type = "{pipe}"']
+    lines += ["[components.launcher]", 'type = "launcher.process"',
+              "[components.pipe]", f'type = "{pipe}"']
     path = os.path.join(folder, "job.toml")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -68,8 +69,9 @@ def write_job(folder, command, pipe="pipe.socket", rounds=2, min_clients=1, init
 def simulate(job, workspace, clients=2, timeout=240):
     """Runs ember simulate; returns (exit code, stdout, stderr)."""
     ember = os.path.join(BUILD_ROOT, "kernel", "ember")
-    run = subprocess.run([ember, "simulate", job, "--clients", str(clients), "--workspace", workspace,
-                          "--job-id", "py-e2e"], capture_output=True, text=True, timeout=timeout)
+    run = subprocess.run([ember, "simulate", job, "--clients", str(clients),
+                          "--workspace", workspace, "--job-id", "py-e2e"],
+                         capture_output=True, text=True, timeout=timeout)
     return run.returncode, run.stdout, run.stderr
 
 
@@ -82,7 +84,7 @@ def alive(pid):
 
 
 def trainers_left(workspace, clients=2):
-    """The pids of trainers that survived their job (each wrote trainer.pid in its site workspace)."""
+    """The pids of trainers that survived their job (each wrote trainer.pid in its workspace)."""
     left = []
     for i in range(1, clients + 1):
         try:
@@ -104,7 +106,8 @@ def write_safetensors(path, tensors):
     """tensors: name -> (dtype, shape, raw bytes), written in the safetensors layout."""
     header, offset, blobs = {}, 0, []
     for name, (dtype, shape, raw) in tensors.items():
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + len(raw)]}
+        header[name] = {"dtype": dtype, "shape": list(shape),
+                        "data_offsets": [offset, offset + len(raw)]}
         offset += len(raw)
         blobs.append(raw)
     text = json.dumps(header).encode()
@@ -121,5 +124,8 @@ def read_safetensors(path):
     header = json.loads(data[8:8 + size])
     header.pop("__metadata__", None)
     base = 8 + size
-    return {name: (h["dtype"], tuple(h["shape"]), data[base + h["data_offsets"][0]:base + h["data_offsets"][1]])
-            for name, h in header.items()}
+    tensors = {}
+    for name, h in header.items():
+        begin, end = h["data_offsets"]
+        tensors[name] = (h["dtype"], tuple(h["shape"]), data[base + begin:base + end])
+    return tensors

@@ -1,5 +1,6 @@
-"""The hello-pt job (configs/jobs/hello-pt) over the socket pipe and the file pipe: the Python PyTorch
-trainer completes every round and the final model is clearly better than the first round's."""
+"""The hello-pt job (configs/jobs/hello-pt) over the socket pipe and the file pipe: the Python
+PyTorch trainer completes every round and the final model is clearly better than the first
+round's."""
 
 import os
 import sys

@@ -1,12 +1,12 @@
 """ember-test-trainer's Python twin: a trainer for the Python tests, written against ember.client.
 
-It answers each task with its params (or a layout of its own when the task has none) and misbehaves on
-purpose on one site when asked to:
+It answers each task with its params (or a layout of its own when the task has none) and misbehaves
+on purpose on one site when asked to:
     py_trainer.py [--mode echo|raise|sigkill|clear|interrupt] [--bad-site SITE] [--from-round R]
                   [--check FILE] [--format numpy|torch] [--slow-site SITE]
---check FILE: the job's initial model (safetensors); every received tensor must equal it, dtype and bytes,
-and view the message's memory. It writes its pid to trainer.pid (in the site workspace, its cwd), and what
-it saw to report.json, so a test can check both.
+--check FILE: the job's initial model (safetensors); every received tensor must equal it, dtype
+and bytes, and view the message's memory. It writes its pid to trainer.pid (in the site workspace,
+its cwd), and what it saw to report.json, so a test can check both.
 """
 
 import argparse
@@ -61,8 +61,8 @@ def main():
         model = flare.receive()
         rnd = model.current_round
         misbehave = bad and rnd >= args.from_round
-        report["rounds"].append({"round": rnd, "task": flare.get_task_name(), "train": flare.is_train(),
-                                 "evaluate": flare.is_evaluate()})
+        report["rounds"].append({"round": rnd, "task": flare.get_task_name(),
+                                 "train": flare.is_train(), "evaluate": flare.is_evaluate()})
         if misbehave and args.mode == "sigkill":
             os.kill(os.getpid(), signal.SIGKILL)
         if misbehave and args.mode == "raise":
@@ -81,7 +81,8 @@ def main():
                     report["mismatch"].append(name)
             if kept is None:
                 kept, kept_bytes = value, data
-        result = flare.FLModel(params=dict(model.params or {}), metrics={"num_samples": 10, "loss": 1.0 / (rnd + 1)},
+        result = flare.FLModel(params=dict(model.params or {}),
+                               metrics={"num_samples": 10, "loss": 1.0 / (rnd + 1)},
                                meta={"site": site, "round": rnd})
         flare.log("loss", 1.0 / (rnd + 1), flare.AnalyticsDataType.SCALAR, global_step=rnd)
         flare.log("pair", {"a": 1, "b": 2}, "SCALARS")
@@ -94,8 +95,8 @@ def main():
             time.sleep(1.5)  # the other sites' next task waits for this one
         flare.send(result)
         if misbehave and args.mode == "interrupt" and report["interrupted"] is None:
-            # The next task waits for a slow site: a short receive() times out, a SIGINT ends a long one.
-            # (not is_running(): as FLARE's, it would wait for the next task itself)
+            # The next task waits for a slow site: a short receive() times out, a SIGINT ends a
+            # long one. (not is_running(): as FLARE's, it would wait for the next task itself)
             if flare.receive(timeout=0.2) is None:
                 report["timeouts"] += 1
             timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))

@@ -1,12 +1,14 @@
 """hello-pt: a small PyTorch CNN trained with FedAvg through ember's Python Client API.
 
-Every site draws 8x8 images of four patterns (a horizontal bar, a vertical bar, a diagonal, a ring) with
-noise, but each site sees mostly two of the four (non-IID), so a site alone learns a model that is wrong on
-half the classes; federated averaging gives one that is right on all four. The validation set is the same
-balanced set on every site, so its accuracy shows the global model improving round by round.
+Every site draws 8x8 images of four patterns (a horizontal bar, a vertical bar, a diagonal, a ring)
+with noise, but each site sees mostly two of the four (non-IID), so a site alone learns a model
+that is wrong on half the classes; federated averaging gives one that is right on all four. The
+validation set is the same balanced set on every site, so its accuracy shows the global model
+improving round by round.
 
-The job launches it (ember simulate configs/jobs/hello-pt --clients 2); the hyper-parameters come from the
-job's [trainer_config] table. It is written as a FLARE Client API script: only the import line differs.
+The job launches it (ember simulate configs/jobs/hello-pt --clients 2); the hyper-parameters come
+from the job's [trainer_config] table. It is written as a FLARE Client API script: only the import
+line differs.
 """
 
 import torch

@@ -10,12 +10,13 @@
 
 Every call runs the C++ Client API (ember._client): one implementation of the session protocol.
 
-Tensors are not copied. A received tensor is a NumPy array, or a torch tensor (when the job declares a torch
-converter, or init(params_format="torch")), that views the message's memory and keeps it alive. A sent
-tensor (a NumPy array, or a CPU torch tensor) is read by the session from its own memory, chunk by chunk.
-NumPy has no bfloat16: NumPy users receive bfloat16 tensors as uint16 arrays holding the raw bits, tagged
-with dtype.metadata == {"ember_dtype": "BF16"} so that sending them back keeps them bfloat16 (see
-bfloat16_to_float32() and float32_to_bfloat16()). Torch users get torch.bfloat16 tensors.
+Tensors are not copied. A received tensor is a NumPy array, or a torch tensor (when the job
+declares a torch converter, or init(params_format="torch")), that views the message's memory and
+keeps it alive. A sent tensor (a NumPy array, or a CPU torch tensor) is read by the session from
+its own memory, chunk by chunk. NumPy has no bfloat16: NumPy users receive bfloat16 tensors as
+uint16 arrays holding the raw bits, tagged with dtype.metadata == {"ember_dtype": "BF16"} so that
+sending them back keeps them bfloat16 (see bfloat16_to_float32() and float32_to_bfloat16()). Torch
+users get torch.bfloat16 tensors.
 
 docs/client-api.md lists every call and each departure from the FLARE Client API.
 """
@@ -27,8 +28,8 @@ import time
 
 from . import _client
 
-# json and traceback are imported where they are used: a trainer's start to SESSION_READY does not wait
-# for them (nor for numpy, nor torch).
+# json and traceback are imported where they are used: a trainer's start to SESSION_READY does not
+# wait for them (nor for numpy, nor torch).
 
 __all__ = [
     "AnalyticsDataType", "EmberError", "FLModel", "LogKind", "ParamsType",
@@ -40,12 +41,13 @@ __all__ = [
 
 EmberError = _client.EmberError
 
-# The longest single wait inside receive(): Ctrl-C and other threads are served at least this often.
+# The longest single wait inside receive(): Ctrl-C and other threads are served at least this
+# often.
 _WAIT_STEP_S = 0.1
 
 
-# Plain string constants rather than enum.Enum (whose import alone costs a trainer's start about 5 ms):
-# they compare equal to the strings the wire and FLARE scripts use.
+# Plain string constants rather than enum.Enum (whose import alone costs a trainer's start about
+# 5 ms): they compare equal to the strings the wire and FLARE scripts use.
 class ParamsType:
     """Whether params are the whole model or a difference to the one received."""
 
@@ -129,7 +131,7 @@ def bfloat16_to_float32(array):
 
 
 def float32_to_bfloat16(array):
-    """A bfloat16 array (raw uint16 bits, tagged for send()) rounded to nearest even from float32."""
+    """A bfloat16 array (raw uint16 bits, tagged for send()), rounded to nearest even."""
     np = _numpy()
     bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
     rounding = ((bits >> 16) & 1) + 0x7FFF
@@ -145,8 +147,8 @@ def _require_init():
 
 
 def _excepthook(exc_type, exc, tb):
-    # An unhandled error ends the session cleanly: the job's task fails with the error's text (the site
-    # reports it), instead of waiting for a trainer that is gone.
+    # An unhandled error ends the session cleanly: the job's task fails with the error's text (the
+    # site reports it), instead of waiting for a trainer that is gone.
     import traceback
     where = ""
     frames = traceback.extract_tb(tb) if tb is not None else []
@@ -168,8 +170,8 @@ def init(rank=None, config_file=None, params_format=None):
     """Joins the job: reads the bootstrap file (config_file, else $EMBER_BOOTSTRAP) and says HELLO.
 
     rank: this process's rank (else $RANK, else 0); only rank 0 talks to the job.
-    params_format: "numpy" or "torch" for received params; by default "torch" when the job declares a
-    torch converter, else "numpy". A second init() warns and does nothing.
+    params_format: "numpy" or "torch" for received params; by default "torch" when the job
+    declares a torch converter, else "numpy". A second init() warns and does nothing.
     """
     global _previous_excepthook
     if params_format not in (None, "numpy", "torch"):
@@ -229,8 +231,9 @@ def _to_model(fields):
 def receive(timeout=None):
     """The current task's model: the next task's, or the one not yet answered.
 
-    None when the job has ended (is_running() is then False) or, with a timeout in seconds, when no task
-    came in time. The wait is made of short steps, so Ctrl-C and other threads are served meanwhile.
+    None when the job has ended (is_running() is then False) or, with a timeout in seconds, when no
+    task came in time. The wait is made of short steps, so Ctrl-C and other threads are served
+    meanwhile.
     """
     _require_init()
     if _state.current is not None:
@@ -288,8 +291,9 @@ def _metric_value(key, value):
 def send(model, clear_cache=True):
     """Answers the current task with `model` and waits for the job to accept it.
 
-    Raises EmberError with the job's reason when it rejects the result (e.g. a tensor's shape). With
-    clear_cache (the default) the sent model's params and the received model's params are released.
+    Raises EmberError with the job's reason when it rejects the result (e.g. a tensor's shape).
+    With clear_cache (the default) the sent model's params and the received model's params are
+    released.
     """
     _require_init()
     if not isinstance(model, FLModel):
@@ -337,7 +341,8 @@ def log(key, value, kind=LogKind.SCALAR, data_type=None, **kwargs):
     kind = str(getattr(data_type or kind, "value", data_type or kind)).upper()
     step = kwargs.get("global_step", kwargs.get("step"))
     step = None if step is None else int(step)
-    if kind not in (LogKind.SCALAR, LogKind.SCALARS, LogKind.METRIC, LogKind.METRICS, LogKind.TEXT):
+    kinds = (LogKind.SCALAR, LogKind.SCALARS, LogKind.METRIC, LogKind.METRICS, LogKind.TEXT)
+    if kind not in kinds:
         raise ValueError(f"log('{key}'): kind {kind} is not supported "
                          "(SCALAR, SCALARS, METRIC, METRICS or TEXT)")
     if kind == LogKind.TEXT:
@@ -352,7 +357,8 @@ def log(key, value, kind=LogKind.SCALAR, data_type=None, **kwargs):
 
 
 def system_info():
-    """What the job told this trainer: job_id, job_name, site_name, rank, workspace, formats and the
+    """What the job told this trainer: job_id, job_name, site_name, rank, workspace, formats and
+    the
     job's task names."""
     _require_init()
     return _client.system_info()
@@ -381,14 +387,19 @@ def get_task_name():
 
 def is_running():
     """Whether there is a task to work on: waits for the next one when none is current (as FLARE's
-    does), and is False once the job has ended."""
+    does), and is False once the job has ended or its session failed."""
     if not _state.initialized:
         return False
     if _state.current is not None:
         return True
     if not _client.is_rank0():
         return _client.is_running()
-    return receive() is not None
+    try:
+        return receive() is not None
+    except EmberError as e:
+        # The session failed (the job went silent, the pipe broke): the loop ends, saying why.
+        print(f"ember.client: the job's session ended: {e}", file=sys.stderr)
+        return False
 
 
 def is_train():
