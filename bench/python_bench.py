@@ -1,7 +1,7 @@
 """Python trainers against the C++ test trainer, through `ember simulate` (one site, Unix socket).
 
     /usr/bin/python3 bench/python_bench.py --build BUILD [--runs N] [--rounds R] [--mib M]
-                                           [--json FILE]
+                                           [--cpp-trainer PROGRAM] [--json FILE]
 
 Measures, each beside its baseline taken in the same run (cases interleaved, medians):
   - trainer launch to SESSION_READY (the executor's "ready in" figure): a Python trainer that
@@ -140,11 +140,19 @@ def main():
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--mib", type=int, default=100)
+    parser.add_argument("--cpp-trainer",
+                        help="the C++ trainer (default: BUILD's bench/ember-bench-trainer, else "
+                             "tests/e2e/ember-test-trainer)")
     parser.add_argument("--json")
     args = parser.parse_args()
     args.build = os.path.abspath(args.build)
     ember = os.path.join(args.build, "kernel", "ember")
-    cpp_trainer = os.path.join(args.build, "tests", "e2e", "ember-test-trainer")
+    cpp_trainer = args.cpp_trainer
+    for candidate in (("bench", "ember-bench-trainer"), ("tests", "e2e", "ember-test-trainer")):
+        if cpp_trainer is None and os.path.exists(os.path.join(args.build, *candidate)):
+            cpp_trainer = os.path.join(args.build, *candidate)
+    if cpp_trainer is None:
+        sys.exit("python_bench.py: no C++ trainer in the build (give --cpp-trainer)")
     python_dir = os.path.join(args.build, "sdk", "python")
     os.environ["PYTHONPATH"] = python_dir
     import numpy as np
@@ -198,12 +206,12 @@ def main():
         "|---|---:|---|---:|",
         "| launch to SESSION_READY: Python trainer (`import ember.client`, no torch) "
         f"| {ready_py:.2f} ms "
-        f"| C++ test trainer (Client API only) | {ready_cpp:.2f} ms |",
+        f"| C++ trainer (the tests' Client API program) | {ready_cpp:.2f} ms |",
         f"| the Python trainer's overhead over the C++ one | {ready_py - ready_cpp:.2f} ms "
         f"| `python3 -c pass` / `python3 -c 'import ember.client'` (fork, exec, exit) "
         f"| {med(samples['python_exit']):.2f} / {med(samples['python_import']):.2f} ms |",
         f"| one round, {args.mib} MiB model, 1 site, Python trainer (wall) | {py_round:.2f} ms "
-        f"| the same with the C++ test trainer | {cpp_round:.2f} ms |",
+        f"| the same with the C++ trainer | {cpp_round:.2f} ms |",
         f"| the same, less each trainer's own work (Python / C++) "
         f"| {py_net:.2f} / {cpp_net:.2f} ms | ratio Python / C++ (wall; less the work) "
         f"| {py_round / cpp_round:.2f} / {py_net / cpp_net:.2f} |",
@@ -213,7 +221,8 @@ def main():
     print("\n".join(table))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"samples": samples, "rounds": rounds, "copies_ms": copies}, f, indent=1)
+            json.dump({"samples": samples, "rounds": rounds, "copies_ms": copies, "mib": args.mib,
+                       "runs": args.runs, "table": table}, f, indent=1)
 
 
 if __name__ == "__main__":
