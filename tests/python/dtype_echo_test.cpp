@@ -47,6 +47,9 @@ WireTensor tensor(const std::string& name, DType dtype, std::vector<std::int64_t
 class DtypeEcho : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(DtypeEcho, EveryDtypeComesBackBitForBit) {
+  if (const char* sanitized = std::getenv("EMBER_TEST_SANITIZED"); sanitized != nullptr && *sanitized != 0) {
+    GTEST_SKIP() << "a sanitizer build: " << EMBER_TEST_PYTHON << " cannot load the instrumented extension";
+  }
   if (!python_has("numpy") || (GetParam() == "torch" && !python_has("torch"))) {
     GTEST_SKIP() << EMBER_TEST_PYTHON << " lacks numpy or torch";
   }
