@@ -232,9 +232,6 @@ class ExternalTrainer final : public Executor {
     auto result = run_task(task, stop);
     const bool lives_on =
         !result && declined_ && !declined_final_ && trainer_->session->state() == session::State::ready;
-    if (declined_final_) {
-      gone_reason_ = result.error().message;
-    }
     if ((!result && !lives_on) || per_task_) {
       // A failed task leaves the trainer in an unknown state: end it, so the next task starts clean (per
       // task) or fails at once saying why (per job).
