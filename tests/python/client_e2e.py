@@ -46,9 +46,9 @@ class PythonTrainer(unittest.TestCase):
         self.assertEqual(harness.trainers_left(self.ws), [], "a trainer survived its job")
         self.dir.cleanup()
 
-    def run_job(self, args, **job):
+    def run_job(self, args, log_level=None, **job):
         path = harness.write_job(self.dir.name, ["python3", TRAINER] + args, **job)
-        code, out, err = harness.simulate(path, self.ws)
+        code, out, err = harness.simulate(path, self.ws, log_level=log_level)
         return code, out + err
 
     def check_round_trip(self, fmt, pipe):
@@ -86,6 +86,20 @@ class PythonTrainer(unittest.TestCase):
         except ImportError:
             self.skipTest("python3-torch is not installed")
         self.check_round_trip("torch", "pipe.file")
+
+    def test_a_tensor_kept_past_its_message_keeps_its_memory_and_logs_reach_the_job(self):
+        # Each round doubles the model: had the first round's memory gone back to the message buffers'
+        # pool, a later round would have overwritten the tensor the trainer kept.
+        code, out = self.run_job(["--scale", "2"], rounds=4, log_level="info")
+        self.assertEqual(code, 0, out)
+        for site in ("site-1", "site-2"):
+            self.assertTrue(harness.report(self.ws, site)["kept_ok"], site)
+        with open(os.path.join(self.ws, "metrics.jsonl")) as f:
+            metrics = f.read()
+        for key in ('"loss"', '"pair/a"', '"pair/b"'):
+            self.assertIn(key, metrics)
+        with open(os.path.join(self.ws, "site-1", "log.txt")) as f:
+            self.assertIn("trainer: note: round 1 done", f.read())
 
     def test_a_trainer_that_raises_ends_its_session_and_the_site_reports_the_error(self):
         code, out = self.run_job(["--mode", "raise", "--bad-site", "site-2", "--from-round", "1"],

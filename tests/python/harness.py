@@ -69,12 +69,15 @@ def write_job(folder, command, pipe="pipe.socket", rounds=2, min_clients=1, init
     return path
 
 
-def simulate(job, workspace, clients=2, timeout=240):
+def simulate(job, workspace, clients=2, timeout=240, log_level=None):
     """Runs ember simulate; returns (exit code, stdout, stderr)."""
+    env = dict(os.environ)
+    if log_level:
+        env["EMBER_LOG"] = log_level
     ember = os.path.join(BUILD_ROOT, "kernel", "ember")
     run = subprocess.run([ember, "simulate", job, "--clients", str(clients),
                           "--workspace", workspace, "--job-id", "py-e2e"],
-                         capture_output=True, text=True, timeout=timeout)
+                         capture_output=True, text=True, timeout=timeout, env=env)
     return run.returncode, run.stdout, run.stderr
 
 

@@ -3,7 +3,7 @@
 It answers each task with its params (or a layout of its own when the task has none) and misbehaves
 on purpose on one site when asked to:
     py_trainer.py [--mode echo|raise|sigkill|clear|interrupt] [--bad-site SITE] [--from-round R]
-                  [--check FILE] [--format numpy|torch] [--slow-site SITE]
+                  [--check FILE] [--format numpy|torch] [--slow-site SITE] [--scale X]
 --check FILE: the job's initial model (safetensors); every received tensor must equal it, dtype
 and bytes, and view the message's memory. It writes its pid to trainer.pid (in the site workspace,
 its cwd), and what it saw to report.json, so a test can check both.
@@ -40,6 +40,7 @@ def main():
     parser.add_argument("--check", default="")
     parser.add_argument("--format", default=None)
     parser.add_argument("--slow-site", default="")
+    parser.add_argument("--scale", type=float, default=1.0)
     args = parser.parse_args()
     with open("trainer.pid", "w") as f:
         f.write(f"{os.getpid()}\n")
@@ -81,7 +82,10 @@ def main():
                     report["mismatch"].append(name)
             if kept is None:
                 kept, kept_bytes = value, data
-        result = flare.FLModel(params=dict(model.params or {}),
+        params = dict(model.params or {})
+        if args.scale != 1.0:
+            params = {name: value * args.scale for name, value in params.items()}
+        result = flare.FLModel(params=params,
                                metrics={"num_samples": 10, "loss": 1.0 / (rnd + 1)},
                                meta={"site": site, "round": rnd})
         flare.log("loss", 1.0 / (rnd + 1), flare.AnalyticsDataType.SCALAR, global_step=rnd)
