@@ -155,6 +155,8 @@ def main():
         sys.exit("python_bench.py: no C++ trainer in the build (give --cpp-trainer)")
     python_dir = os.path.join(args.build, "sdk", "python")
     os.environ["PYTHONPATH"] = python_dir
+    # As a user's environment has it: the first (warm-up) run caches the package's bytecode.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     import numpy as np
 
     samples = {k: [] for k in ("ready_py", "ready_cpp", "python_exit", "python_import")}
