@@ -130,6 +130,21 @@ fi
 job_load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 load_after=$job_load_after
 
+# Python trainers beside the C++ one (bench/python_bench.py), when the package was built and NumPy is there.
+python_args=""
+python_load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+if [ -d "$build_dir/sdk/python/ember" ] && [ -x "$build_dir/bench/ember-bench-trainer" ] &&
+  /usr/bin/python3 -c 'import numpy' 2>/dev/null; then
+  echo "run_benchmarks.sh: Python trainers (launch, a 100 MiB round)"
+  /usr/bin/python3 "$here/python_bench.py" --build "$build_dir" --runs 9 --rounds 6 --mib 100 \
+    --cpp-trainer "$build_dir/bench/ember-bench-trainer" --json "$work/python.json" >/dev/null
+  python_args="--python $work/python.json"
+else
+  echo "run_benchmarks.sh: no Python package in $build_dir, or no NumPy: no Python trainer benchmark"
+fi
+python_load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+load_after=$python_load_after
+
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 # Meson 1.0 has no introspection of compilers; its log names the one it chose ("gcc 12.2.0").
 compiler=$(sed -n 's/^C++ compiler for the host machine: .*(\([a-z]* [0-9.]*\) .*/\1/p' \
@@ -145,7 +160,7 @@ fi
 mkdir -p "$(dirname "$output")"
 # shellcheck disable=SC2086
 python3 "$here/write_benchmarks_md.py" \
-  --startup "$work/startup.json" --load "$work/load.json" $pipe_args $aggregation_args $job_args \
+  --startup "$work/startup.json" --load "$work/load.json" $pipe_args $aggregation_args $job_args $python_args \
   --output "$output" \
   --meta "date=$(date -u '+%Y-%m-%d %H:%M UTC')" \
   --meta "cpu=$cpu" \
@@ -156,6 +171,7 @@ python3 "$here/write_benchmarks_md.py" \
   --meta "pipe_load=$pipe_load_before (before), $pipe_load_after (after)" \
   --meta "aggregation_load=$aggregation_load_before (before), $aggregation_load_after (after)" \
   --meta "job_load=$job_load_before (before), $job_load_after (after)" \
+  --meta "python_load=$python_load_before (before), $python_load_after (after)" \
   --meta "compiler=$compiler" \
   --meta "build=release (-O3, NDEBUG)${cpp_args:+, cpp_args $cpp_args}, build dir $(basename "$build_dir")" \
   --meta "commit=$commit" \

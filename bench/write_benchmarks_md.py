@@ -621,6 +621,24 @@ def write_job(add, job, section, meta):
         "`spill_over`) goes to a mapped file; VmRSS counts the model handed in and the mapped pages read.")
     add("")
 
+def write_python(add, data, section, meta):
+    add(f"## {section}. Python trainers (sdk/python)")
+    add("")
+    add("`bench/python_bench.py` runs `ember simulate` with one site over `pipe.socket` (Unix), in turn with a "
+        "Python trainer (`ember.client`, NumPy, which it imports after `init()`) and `ember-bench-trainer` "
+        f"(C++, the Client API only); {data['runs']} launches each, then rounds of a {data['mib']} MiB model. "
+        f"Load average while measured: {meta.get('python_load', '?')} on {meta.get('nproc', '?')} cores.")
+    add("")
+    for line in data["table"]:
+        add(line)
+    add("")
+    add("Launch to SESSION_READY is the executor's own figure; `import torch` is not in it. In a round both "
+        "trainers add one to every element into buffers they keep and send them back; the Python trainer's "
+        "tensors are views of the received message and the session reads its result from its NumPy buffers, "
+        "so the model is copied neither into nor out of Python. Rounds after the first, median.")
+    add("")
+
+
 def write(args):
     meta = dict(item.split("=", 1) for item in args.meta)
     startup, cases = startup_stats(args.startup)
@@ -628,6 +646,7 @@ def write(args):
     pipes, pipe_by_id = pipe_cases(args.pipes) if args.pipes else (None, {})
     aggregation = aggregation_stats(args.aggregation) if args.aggregation else None
     job = json.load(open(args.job)) if args.job else None
+    python = json.load(open(args.python)) if args.python else None
     job_section = 3 + (1 if pipes else 0) + (1 if aggregation else 0)
     profiles = [tuple(item.split("=", 1)) for item in args.profile]
     lines = []
@@ -757,6 +776,8 @@ def write(args):
         write_aggregation(add, aggregation, 4 if pipes else 3, meta)
     if job:
         write_job(add, job, job_section, meta)
+    if python:
+        write_python(add, python, job_section + (1 if job else 0), meta)
 
     add("## Notes")
     add("")
@@ -788,6 +809,7 @@ def main():
     parser.add_argument("--pipes", help="pipe_bench --json output")
     parser.add_argument("--aggregation", help="aggregation_bench --benchmark_out JSON")
     parser.add_argument("--job", help="job_bench --json output")
+    parser.add_argument("--python", help="python_bench.py --json output")
     parser.add_argument("--profile", action="append", default=[],
                         help="CASE=FILE: `perf report --stdio` of pipe_bench --case CASE")
     parser.add_argument("--output", required=True, help="the Markdown file to write")

@@ -396,7 +396,15 @@ Result<JobConfig> parse_job(std::string_view text, const std::string& name, cons
   JobConfig job;
   job.file = name;
   check_schema_version(root, problems);
-  reject_unknown(root, {"schema_version", "job", "timeouts", "session", "log", "components"}, "", problems);
+  reject_unknown(root,
+                 {"schema_version", "job", "timeouts", "session", "log", "components", "trainer_config"}, "",
+                 problems);
+  if (const auto* table = sub_table(root, "trainer_config", "trainer_config", problems)) {
+    // Free-form: the trainers read it (get_config()); it travels as JSON in their bootstrap file.
+    std::ostringstream json;
+    json << toml::json_formatter{*table};
+    job.trainer_config_json = json.str();
+  }
   if (const auto* table = sub_table(root, "job", "job", problems)) {
     reject_unknown(*table, {"name", "description"}, "job.", problems);
     if (auto job_name = string_value(*table, "name", "job.name", problems)) {

@@ -60,6 +60,7 @@ struct JobConfig {
   SessionSettings session;
   LogSettings log;
   std::vector<ComponentConfig> components;
+  std::string trainer_config_json = "{}";  ///< [trainer_config] as JSON, for the trainers' get_config()
 
   /// The component with this id, or null.
   const ComponentConfig* component(std::string_view id) const;

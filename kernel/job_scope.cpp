@@ -1,5 +1,7 @@
 #include "job_scope.hpp"
 
+#include "kernel.hpp"
+
 namespace ember::kernel {
 
 JobScope::JobScope(ComponentRegistry& registry, JobConfig config, JobInfo info,
@@ -49,6 +51,11 @@ JobInfo job_info(const JobConfig& config, std::string job_id, std::string site,
   info.timeouts = config.timeouts;
   info.max_resends = config.session.max_resends;
   info.plugin_paths = std::move(plugin_paths);
+  info.trainer_config_json = config.trainer_config_json;
+  info.python = python_interpreter();
+  if (auto dir = default_python_dir(); !dir.empty()) {
+    info.python_paths.push_back(std::move(dir));
+  }
   return info;
 }
 

@@ -66,6 +66,23 @@ fs::path default_program_dir() {
   return fs::path(EMBER_INSTALL_LIBEXEC_DIR);
 }
 
+fs::path default_python_dir() {
+  if (std::string_view(EMBER_PYTHON).empty()) {
+    return {};
+  }
+  std::error_code ec;
+  auto self = fs::canonical("/proc/self/exe", ec);
+  fs::path build_root = fs::weakly_canonical(EMBER_BUILD_ROOT, ec);
+  if (!self.empty() && is_within(self, build_root)) {
+    return build_root / "sdk" / "python";
+  }
+  return fs::path(EMBER_INSTALL_PYTHON_DIR);
+}
+
+fs::path python_interpreter() {
+  return fs::path(EMBER_PYTHON);
+}
+
 Kernel::Kernel(KernelSettings settings) : settings_(std::move(settings)) {
   logs_ = std::make_unique<LogHub>(effective_log(settings_.log, log_spec_error_));
   log_ = logs_->get("kernel");

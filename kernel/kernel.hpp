@@ -33,6 +33,11 @@ std::filesystem::path default_plugin_dir();
 /// Where example trainers live: the build tree's examples/ when run from it, else the installed libexec
 /// folder.
 std::filesystem::path default_program_dir();
+/// Where the Python package `ember` is: the build tree's sdk/python when run from it, else the installed
+/// site-packages folder; empty when ember was built without Python support.
+std::filesystem::path default_python_dir();
+/// The Python interpreter the package was built for (/usr/bin/python3); empty without Python support.
+std::filesystem::path python_interpreter();
 
 class Kernel {
  public:

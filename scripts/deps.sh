@@ -7,6 +7,7 @@ EMBER_PACKAGES=(
   libboost-dev libtomlplusplus-dev libspdlog-dev libfmt-dev libexpected-dev libcli11-dev nlohmann-json3-dev
   libssl-dev libtorch-dev libelf-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc openssl iproute2
+  pybind11-dev python3-dev python3-numpy python3-torch libdlpack-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang clang-format libclang-rt-14-dev
 )

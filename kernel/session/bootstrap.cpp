@@ -212,6 +212,14 @@ Result<void> write_bootstrap(const std::filesystem::path& file, const Bootstrap&
   for (const auto& p : b.plugin_paths) {
     doc["plugin_paths"].push_back(p.string());
   }
+  json config = json::parse(b.config_json, nullptr, false);
+  if (config.is_discarded() || !config.is_object()) {
+    return fail(Errc::invalid_argument, file.string() + ": the trainer config is not a JSON object");
+  }
+  doc["config"] = std::move(config);
+  doc["task_names"] = json{{"train", b.task_names.train},
+                           {"evaluate", b.task_names.evaluate},
+                           {"submit_model", b.task_names.submit_model}};
   std::string text = doc.dump(2) + "\n";
 
   auto tmp = file;
@@ -343,6 +351,32 @@ Result<Bootstrap> read_bootstrap(const std::filesystem::path& file) {
       return fail(r.bad("plugin_paths", "must hold strings"));
     }
     b.plugin_paths.emplace_back(p.get<std::string>());
+  }
+  // Optional keys (a job older than them writes none): the trainer config and the task names.
+  if (auto config = doc.find("config"); config != doc.end()) {
+    if (!config->is_object()) {
+      return fail(r.bad("config", "must be an object"));
+    }
+    b.config_json = config->dump();
+  }
+  if (auto names = doc.find("task_names"); names != doc.end()) {
+    if (!names->is_object()) {
+      return fail(r.bad("task_names", "must be an object"));
+    }
+    for (auto [key, out] :
+         {std::pair{"train", &b.task_names.train}, std::pair{"evaluate", &b.task_names.evaluate},
+          std::pair{"submit_model", &b.task_names.submit_model}}) {
+      if (names->contains(key)) {
+        auto v = r.string(*names, key, std::string("task_names.") + key);
+        if (!v) {
+          return fail(std::move(v.error()));
+        }
+        if (v->empty()) {
+          return fail(r.bad(std::string("task_names.") + key, "must not be empty"));
+        }
+        *out = *v;
+      }
+    }
   }
   return b;
 }

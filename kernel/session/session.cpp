@@ -24,6 +24,7 @@ bool control_lane(Op op) {
     case Op::result_accepted:
     case Op::result_rejected:
     case Op::heartbeat:
+    case Op::log:  // a metric never waits behind a large result's chunks
     case Op::abort:
     case Op::shutdown:
     case Op::ack:
@@ -750,6 +751,12 @@ void Session::await(Lock& lock, Clock::time_point deadline, Done done) {
   }
   --app_readers_;
   app_read_at_ = Clock::now();
+  if (app_readers_ == 0 && !receipts_.empty()) {
+    // The receipts this thread owes go out within grace_ through the reader thread, not after its next
+    // poll: the peer may be waiting for one (the job's accept() waits for SESSION_READY's) while this
+    // application works (a Python trainer importing NumPy after init()).
+    reader_cv_.notify_one();
+  }
 }
 
 void Session::reader_loop() {

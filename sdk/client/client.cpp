@@ -8,7 +8,9 @@
 #include <atomic>
 #include <charconv>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <mutex>
 #include <thread>
@@ -17,6 +19,7 @@
 #include <ember/pipe.hpp>
 
 #include <base/strings.hpp>
+#include <nlohmann/json.hpp>
 
 #include "kernel.hpp"
 #include "session/bootstrap.hpp"
@@ -57,7 +60,9 @@ class Client {
   Result<void> init(const InitOptions& options) {
     std::lock_guard lock(mutex_);
     if (initialized_) {
-      return fail(Errc::invalid_argument, "ember::client::init() was already called");
+      // As a training script that calls init() in a helper and again in main() expects: the session goes on.
+      std::fprintf(stderr, "ember client: warning: init() was already called; this call does nothing\n");
+      return ok();
     }
     rank_ = options.rank.value_or(env_rank().value_or(0));
     std::filesystem::path file = options.bootstrap;
@@ -292,6 +297,27 @@ class Client {
                                    std::to_string(boot_.timeouts.task_wait.count()) + " ms");
   }
 
+  Result<void> clear(std::string_view reason) {
+    std::unique_lock lock(mutex_);
+    if (initialized_ && !task_msg_) {
+      return ok();  // nothing to decline (always so on ranks other than 0)
+    }
+    if (auto usable = check_usable(); !usable) {
+      return fail(std::move(usable.error()));
+    }
+    return decline(reason.empty() ? std::string_view("the trainer cleared the task") : reason, false);
+  }
+
+  void end_with_error(std::string_view reason) noexcept {
+    {
+      std::unique_lock lock(mutex_);
+      if (session_ && rank_ == 0) {
+        (void)decline(reason, true);
+      }
+    }
+    shutdown(Op::abort, std::string(reason));
+  }
+
   /// The round a metric logged now belongs to: that of the last task received, if any.
   std::optional<std::uint64_t> metric_round() const noexcept {
     auto round = metric_round_.load();
@@ -311,7 +337,7 @@ class Client {
     log_cv_.notify_one();
   }
 
-  void shutdown() noexcept {
+  void shutdown(Op farewell = Op::shutdown, std::string reason = "trainer finished") noexcept {
     {
       std::lock_guard lock(log_mutex_);
       log_cv_.notify_all();
@@ -323,7 +349,7 @@ class Client {
     }
     std::lock_guard lock(mutex_);
     if (session_) {
-      session_->close(Op::shutdown, "trainer finished");
+      session_->close(farewell, std::move(reason));
       session_.reset();
     }
     running_ = false;
@@ -337,7 +363,19 @@ class Client {
   }
   SystemInfo info() {
     std::lock_guard lock(mutex_);
-    return SystemInfo{boot_.job_id, boot_.job_name, boot_.site, rank_, boot_.workspace, formats_};
+    return SystemInfo{boot_.job_id,
+                      boot_.job_name,
+                      boot_.site,
+                      rank_,
+                      boot_.workspace,
+                      formats_,
+                      boot_.task_names.train,
+                      boot_.task_names.evaluate,
+                      boot_.task_names.submit_model};
+  }
+  std::string config() {
+    std::lock_guard lock(mutex_);
+    return boot_.config_json;
   }
   bool rank0() {
     std::lock_guard lock(mutex_);
@@ -375,6 +413,25 @@ class Client {
   }
 
  private:
+  // TASK_FAILED for the current task (mutex_ held). `final`: the trainer is about to end, so the job need not
+  // keep it for the next task.
+  Result<void> decline(std::string_view reason, bool final) {
+    if (!task_msg_) {
+      return ok();
+    }
+    wire::Headers headers{{"reason", std::string(reason)}};
+    if (final) {
+      headers.emplace_back("final", "true");
+    }
+    auto sent = session_->send(Op::task_failed, task_name_, std::move(headers), nullptr, *task_msg_);
+    task_msg_.reset();
+    task_name_.clear();
+    if (!sent) {
+      return fail(sent.error().code, "cannot decline the task: " + sent.error().message);
+    }
+    return ok();
+  }
+
   Result<void> check_usable() const {
     if (!initialized_) {
       return fail(Errc::invalid_argument, "call ember::client::init() first");
@@ -485,6 +542,31 @@ void log(std::string_view key, double value, std::optional<std::uint64_t> step) 
   (void)ec;
   the_client().log(std::move(headers), {});
 }
+void log(const std::map<std::string, double>& values, std::optional<std::uint64_t> step) {
+  for (const auto& [key, value] : values) {
+    log(key, value, step);
+  }
+}
+Result<void> clear(std::string_view reason) {
+  return the_client().clear(reason);
+}
+void end_with_error(std::string_view reason) {
+  the_client().end_with_error(reason);
+}
+std::string get_config() {
+  return the_client().config();
+}
+std::optional<std::string> config_value(std::string_view key) {
+  auto doc = nlohmann::json::parse(the_client().config(), nullptr, false);
+  if (doc.is_discarded() || !doc.is_object()) {
+    return std::nullopt;
+  }
+  auto it = doc.find(key);
+  if (it == doc.end()) {
+    return std::nullopt;
+  }
+  return it->dump();
+}
 void log_text(std::string_view text) {
   std::vector<std::byte> bytes(text.size());
   std::memcpy(bytes.data(), text.data(), text.size());
@@ -494,13 +576,16 @@ std::string task_name() {
   return the_client().task_name();
 }
 bool is_train() {
-  return task_name() == tasks::train;
+  auto name = task_name();
+  return !name.empty() && name == the_client().info().train_task;
 }
 bool is_evaluate() {
-  return task_name() == tasks::evaluate;
+  auto name = task_name();
+  return !name.empty() && name == the_client().info().evaluate_task;
 }
 bool is_submit_model() {
-  return task_name() == tasks::submit_model;
+  auto name = task_name();
+  return !name.empty() && name == the_client().info().submit_model_task;
 }
 std::string job_id() {
   return the_client().info().job_id;

@@ -50,6 +50,8 @@ struct JobSpec {
   std::string launch_mode = "job";  // the executor's `launch`: one trainer per job, or one per task
   std::string address;              // the pipe's address, the same for every site ("": each its own)
   std::string stream_idle = "10s";
+  std::string trainer_config;  // the [trainer_config] table's lines ("": none)
+  std::string executor_extra;  // more lines of the executor's table
 };
 
 // The final model of the test trainer's job: round 0 answers ones, each later round adds one: 3 rounds → 3.
@@ -79,13 +81,15 @@ class JobE2E : public ::testing::TestWithParam<std::string> {
          << spec.mode << "\", \"--bad-site\", \"" << spec.bad_site << "\", \"--from-round\", \""
          << spec.from_round << "\"]\n"
          << "launch = \"" << spec.launch_mode << "\"\n"
+         << spec.executor_extra
          << (spec.spill_over >= 0 ? "spill_over = " + std::to_string(spec.spill_over) + "\n" : std::string())
          << (spec.converter
                  ? "converters = [\"tensors\"]\n[components.tensors]\ntype = \"converter.identity\"\n"
                  : std::string())
          << "[components.launcher]\ntype = \"launcher.process\"\n"
          << "[components.pipe]\ntype = \"" << GetParam() << "\"\n"
-         << (spec.address.empty() ? std::string() : "address = \"" + spec.address + "\"\n");
+         << (spec.address.empty() ? std::string() : "address = \"" + spec.address + "\"\n")
+         << (spec.trainer_config.empty() ? std::string() : "[trainer_config]\n" + spec.trainer_config);
     return dir_.write("job.toml", toml.str());
   }
 
@@ -245,6 +249,29 @@ TEST_P(JobE2E, ATrainerKilledMidRoundFailsItsSiteAndTheJobGoesOn) {
   EXPECT_EQ(run.exit_code, kernel::exit_code::ok) << run.out << run.err;
   EXPECT_THAT(run.out, HasSubstr("site-2  FAILED"));
   EXPECT_THAT(run.out, HasSubstr("killed by signal 9"));
+  expect_no_trainer_left();
+}
+
+TEST_P(JobE2E, ATrainerDecliningATaskIsReportedAndGoesOnWithTheNextOne) {
+  auto run = simulate(write_job({.mode = "decline", .bad_site = "site-2", .from_round = 1}));
+  EXPECT_EQ(run.exit_code, kernel::exit_code::ok) << run.out << run.err;
+  EXPECT_THAT(run.out, HasSubstr("site-2: the trainer declined task 'train' round 1: not this round"));
+  EXPECT_THAT(run.out, HasSubstr("train round 3/3  site-2  ok")) << "the trainer did not live on";
+  auto told = read_text(dir_.path() / "ws" / "site-2" / "told.txt");
+  EXPECT_THAT(told, HasSubstr("task evaluate train 0 evaluate 1"));
+  expect_no_trainer_left();
+}
+
+TEST_P(JobE2E, TheTrainerConfigAndTaskNamesReachTheTrainer) {
+  auto run =
+      simulate(write_job({.trainer_config = "lr = 0.5\nname = \"cnn\"\n[trainer_config.nested]\nk = [1, 2]\n",
+                          .executor_extra = "train_task = \"fit\"\n"}));
+  EXPECT_EQ(run.exit_code, kernel::exit_code::ok) << run.out << run.err;
+  auto told = read_text(dir_.path() / "ws" / "site-1" / "told.txt");
+  EXPECT_THAT(told, HasSubstr("config {\"lr\":0.5,\"name\":\"cnn\",\"nested\":{\"k\":[1,2]}}"));
+  EXPECT_THAT(told, HasSubstr("lr 0.5\n"));
+  // fedavg sends "train", which this job's trainer does not call its train task.
+  EXPECT_THAT(told, HasSubstr("task train train 0 evaluate 0"));
   expect_no_trainer_left();
 }
 

@@ -2,9 +2,11 @@
 // library. It answers each task with its params plus one (F32), or a layout of its own when the task has
 // none, and misbehaves on purpose on one site when asked to:
 //   ember-test-trainer [--bad-site SITE] [--mode
-//   good|sigkill|exit3|hang-before-hello|wrong-names|wrong-shapes|no-converters|wrong-token|chatter]
+//   good|sigkill|exit3|hang-before-hello|wrong-names|wrong-shapes|no-converters|wrong-token|chatter|
+//   decline]
 //                      [--from-round R] [--size N]
-// It writes its pid to <workspace>/trainer.pid so a test can check that no trainer survived the job.
+// It writes its pid to <workspace>/trainer.pid so a test can check that no trainer survived the job, and
+// what the job told it (get_config(), the task names) to <workspace>/told.txt.
 
 #include <signal.h>
 #include <unistd.h>
@@ -109,6 +111,10 @@ int main(int argc, char** argv) {
     std::ofstream("init-error.txt") << ready.error().message << "\n";  // what the trainer was told
     return 1;
   }
+  (void)ember::client::init(init);  // a second init() warns and does nothing
+  std::ofstream told("told.txt");
+  told << "config " << ember::client::get_config() << "\n"
+       << "lr " << ember::client::config_value("lr").value_or("none") << "\n";
   std::map<std::string, std::shared_ptr<std::vector<float>>> buffers;
   while (true) {
     auto next = ember::client::receive();
@@ -121,6 +127,15 @@ int main(int argc, char** argv) {
     }
     const auto& model = **next;
     const bool misbehave = bad && model.current_round >= from_round;
+    told << "task " << ember::client::task_name() << " train " << ember::client::is_train() << " evaluate "
+         << ember::client::is_evaluate() << std::endl;
+    if (misbehave && mode == "decline" && model.current_round == from_round) {
+      if (auto declined = ember::client::clear("not this round"); !declined) {
+        std::fprintf(stderr, "test-trainer: clear: %s\n", declined.error().message.c_str());
+        return 1;
+      }
+      continue;  // the trainer lives on: the next task comes to it
+    }
     if (misbehave && mode == "sigkill") {
       ::raise(SIGKILL);
     }

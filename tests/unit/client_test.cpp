@@ -10,6 +10,8 @@
 
 #include <ember/client.hpp>
 
+#include <nlohmann/json.hpp>
+
 #include "session/bootstrap.hpp"
 #include "support.hpp"
 
@@ -37,6 +39,8 @@ session::Bootstrap sample() {
   b.timeouts.launch = std::chrono::milliseconds(1234);
   b.max_resends = 5;
   b.plugin_paths = {"/p1", "/p2"};
+  b.config_json = R"({"lr":0.5,"nested":{"k":[1,2]}})";
+  b.task_names.train = "fit";
   return b;
 }
 
@@ -59,6 +63,35 @@ TEST(Bootstrap, RoundTripsEveryFieldAndOptionType) {
   EXPECT_EQ(back->timeouts.launch, std::chrono::milliseconds(1234));
   EXPECT_EQ(back->max_resends, 5);
   EXPECT_EQ(back->plugin_paths, (std::vector<std::filesystem::path>{"/p1", "/p2"}));
+  EXPECT_EQ(back->config_json, R"({"lr":0.5,"nested":{"k":[1,2]}})");
+  EXPECT_EQ(back->task_names.train, "fit");
+  EXPECT_EQ(back->task_names.evaluate, "evaluate");
+}
+
+TEST(Bootstrap, AFileWithoutTheOptionalKeysGetsTheirDefaults) {
+  test::TempDir dir;
+  auto file = dir.path() / "bootstrap.json";
+  ASSERT_TRUE(session::write_bootstrap(file, sample()));
+  std::string text;
+  {
+    std::ifstream in(file);
+    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  auto doc = nlohmann::json::parse(text);
+  doc.erase("config");
+  doc.erase("task_names");
+  auto older = dir.write("older.json", doc.dump());
+  ::chmod(older.c_str(), 0600);
+  auto back = session::read_bootstrap(older);
+  ASSERT_TRUE(back) << back.error().message;
+  EXPECT_EQ(back->config_json, "{}");
+  EXPECT_EQ(back->task_names.train, "train");
+  doc["task_names"] = {{"train", 3}};
+  auto wrong = dir.write("wrong.json", doc.dump());
+  ::chmod(wrong.c_str(), 0600);
+  auto refused = session::read_bootstrap(wrong);
+  ASSERT_FALSE(refused);
+  EXPECT_THAT(refused.error().message, HasSubstr("wrong.json: key 'task_names.train': must be a string"));
 }
 
 TEST(Bootstrap, AFileOthersCanReadIsRefused) {
@@ -102,8 +135,12 @@ TEST(ClientApi, RanksOtherThanZeroGetAClearAnswer) {
   auto sent = client::send(client::FLModel{});
   ASSERT_FALSE(sent);
   EXPECT_EQ(sent.error().code, Errc::unsupported);
-  auto again = client::init();
-  EXPECT_FALSE(again);
+  EXPECT_EQ(client::get_config(), "{}");
+  EXPECT_EQ(client::config_value("lr"), std::nullopt);
+  EXPECT_TRUE(client::clear("nothing to decline")) << "without a task, clear() does nothing";
+  auto again = client::init();  // warns, and the first init's state stays
+  EXPECT_TRUE(again);
+  EXPECT_FALSE(client::is_rank0());
   client::shutdown();
   EXPECT_FALSE(client::is_running());
 }

@@ -2,6 +2,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "session_settings.hpp"
 #include "support.hpp"
@@ -71,11 +72,25 @@ TEST_F(JobConfigTest, NameDefaultsToTheJobFolder) {
   EXPECT_EQ(job->name, "x");
 }
 
+TEST_F(JobConfigTest, TheTrainerConfigTableTravelsAsJson) {
+  auto job = parse(
+      "schema_version = 1\n[trainer_config]\nlr = 0.5\nname = \"cnn\"\nsizes = [1, 2]\n"
+      "[trainer_config.opt]\nmomentum = true\n");
+  ASSERT_TRUE(job) << job.error().message;
+  EXPECT_EQ(
+      nlohmann::json::parse(job->trainer_config_json),
+      nlohmann::json::parse(R"({"lr": 0.5, "name": "cnn", "sizes": [1, 2], "opt": {"momentum": true}})"));
+  auto plain = parse("schema_version = 1\n");
+  ASSERT_TRUE(plain);
+  EXPECT_EQ(plain->trainer_config_json, "{}");
+  EXPECT_THAT(error_of("schema_version = 1\ntrainer_config = 3\n"),
+              HasSubstr("jobs/x/job.toml:2:18: trainer_config: expected a table"));
+}
+
 TEST_F(JobConfigTest, UnknownKeysNameFileLineColumn) {
   EXPECT_EQ(error_of("schema_version = 1\nrounds = 3\n"),
             "jobs/x/job.toml:2:1: rounds: unknown key (expected one of: schema_version, job, timeouts, "
-            "session, log, "
-            "components)");
+            "session, log, components, trainer_config)");
   EXPECT_THAT(error_of("schema_version = 1\n[timeouts]\n  lanch = \"3s\"\n"),
               HasSubstr("jobs/x/job.toml:3:3: timeouts.lanch: unknown key"));
   EXPECT_THAT(error_of("schema_version = 1\n[components.p]\ntype = \"pipe.memory\"\ncapacty = 3\n"),

@@ -253,6 +253,25 @@ TEST_F(SessionPair, LargePayloadStreamsIntoASinkByteExact) {
   EXPECT_EQ(received, data);
 }
 
+TEST_F(SessionPair, ALogOvertakesALargeResultOnTheControlLane) {
+  // A pipe of 4 frames each way: the result's 256 chunks wait for room, and a metric logged meanwhile goes
+  // before the next chunk instead of after the last.
+  open(fast(), {}, {}, 4);
+  handshake();
+  auto result =
+      trainer_->post(Op::result_ready, "train", {}, std::make_shared<BytesSource>(pattern(16u << 20)));
+  ASSERT_TRUE(result);
+  auto log = trainer_->post(Op::log, "log", {{"kind", "metric"}, {"key", "loss"}, {"value", "0.5"}});
+  ASSERT_TRUE(log);
+  auto first = job_->receive(10s);
+  ASSERT_TRUE(first && *first);
+  EXPECT_EQ((*first)->op, Op::log);
+  auto second = job_->receive(10s);
+  ASSERT_TRUE(second && *second);
+  EXPECT_EQ((*second)->op, Op::result_ready);
+  EXPECT_EQ((*second)->payload_size, 16u << 20);
+}
+
 TEST_F(SessionPair, DroppedDuplicatedAndCorruptFramesStillDeliverExactlyOnce) {
   test::FaultPolicy lossy{0.10, 0.05, 0.02, 0ms, 42};
   auto settings = fast();

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstdlib>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -60,7 +61,9 @@ class ExternalTrainer final : public Executor {
         env_(context.options().string_list("env")),
         gpus_(context.options().string_list("gpus")),
         check_layout_(context.options().boolean("check_layout")),
-        spill_over_(context.options().integer("spill_over")) {
+        spill_over_(context.options().integer("spill_over")),
+        task_names_{context.options().string("train_task"), context.options().string("evaluate_task"),
+                    context.options().string("submit_model_task")} {
     if (const JobInfo* job = registry_.job()) {
       job_ = *job;
     }
@@ -225,8 +228,11 @@ class ExternalTrainer final : public Executor {
         return fail(Errc::peer_gone, site() + ": the trainer is gone (" + gone_reason_ + ")");
       }
     }
+    declined_ = declined_final_ = false;
     auto result = run_task(task, stop);
-    if (!result || per_task_) {
+    const bool lives_on =
+        !result && declined_ && !declined_final_ && trainer_->session->state() == session::State::ready;
+    if ((!result && !lives_on) || per_task_) {
       // A failed task leaves the trainer in an unknown state: end it, so the next task starts clean (per
       // task) or fails at once saying why (per job).
       end_trainer(result ? "task done" : result.error().message, !result);
@@ -247,7 +253,59 @@ class ExternalTrainer final : public Executor {
     std::shared_ptr<session::BundleInbox> inbox;
   };
 
+  // A Python trainer: "python3" (or "python") means the interpreter ember's package was built for, not
+  // whichever is first on PATH; a command that starts with a .py file runs it with that interpreter. The
+  // script is looked up in the job folder, like a program.
+  bool is_python(const std::string& program) const {
+    return !job_.python.empty() && (program == "python3" || program == "python");
+  }
+
+  std::vector<std::string> python_command() const {
+    std::vector<std::string> argv = command_;
+    if (argv[0].ends_with(".py")) {
+      argv.insert(argv.begin(), job_.python.string());
+    } else {
+      argv[0] = job_.python.string();
+    }
+    std::error_code ec;
+    for (std::size_t i = 1; i < argv.size(); ++i) {
+      if (argv[i].starts_with("-")) {
+        if (argv[i] == "-m" || argv[i] == "-c") {
+          break;  // a module or inline code: nothing to resolve
+        }
+        continue;
+      }
+      std::filesystem::path script(argv[i]);
+      if (script.is_relative() && std::filesystem::is_regular_file(job_.job_dir / script, ec)) {
+        argv[i] = (job_.job_dir / script).lexically_normal().string();
+      }
+      break;
+    }
+    return argv;
+  }
+
+  // The package `ember` comes first on the trainer's PYTHONPATH (then the job's env option, else ours).
+  void add_python_path(LaunchSpec& spec) const {
+    if (job_.python_paths.empty()) {
+      return;
+    }
+    std::vector<std::string> parts;
+    for (const auto& p : job_.python_paths) {
+      parts.push_back(p.string());
+    }
+    if (auto given = spec.env.find("PYTHONPATH"); given != spec.env.end()) {
+      parts.push_back(given->second);
+    } else if (const char* inherited = std::getenv("PYTHONPATH"); inherited != nullptr && *inherited != 0) {
+      parts.emplace_back(inherited);
+    }
+    spec.env["PYTHONPATH"] = base::join(parts, ":");
+    spec.env.try_emplace("PYTHONUNBUFFERED", "1");  // a Python trainer's prints reach the log as they happen
+  }
+
   std::vector<std::string> resolve_command() const {
+    if (is_python(command_[0]) || (!job_.python.empty() && command_[0].ends_with(".py"))) {
+      return python_command();
+    }
     std::vector<std::string> argv = command_;
     std::filesystem::path program(argv[0]);
     std::error_code ec;
@@ -310,6 +368,8 @@ class ExternalTrainer final : public Executor {
     b.timeouts = job_.timeouts;
     b.max_resends = job_.max_resends;
     b.plugin_paths = job_.plugin_paths;
+    b.config_json = job_.trainer_config_json;
+    b.task_names = task_names_;
     auto bootstrap_file = workspace_ / "ember-bootstrap.json";
     std::error_code ec;
     std::filesystem::create_directories(workspace_, ec);
@@ -324,6 +384,7 @@ class ExternalTrainer final : public Executor {
       auto eq = entry.find('=');
       spec.env[entry.substr(0, eq)] = entry.substr(eq + 1);
     }
+    add_python_path(spec);
     spec.env["EMBER_BOOTSTRAP"] = bootstrap_file.string();
     spec.env["EMBER_SITE"] = job_.site;
     spec.env["EMBER_JOB_ID"] = job_.job_id;
@@ -565,8 +626,12 @@ class ExternalTrainer final : public Executor {
           break;
         case Op::task_failed:
           if (m.req_id == task_msg) {
-            return fail(Errc::rejected, site() + ": the trainer refused task '" + task.name +
-                                            "': " + header_or(m, "reason", "no reason given"));
+            declined_ = true;
+            declined_final_ = header_or(m, "final") == "true";
+            return fail(Errc::rejected, site() + ": the trainer " +
+                                            (declined_final_ ? "failed" : "declined") + " task '" +
+                                            task.name + "' round " + std::to_string(task.round) + ": " +
+                                            header_or(m, "reason", "no reason given"));
           }
           break;
         case Op::result_ready: {
@@ -640,6 +705,7 @@ class ExternalTrainer final : public Executor {
   std::vector<std::string> gpus_;
   bool check_layout_;
   std::int64_t spill_over_;
+  session::TaskNames task_names_;
 
   JobInfo job_;
   session::Settings settings_;
@@ -654,13 +720,18 @@ class ExternalTrainer final : public Executor {
   std::vector<ConfiguredComponent> converters_;
   std::optional<Trainer> trainer_;
   std::string gone_reason_;
+  // The last task failed because the trainer declined it (TASK_FAILED): it lives on, unless it said the
+  // refusal was final (it is ending) or its session is gone.
+  bool declined_ = false;
+  bool declined_final_ = false;
   int launches_ = 0;
 };
 
 constexpr OptionSpec options[] = {
     {"command", OptionType::string_list, nullptr,
      "the training program and its arguments; a bare name is looked up in the job folder, then ember's "
-     "example programs, then PATH"},
+     "example programs, then PATH; \"python3\" (or a first .py file) runs ember's Python with its package "
+     "on PYTHONPATH and the script looked up in the job folder"},
     {.name = "launcher",
      .type = OptionType::string,
      .default_value = "launcher",
@@ -687,6 +758,11 @@ constexpr OptionSpec options[] = {
      .doc = "NAME=VALUE entries added to the trainer's environment",
      .choices = "<name>=<any>"},
     {"gpus", OptionType::string_list, "[]", "GPU ids for the trainer (CUDA_VISIBLE_DEVICES)"},
+    {"train_task", OptionType::string, "train", "the task name the trainer's is_train() answers true for"},
+    {"evaluate_task", OptionType::string, "evaluate",
+     "the task name the trainer's is_evaluate() answers true for"},
+    {"submit_model_task", OptionType::string, "submit_model",
+     "the task name the trainer's is_submit_model() answers true for"},
     {"check_layout", OptionType::boolean, "true",
      "reject a result whose tensor names, dtypes or shapes differ from the task's"},
     {.name = "spill_over",

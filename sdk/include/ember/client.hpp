@@ -69,10 +69,14 @@ struct SystemInfo {
   int rank = 0;
   std::filesystem::path workspace;
   std::vector<std::string> formats;  ///< the converters' formats this trainer declared ("torch")
+  std::string train_task = "train";  ///< the task names the job uses (the executor's *_task options)
+  std::string evaluate_task = "evaluate";
+  std::string submit_model_task = "submit_model";
 };
 
 /// Connects to the job: reads the 0600 bootstrap file, loads the pipe and converter plugins it names, and
 /// runs the session handshake. Errc::invalid_config names the file and key when the bootstrap is wrong.
+/// A second call warns on stderr and does nothing (the first session goes on).
 EMBER_API Result<void> init(const InitOptions& options = {});
 /// The next task's model, or nullopt when the job ends (SHUTDOWN) or aborts (then abort_requested()).
 /// `timeout` bounds the wait (default: until the job says something; the session's liveness still applies).
@@ -84,12 +88,30 @@ EMBER_API Result<void> send(const FLModel& model);
 /// Records a scalar metric (forwarded to the job's metrics). Best effort: never blocks training; when the
 /// queue is full the oldest entry is dropped and counted.
 EMBER_API void log(std::string_view key, double value, std::optional<std::uint64_t> step = std::nullopt);
+/// Records several scalar metrics at once (each as log() does).
+EMBER_API void log(const std::map<std::string, double>& values,
+                   std::optional<std::uint64_t> step = std::nullopt);
 /// Records a line of text in the job log. Best effort, like log().
 EMBER_API void log_text(std::string_view text);
 
+/// Declines the task receive() returned and that send() has not answered: the job hears TASK_FAILED with
+/// `reason` (its site's task fails, saying why) and the trainer goes on with the next receive(). Without a
+/// task it does nothing.
+EMBER_API Result<void> clear(std::string_view reason = {});
+/// Ends the session because the trainer cannot go on: the current task, if any, fails with `reason`
+/// (TASK_FAILED marked final, so the job does not wait for this trainer again), then ABORT with `reason`.
+/// Best effort and bounded, like shutdown(); what a trainer calls on an unhandled error before it exits.
+EMBER_API void end_with_error(std::string_view reason);
+
+/// The job's [trainer_config] table as JSON text: "{}" when the job has none (or before init()).
+EMBER_API std::string get_config();
+/// One top-level entry of that table as JSON text ("0.01", "\"adam\"", "[1,2]"), or nullopt.
+EMBER_API std::optional<std::string> config_value(std::string_view key);
+
 /// The current task's name ("train"), or empty between tasks.
 EMBER_API std::string task_name();
-/// Whether the current task is "train", "evaluate" or "submit_model".
+/// Whether the current task is the job's train, evaluate or submit-model task ("train", "evaluate",
+/// "submit_model" unless the executor names them otherwise).
 EMBER_API bool is_train();
 EMBER_API bool is_evaluate();
 EMBER_API bool is_submit_model();

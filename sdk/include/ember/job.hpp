@@ -36,6 +36,12 @@ struct JobInfo {
   /// The file providing each component type ("pipe.socket" → its .so), so a trainer loads only what it needs;
   /// a type linked into the program has an empty path.
   std::map<std::string, std::filesystem::path> plugin_files;
+  /// The job's [trainer_config] table as JSON text ("{}" when absent), handed to the trainers.
+  std::string trainer_config_json = "{}";
+  /// The Python interpreter ember was built for, and where its `ember` package is (the build tree's when
+  /// ember runs from it, else the install prefix's): a Python trainer needs no path set by hand.
+  std::filesystem::path python;
+  std::vector<std::filesystem::path> python_paths;
 };
 
 }  // namespace ember

@@ -26,6 +26,13 @@ struct ComponentRef {
   Options options;
 };
 
+/// Which task names mean train, evaluate and submit-model for this trainer (executor options).
+struct TaskNames {
+  std::string train = "train";
+  std::string evaluate = "evaluate";
+  std::string submit_model = "submit_model";
+};
+
 struct Bootstrap {
   std::string job_id;
   std::string job_name;
@@ -37,6 +44,10 @@ struct Bootstrap {
   JobTimeouts timeouts;
   std::int64_t max_resends = 3;
   std::vector<std::filesystem::path> plugin_paths;
+  /// The job's [trainer_config] table as JSON text ("{}" when the job has none): what get_config() returns.
+  std::string config_json = "{}";
+  /// The names the job gives its train, evaluate and submit-model tasks (is_train() and the others).
+  TaskNames task_names;
 };
 
 /// Writes `file` with mode 0600 through a temporary file and a rename, so a reader never sees half of it.

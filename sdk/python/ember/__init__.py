@@ -1,0 +1,3 @@
+"""ember: a federated-learning runtime. Training scripts use ember.client."""
+
+__version__ = "0.1.0"
