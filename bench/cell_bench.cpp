@@ -126,6 +126,9 @@ struct Kits {
   fs::path dir;
 
   explicit Kits(fs::path folder) : dir(std::move(folder)) {
+    if (!ember::provision::make_dir(dir, 0700)) {
+      die("cannot make " + dir.string());
+    }
     auto now = ember::provision::Clock::now();
     auto ca = ember::provision::make_ca("cell_bench CA", 2);
     if (!ca) {
@@ -614,7 +617,7 @@ std::uint64_t status_kib(pid_t pid, const char* key) {
 
 class Node {
  public:
-  explicit Node(const std::vector<std::string>& argv) {
+  Node(const std::vector<std::string>& argv, fs::path log) : log_(std::move(log)) {
     int in[2], out[2];
     if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0) {
       die("pipe failed");
@@ -623,6 +626,8 @@ class Node {
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_adddup2(&actions, in[0], 0);
     posix_spawn_file_actions_adddup2(&actions, out[1], 1);
+    // Its log (link events, the clear-text warning) goes to a file beside the kits, shown on failure.
+    posix_spawn_file_actions_addopen(&actions, 2, log_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
     std::vector<char*> args;
     for (const auto& a : argv) {
       args.push_back(const_cast<char*>(a.c_str()));
@@ -686,10 +691,12 @@ class Node {
         pending_.append(buffer, static_cast<std::size_t>(n));
       }
     }
-    die("cell_node " + std::to_string(pid_) + ": no '" + prefix + "' line");
+    die("cell_node " + std::to_string(pid_) + ": no '" + prefix + "' line within " +
+        std::to_string(timeout.count()) + " s; its log:\n" + Kits::read(log_));
   }
 
  private:
+  fs::path log_;
   pid_t pid_ = -1;
   int to_ = -1, from_ = -1;
   std::string pending_;
@@ -714,15 +721,18 @@ json measure_rss(bool tls, const Kits& kits, const Options& o, std::uint64_t siz
     return a;
   };
   Node server(with({node, "--fqcn", "server", "--listen", "127.0.0.1:0", "--allow", "site-1"},
-                   security("server", "")));
+                   security("server", "")),
+              kits.dir / "server.log");
   auto server_address = server.expect("LISTEN ", 20s).substr(7);
   Node site(with({node, "--fqcn", "site-1", "--listen", "127.0.0.1:0", "--parent", server_address, "--admit",
                   "J=bench-token"},
-                 security("site-1", "server")));
+                 security("site-1", "server")),
+            kits.dir / "site.log");
   auto site_address = site.expect("LISTEN ", 20s).substr(7);
   site.expect("PARENT_UP", 20s);
   Node job(with({node, "--fqcn", "site-1.J", "--parent", site_address, "--token", "bench-token"},
-                security("site-1", "site-1")));
+                security("site-1", "site-1")),
+           kits.dir / "job.log");
   job.expect("PARENT_UP", 20s);
   std::uint64_t site_idle = status_kib(site.pid(), "VmHWM:");
   auto t = Clock::now();
@@ -782,7 +792,7 @@ int main(int argc, char** argv) {
   if (o.rss && o.cell_node.empty()) {
     return usage();
   }
-  std::signal(SIGPIPE, SIG_IGN);
+  ::signal(SIGPIPE, SIG_IGN);
   const char* base = std::getenv("TMPDIR");
   std::string pattern = std::string(base != nullptr ? base : "/tmp") + "/ember-cell-bench.XXXXXX";
   if (::mkdtemp(pattern.data()) == nullptr) {
