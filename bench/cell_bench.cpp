@@ -1,6 +1,6 @@
 // cell_bench: the cell network (kernel/cell) beside raw gRPC doing the same work in the same run (issue #14).
 //
-//   cell_bench --cell-node PATH [--runs N] [--json FILE] [--no-tls] [--no-rss] [--quick]
+//   cell_bench --cell-node PATH [--runs N] [--json FILE] [--no-tls] [--no-rss] [--quick] [--side cell|raw]
 //
 // In this process, for clear text and for mutual TLS (a CA and certificates written with kernel/provision
 // into a temporary folder):
@@ -441,6 +441,8 @@ struct Options {
   bool tls = true;
   bool rss = true;
   bool quick = false;
+  bool cell = true;  // --side cell: only the cell's cases (for `perf record`)
+  bool raw = true;   // --side raw: only the raw baselines
 };
 
 struct Series {
@@ -509,11 +511,11 @@ void measure_mode(bool tls, Kits& kits, const Options& o, const std::vector<std:
         };
         // Alternate which goes first, so neither always follows the other's garbage.
         if (run % 2 == 0) {
-          cell_run();
-          raw_run();
+          o.cell ? cell_run() : void();
+          o.raw ? raw_run() : void();
         } else {
-          raw_run();
-          cell_run();
+          o.raw ? raw_run() : void();
+          o.cell ? cell_run() : void();
         }
       }
       out["throughput"].push_back(throughput_case(tls, hops, size.bytes, s));
@@ -526,7 +528,7 @@ void measure_mode(bool tls, Kits& kits, const Options& o, const std::vector<std:
   const int rtt_warmup = 200, rtt_iterations = o.quick ? 500 : 2000;
   Series rtt;
   for (int run = 0; run < o.runs; ++run) {
-    for (int i = 0; i < rtt_warmup + rtt_iterations; ++i) {
+    for (int i = 0; i < (o.cell ? rtt_warmup + rtt_iterations : 0); ++i) {
       auto t = Clock::now();
       auto r = tree.server->request("site-1", "echo", {}, small_bytes, 10s);
       if (!r.ok() || r.message.payload.size() != small.size()) {
@@ -537,7 +539,7 @@ void measure_mode(bool tls, Kits& kits, const Options& o, const std::vector<std:
       }
     }
     RawStream echo(direct, "E");
-    for (int i = 0; i < rtt_warmup + rtt_iterations; ++i) {
+    for (int i = 0; i < (o.raw ? rtt_warmup + rtt_iterations : 0); ++i) {
       auto t = Clock::now();
       echo.write_small(small);
       echo.await();
@@ -563,31 +565,35 @@ void measure_mode(bool tls, Kits& kits, const Options& o, const std::vector<std:
   const std::uint64_t n = o.quick ? 5000 : 20000;
   Series rate;
   for (int run = 0; run < o.runs; ++run) {
-    tree.counted = 0;
-    tree.target = n;
-    auto t = Clock::now();
-    for (std::uint64_t i = 0; i < n; ++i) {
-      auto r = tree.server->notify("site-1", "count", {}, small_bytes, 10s);
-      if (!r.ok()) {
-        die("cell: notify failed: " + r.reason);
+    if (o.cell) {
+      tree.counted = 0;
+      tree.target = n;
+      auto t = Clock::now();
+      for (std::uint64_t i = 0; i < n; ++i) {
+        auto r = tree.server->notify("site-1", "count", {}, small_bytes, 10s);
+        if (!r.ok()) {
+          die("cell: notify failed: " + r.reason);
+        }
       }
-    }
-    {
-      std::unique_lock lock(tree.mutex);
-      if (!tree.counted_cv.wait_for(lock, 60s, [&] { return tree.counted.load() >= n; })) {
-        die("cell: only " + std::to_string(tree.counted.load()) + " of " + std::to_string(n) +
-            " notifies arrived");
+      {
+        std::unique_lock lock(tree.mutex);
+        if (!tree.counted_cv.wait_for(lock, 60s, [&] { return tree.counted.load() >= n; })) {
+          die("cell: only " + std::to_string(tree.counted.load()) + " of " + std::to_string(n) +
+              " notifies arrived");
+        }
       }
+      rate.cell.push_back(static_cast<double>(n) / seconds_since(t));
+      tree.target = ~0ull;
     }
-    rate.cell.push_back(static_cast<double>(n) / seconds_since(t));
-    tree.target = ~0ull;
-    RawStream counter(direct, "C" + std::to_string(n));
-    t = Clock::now();
-    for (std::uint64_t i = 0; i < n; ++i) {
-      counter.write_small(small);
+    if (o.raw) {
+      RawStream counter(direct, "C" + std::to_string(n));
+      auto t = Clock::now();
+      for (std::uint64_t i = 0; i < n; ++i) {
+        counter.write_small(small);
+      }
+      counter.await();
+      rate.raw.push_back(static_cast<double>(n) / seconds_since(t));
     }
-    counter.await();
-    rate.raw.push_back(static_cast<double>(n) / seconds_since(t));
   }
   json rate_json = {{"tls", tls},
                     {"size", small.size()},
@@ -761,8 +767,8 @@ json measure_rss(bool tls, const Kits& kits, const Options& o, std::uint64_t siz
 }
 
 int usage() {
-  std::cerr
-      << "usage: cell_bench --cell-node PATH [--runs N] [--json FILE] [--no-tls] [--no-rss] [--quick]\n";
+  std::cerr << "usage: cell_bench --cell-node PATH [--runs N] [--json FILE] [--no-tls] [--no-rss] [--quick] "
+               "[--side cell|raw]\n";
   return 2;
 }
 
@@ -781,6 +787,10 @@ int main(int argc, char** argv) {
       o.quick = true;
     } else if (i + 1 < args.size() && a == "--cell-node") {
       o.cell_node = args[++i];
+    } else if (i + 1 < args.size() && a == "--side") {
+      const auto& side = args[++i];
+      o.cell = side != "raw";
+      o.raw = side != "cell";
     } else if (i + 1 < args.size() && a == "--runs") {
       o.runs = std::max(1, std::atoi(args[++i].c_str()));
     } else if (i + 1 < args.size() && a == "--json") {
