@@ -50,8 +50,22 @@ else
   # shellcheck disable=SC2086
   meson setup "$build_dir" "$source_root" --wrap-mode=nodownload $options
 fi
-# Two cores are shared on the reference machine: never more than two jobs.
-ninja -C "$build_dir" -j2
+# Two cores are shared on the reference machine: never more than two jobs. --cell-only builds only what it
+# runs (the whole tree, LibTorch's plugins included, takes long).
+if [ "$cell_only" = yes ]; then
+  targets="bench/cell_bench bench/cell_node"
+  if grep -q '^build bench/pipe_bench:' "$build_dir/build.ninja"; then
+    targets="$targets bench/pipe_bench plugins/ember-pipe-socket.so plugins/ember-pipe-cell.so"
+  fi
+  if ! grep -q '^build bench/cell_bench:' "$build_dir/build.ninja"; then
+    echo "run_benchmarks.sh: $build_dir has no cell_bench (no gRPC, or -Dcell=disabled)" >&2
+    exit 1
+  fi
+  # shellcheck disable=SC2086
+  ninja -C "$build_dir" -j2 $targets
+else
+  ninja -C "$build_dir" -j2
+fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/ember-bench.XXXXXX")
 trap 'rm -rf "$work"' EXIT INT TERM
