@@ -103,6 +103,17 @@ run_cell() {
     cell_section_args="$cell_section_args --pipes $work/cell_pipes.json"
   fi
   cell_load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+  # Where the time goes: each side once more under perf, apart from the measured runs.
+  if [ "$profile" = yes ] && perf record -q -e cpu-clock -o "$work/probe.data" true >/dev/null 2>&1; then
+    for side in cell raw; do
+      echo "run_benchmarks.sh: perf record of cell_bench --side $side"
+      perf record -q -e cpu-clock -F 999 -g -o "$work/cell_$side.data" -- "$build_dir/bench/cell_bench" \
+        --quick --no-tls --no-rss --runs 2 --side "$side" >/dev/null 2>&1
+      perf report -i "$work/cell_$side.data" --stdio --children --sort sym -g none \
+        >"$work/cell_$side.txt" 2>/dev/null
+    done
+    cell_section_args="$cell_section_args --perf cell=$work/cell_cell.txt --perf raw-gRPC=$work/cell_raw.txt"
+  fi
 }
 
 write_cell() {

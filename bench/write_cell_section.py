@@ -32,7 +32,58 @@ def security(tls):
     return "mutual TLS" if tls else "clear text"
 
 
-def section(cell, pipes, meta, profile):
+# Symbols whose inclusive share tells where a cell's time goes beyond raw gRPC's (perf --children).
+KEY_SYMBOLS = [
+    ("exc_page_fault", "page faults (fresh memory touched: gRPC's receive buffers, a message's payload)"),
+    ("__memmove_avx512_unaligned_erms", "memmove/memcpy (user space copies)"),
+    ("__memset_avx512_unaligned_erms", "memset (zero-filling)"),
+    ("_copy_to_iter", "kernel copies to user space (socket reads)"),
+    ("_copy_from_iter", "kernel copies from user space (socket writes)"),
+    ("ember::cell::CellImpl::send", "cell: split and encode a message into packets"),
+    ("ember::cell::(anonymous namespace)::encode_packet", "cell: encode one packet (copy + checksum)"),
+    ("ember::wire::crc32c", "CRC32C of frames"),
+    ("ember::cell::CellImpl::append", "cell: reassemble a received message"),
+]
+
+
+def perf_rows(path):
+    """{symbol: (children %, self %)} from `perf report --children --sort sym -g none --stdio`."""
+    rows = {}
+    for line in open(path, errors="replace"):
+        m = re.match(r"\s*([0-9.]+)%\s+([0-9.]+)%\s+\[[.k]\]\s+(.*\S)", line)
+        if m:
+            rows.setdefault(m.group(3), (float(m.group(1)), float(m.group(2))))
+    return rows
+
+
+def profile_table(add, profiles):
+    """profiles: [(label, path)], each a perf report of cell_bench --side cell or --side raw."""
+    data = [(label, perf_rows(path)) for label, path in profiles]
+    add("### Where the time goes")
+    add("")
+    add("`perf record -e cpu-clock -g` of `cell_bench --quick --no-tls --no-rss --runs 2 --side cell`, then "
+        "`--side raw` (1 MiB and 100 MiB messages over one and two hops, the round trips and the rate; the cell's "
+        "three cells or the raw sink, relay and client all in one process). Inclusive share of all samples of "
+        "each run (a row may contain another):")
+    add("")
+    add("| Where | " + " | ".join(label for label, _ in data) + " |")
+    add("|---|" + "---:|" * len(data))
+    for sym, meaning in KEY_SYMBOLS:
+        values = []
+        for _, rows in data:
+            hit = [v for k, v in rows.items() if k == sym or k.startswith(sym + "(")]
+            values.append(f"{hit[0][0]:.1f} %" if hit else "-")
+        if any(v != "-" for v in values):
+            add(f"| {meaning} (`{sym}`) | " + " | ".join(values) + " |")
+    add("")
+    for label, rows in data:
+        top = sorted(rows.items(), key=lambda kv: -kv[1][1])[:10]
+        add(f"Top symbols by self time, {label}: " +
+            ", ".join(f"`{name[:60]}` {self_:.1f} %" for name, (_, self_) in top) + ".")
+        add("")
+
+
+def section(cell, pipes, meta, profile, profiles):
     lines = []
     add = lines.append
     add(HEADING)
@@ -169,9 +220,9 @@ def section(cell, pipes, meta, profile):
                 f"{big['far_peak_kib'] / 1024:.1f} MiB trainer end.")
         add("")
 
+    if profiles:
+        profile_table(add, profiles)
     if profile:
-        add("### Where the time goes")
-        add("")
         add(profile.strip())
         add("")
     return lines
@@ -182,6 +233,8 @@ def main():
     parser.add_argument("--cell", required=True, help="cell_bench --json output")
     parser.add_argument("--pipes", help="pipe_bench --json output (its cell cases and their baselines)")
     parser.add_argument("--profile", help="a Markdown file of notes on profiles, placed at the section's end")
+    parser.add_argument("--perf", action="append", default=[],
+                        help="LABEL=FILE: `perf report --children --sort sym -g none --stdio` of cell_bench --side")
     parser.add_argument("--output", required=True, help="docs/BENCHMARKS.md: the section is replaced or added")
     parser.add_argument("--meta", action="append", default=[], help="key=value shown in the section's header")
     args = parser.parse_args()
@@ -189,7 +242,8 @@ def main():
     pipes = json.load(open(args.pipes)) if args.pipes else None
     profile = open(args.profile).read() if args.profile else ""
     meta = dict(m.split("=", 1) for m in args.meta)
-    new = "\n".join(section(cell, pipes, meta, profile)) + "\n"
+    profiles = [tuple(p.split("=", 1)) for p in args.perf]
+    new = "\n".join(section(cell, pipes, meta, profile, profiles)) + "\n"
     try:
         text = open(args.output).read()
     except FileNotFoundError:
