@@ -28,6 +28,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -169,8 +170,9 @@ struct Kits {
 // -----------------------------------------
 
 // The first packet of a stream says what the stream is: "S<bytes>" a sink of messages of that many bytes
-// (each acknowledged by a one-byte packet once whole), "E" an echo of every packet, "C<n>" a counter
-// acknowledging every n-th packet.
+// (each acknowledged by a one-byte packet once whole), "G<bytes>" the same but gathering each message into
+// one buffer reserved whole and freed after it (what a cell's receiver does, so that the cell's extra cost
+// beyond that shows), "E" an echo of every packet, "C<n>" a counter acknowledging every n-th packet.
 class RawSink final : public v1::Cell::Service {
  public:
   grpc::Status Connect(grpc::ServerContext*,
@@ -184,16 +186,24 @@ class RawSink final : public v1::Cell::Service {
     v1::Packet ack;
     ack.set_frame("A");
     std::uint64_t got = 0;
+    std::vector<char> whole;
     while (stream->Read(&in)) {
+      if (kind == 'G') {
+        if (whole.capacity() == 0) {
+          whole.reserve(arg);
+        }
+        whole.insert(whole.end(), in.frame().begin(), in.frame().end());
+      }
       if (kind == 'E') {
         if (!stream->Write(in)) {
           break;
         }
         continue;
       }
-      got += kind == 'S' ? in.frame().size() : 1;
+      got += kind == 'S' || kind == 'G' ? in.frame().size() : 1;
       if (got >= arg) {
         got -= arg;
+        std::vector<char>().swap(whole);
         if (!stream->Write(ack)) {
           break;
         }
@@ -446,15 +456,32 @@ struct Options {
 };
 
 struct Series {
-  std::vector<double> cell, raw;
+  std::vector<double> cell, raw, gather;
+  double cell_cpu = 0, raw_cpu = 0, gather_cpu = 0;  // CPU seconds of this process, all threads
+  std::uint64_t cell_bytes = 0, raw_bytes = 0, gather_bytes = 0;
 };
+
+double cpu_seconds() {
+  rusage u{};
+  ::getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+}
+
+double per_gib(double cpu, std::uint64_t bytes) {
+  return bytes == 0 ? 0 : cpu * static_cast<double>(GiB) / static_cast<double>(bytes);
+}
 
 json throughput_case(bool tls, int hops, std::uint64_t size, const Series& s) {
   double c = median(s.cell), r = median(s.raw);
   double cell_mb = static_cast<double>(size) / c / 1e6, raw_mb = static_cast<double>(size) / r / 1e6;
-  std::printf("%-5s %d hop%s %8s   cell %8.1f MB/s   raw %8.1f MB/s   cell/raw %5.1f %%\n",
-              tls ? "TLS" : "clear", hops, hops == 1 ? " " : "s", size_name(size).c_str(), cell_mb, raw_mb,
-              100.0 * cell_mb / raw_mb);
+  std::printf(
+      "%-5s %d hop%s %8s   cell %8.1f MB/s   raw %8.1f MB/s   cell/raw %5.1f %%   (gathering raw %8.1f MB/s; "
+      "CPU s/GiB cell %.2f raw %.2f gathering %.2f)\n",
+      tls ? "TLS" : "clear", hops, hops == 1 ? " " : "s", size_name(size).c_str(), cell_mb, raw_mb,
+      100.0 * cell_mb / raw_mb, static_cast<double>(size) / median(s.gather) / 1e6,
+      per_gib(s.cell_cpu, s.cell_bytes), per_gib(s.raw_cpu, s.raw_bytes),
+      per_gib(s.gather_cpu, s.gather_bytes));
   std::fflush(stdout);
   return {{"tls", tls},
           {"hops", hops},
@@ -464,8 +491,14 @@ json throughput_case(bool tls, int hops, std::uint64_t size, const Series& s) {
           {"cell_mb_per_s", cell_mb},
           {"raw_mb_per_s", raw_mb},
           {"share", cell_mb / raw_mb},
+          {"gather_s", median(s.gather)},
+          {"gather_mb_per_s", static_cast<double>(size) / median(s.gather) / 1e6},
+          {"cell_cpu_s_per_gib", per_gib(s.cell_cpu, s.cell_bytes)},
+          {"raw_cpu_s_per_gib", per_gib(s.raw_cpu, s.raw_bytes)},
+          {"gather_cpu_s_per_gib", per_gib(s.gather_cpu, s.gather_bytes)},
           {"cell_samples", s.cell},
-          {"raw_samples", s.raw}};
+          {"raw_samples", s.raw},
+          {"gather_samples", s.gather}};
 }
 
 void measure_mode(bool tls, Kits& kits, const Options& o, const std::vector<std::byte>& buffer, json& out) {
@@ -489,7 +522,9 @@ void measure_mode(bool tls, Kits& kits, const Options& o, const std::vector<std:
       Series s;
       std::span<const std::byte> payload(buffer.data(), size.bytes);
       for (int run = 0; run < o.runs; ++run) {
+        const auto n = static_cast<std::uint64_t>(size.warmup + size.iterations);
         auto cell_run = [&] {
+          double cpu = cpu_seconds();
           for (int i = 0; i < size.warmup + size.iterations; ++i) {
             auto t = Clock::now();
             tree.send(hops == 1 ? "site-1" : "site-1.J", payload);
@@ -497,17 +532,27 @@ void measure_mode(bool tls, Kits& kits, const Options& o, const std::vector<std:
               s.cell.push_back(seconds_since(t));
             }
           }
+          s.cell_cpu += cpu_seconds() - cpu;
+          s.cell_bytes += n * size.bytes;
         };
-        auto raw_run = [&] {
-          RawStream stream(hops == 1 ? direct : relayed, "S" + std::to_string(size.bytes));
+        auto raw_series = [&](char mode, std::vector<double>& samples, double& cpu_total,
+                              std::uint64_t& bytes) {
+          double cpu = cpu_seconds();
+          RawStream stream(hops == 1 ? direct : relayed, mode + std::to_string(size.bytes));
           for (int i = 0; i < size.warmup + size.iterations; ++i) {
             auto t = Clock::now();
             stream.send(payload);
             stream.await();
             if (i >= size.warmup) {
-              s.raw.push_back(seconds_since(t));
+              samples.push_back(seconds_since(t));
             }
           }
+          cpu_total += cpu_seconds() - cpu;
+          bytes += n * size.bytes;
+        };
+        auto raw_run = [&] {
+          raw_series('S', s.raw, s.raw_cpu, s.raw_bytes);
+          raw_series('G', s.gather, s.gather_cpu, s.gather_bytes);
         };
         // Alternate which goes first, so neither always follows the other's garbage.
         if (run % 2 == 0) {
