@@ -88,6 +88,13 @@ run_cell() {
   "$build_dir/bench/cell_bench" --cell-node "$build_dir/bench/cell_node" --runs "$cell_runs" \
     --json "$work/cell.json"
   cell_section_args="--cell $work/cell.json"
+  # Diagnosis: the 100 MiB cases again with glibc's malloc asking for transparent huge pages on its large
+  # mappings (GLIBC_TUNABLES=glibc.malloc.hugetlb=1), which shows how much of each figure is page faults on
+  # fresh memory (a receiver's whole-message buffer, gRPC's receive buffers).
+  echo "run_benchmarks.sh: cell_bench --quick again with glibc.malloc.hugetlb=1 (a diagnosis, not a figure)"
+  GLIBC_TUNABLES=glibc.malloc.hugetlb=1 "$build_dir/bench/cell_bench" --quick --no-tls --no-rss \
+    --runs "$cell_runs" --json "$work/cell_thp.json" >/dev/null
+  cell_section_args="$cell_section_args --cell-thp $work/cell_thp.json"
   if [ -f "$work/pipes.json" ]; then
     cell_section_args="$cell_section_args --pipes $work/pipes.json"  # the full pipe run had the cell cases
   elif [ -x "$build_dir/bench/pipe_bench" ]; then

@@ -83,7 +83,20 @@ def profile_table(add, profiles):
         add("")
 
 
-def section(cell, pipes, meta, profile, profiles):
+def throughput_table(add, rows):
+    add("| Security | Path | Size | cell MB/s | raw gRPC MB/s | cell / raw | raw, gathering MB/s | cell ms | raw ms | "
+        "CPU s/GiB cell | raw | raw, gathering |")
+    add("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for t in rows:
+        path = "server → site (1 hop)" if t["hops"] == 1 else "server → site → job (2 hops)"
+        add(f"| {security(t['tls'])} | {path} | {size_label(t['size'])} | {t['cell_mb_per_s']:.1f} | "
+            f"{t['raw_mb_per_s']:.1f} | {t['share']:.0%} | {t.get('gather_mb_per_s', 0):.1f} | "
+            f"{t['cell_s'] * 1e3:.1f} | {t['raw_s'] * 1e3:.1f} | {t.get('cell_cpu_s_per_gib', 0):.2f} | "
+            f"{t.get('raw_cpu_s_per_gib', 0):.2f} | {t.get('gather_cpu_s_per_gib', 0):.2f} |")
+    add("")
+
+
+def section(cell, pipes, meta, profile, profiles, thp=None):
     lines = []
     add = lines.append
     add(HEADING)
@@ -144,12 +157,18 @@ def section(cell, pipes, meta, profile, profiles):
     add("Median over every timed message of every run (1 MiB: 30 per run after 5 warm-up; 100 MiB: 3 per run "
         "after 1; 1 GiB: 1 per run).")
     add("")
-    add("| Security | Path | Size | cell MB/s | raw gRPC MB/s | cell / raw | cell ms | raw ms |")
-    add("|---|---|---|---:|---:|---:|---:|---:|")
-    for t in cell.get("throughput", []):
-        path = "server → site (1 hop)" if t["hops"] == 1 else "server → site → job (2 hops)"
-        add(f"| {security(t['tls'])} | {path} | {size_label(t['size'])} | {t['cell_mb_per_s']:.1f} | "
-            f"{t['raw_mb_per_s']:.1f} | {t['share']:.0%} | {t['cell_s'] * 1e3:.1f} | {t['raw_s'] * 1e3:.1f} |")
+    add("\"raw, gathering\" is a second raw baseline whose sink copies each message into one buffer reserved "
+        "whole and freed after it, as a cell hands a whole message to its handler; it is not a target, it shows "
+        "how much of the gap is whole-message delivery rather than the cell. CPU is the user + system time of "
+        "the whole process (all three ends are in it) per GiB moved, warm-up included.")
+    add("")
+    throughput_table(add, cell.get("throughput", []))
+    if thp:
+        add("Diagnosis, not a figure: the same cases (`cell_bench --quick --no-tls`, 100 MiB messages: 1 per run) "
+            "with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, so that glibc asks for transparent huge pages on its "
+            "large mappings and a fresh buffer takes one page fault per 2 MiB instead of per 4 KiB:")
+        add("")
+        throughput_table(add, [t for t in thp.get("throughput", []) if t["size"] >= 100 * MIB])
     add("")
 
     add("### Small messages, server ↔ site")
@@ -231,6 +250,7 @@ def section(cell, pipes, meta, profile, profiles):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cell", required=True, help="cell_bench --json output")
+    parser.add_argument("--cell-thp", help="cell_bench --quick JSON taken with glibc.malloc.hugetlb=1 (diagnosis)")
     parser.add_argument("--pipes", help="pipe_bench --json output (its cell cases and their baselines)")
     parser.add_argument("--profile", help="a Markdown file of notes on profiles, placed at the section's end")
     parser.add_argument("--perf", action="append", default=[],
@@ -243,7 +263,8 @@ def main():
     profile = open(args.profile).read() if args.profile else ""
     meta = dict(m.split("=", 1) for m in args.meta)
     profiles = [tuple(p.split("=", 1)) for p in args.perf]
-    new = "\n".join(section(cell, pipes, meta, profile, profiles)) + "\n"
+    thp = json.load(open(args.cell_thp)) if args.cell_thp else None
+    new = "\n".join(section(cell, pipes, meta, profile, profiles, thp)) + "\n"
     try:
         text = open(args.output).read()
     except FileNotFoundError:
