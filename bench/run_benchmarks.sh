@@ -114,7 +114,9 @@ run_cell() {
   if [ "$profile" = yes ] && perf record -q -e cpu-clock -o "$work/probe.data" true >/dev/null 2>&1; then
     for side in cell raw; do
       echo "run_benchmarks.sh: perf record of cell_bench --side $side"
-      perf record -q -e cpu-clock -F 999 -g -o "$work/cell_$side.data" -- "$build_dir/bench/cell_bench" \
+      # DWARF call graphs: the release build has no frame pointers, and the cell's inlined steps would vanish.
+      perf record -q -e cpu-clock -F 299 --call-graph dwarf,16384 -o "$work/cell_$side.data" -- \
+        "$build_dir/bench/cell_bench" \
         --quick --no-tls --no-rss --runs 2 --side "$side" >/dev/null 2>&1
       perf report -i "$work/cell_$side.data" --stdio --children --sort sym -g none \
         >"$work/cell_$side.txt" 2>/dev/null
