@@ -6,6 +6,7 @@ file is left as it is, so `bench/run_benchmarks.sh --cell-only` refreshes this s
 import argparse
 import json
 import re
+import statistics
 
 MIB, GIB = 1 << 20, 1 << 30
 HEADING = "## Cell network (gRPC, issue 14)"
@@ -170,13 +171,13 @@ def section(cell, pipes, meta, profile, profiles, thp=None):
     if big:
         ratios = sorted(t["cell_cpu_s_per_gib"] / t["gather_cpu_s_per_gib"] for t in big)
         raw_ratios = sorted(t["cell_cpu_s_per_gib"] / t["raw_cpu_s_per_gib"] for t in big)
-        mid = len(ratios) // 2
-        add(f"At 100 MiB and 1 GiB the cell spends {raw_ratios[mid]:.2f}x the CPU per GiB of raw gRPC (median of "
-            f"the {len(big)} cases, {raw_ratios[0]:.2f}x to {raw_ratios[-1]:.2f}x) but {ratios[mid]:.2f}x that of "
+        gather_mid, raw_mid = statistics.median(ratios), statistics.median(raw_ratios)
+        add(f"At 100 MiB and 1 GiB the cell spends {raw_mid:.2f}x the CPU per GiB of raw gRPC (median of "
+            f"the {len(big)} cases, {raw_ratios[0]:.2f}x to {raw_ratios[-1]:.2f}x) but {gather_mid:.2f}x that of "
             f"the gathering raw sink ({ratios[0]:.2f}x to {ratios[-1]:.2f}x): "
             + ("beyond raw gRPC, the cost is mostly that of receiving a message whole into fresh memory, which "
                "the cell's API (a handler gets the whole payload) requires, rather than the cell's chunking, "
-               "checksums or relaying. " if ratios[mid] <= 1.25 else
+               "checksums or relaying. " if gather_mid <= 1.25 else
                "the cell's own work (chunking, copies, checksums, thread hand-offs) adds to what receiving a "
                "message whole costs. ")
             + "On two shared cores the wall-clock figures follow the CPU figures, with much noise (one 1 GiB "
