@@ -1,8 +1,13 @@
 #!/bin/sh
-# Builds a release tree, runs the plugin-load, start-up, pipe, aggregation and job benchmarks and writes
-# docs/BENCHMARKS.md.
+# Builds a release tree, runs the plugin-load, start-up, pipe, aggregation, job and cell network benchmarks
+# and writes docs/BENCHMARKS.md.
 #
-#   bench/run_benchmarks.sh [--build-dir DIR] [--runs N] [--pipe-runs M] [--no-profile] [--output FILE]
+#   bench/run_benchmarks.sh [--build-dir DIR] [--runs N] [--pipe-runs M] [--cell-runs K] [--no-profile]
+#                           [--output FILE] [--cell-only]
+#
+# --cell-only runs only the cell network's benchmarks (cell_bench, and pipe_bench's pipe.cell cases beside
+# pipe.socket and raw TCP) and replaces the "Cell network" section of the output, leaving the rest as it is.
+# K is the number of runs of each cell_bench case (default 3).
 #
 # DIR defaults to build-bench at the top of the source tree, configured (or reconfigured) as
 #   meson setup DIR --wrap-mode=nodownload --buildtype=release -Dbench=enabled -Dtests=disabled
@@ -18,6 +23,8 @@ build_dir="$source_root/build-bench"
 runs=50
 pipe_runs=5
 profile=yes
+cell_runs=3
+cell_only=no
 output="$source_root/docs/BENCHMARKS.md"
 invocation="bench/run_benchmarks.sh${*:+ $*}"
 
@@ -26,9 +33,11 @@ while [ $# -gt 0 ]; do
     --build-dir) build_dir=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
     --pipe-runs) pipe_runs=$2; shift 2 ;;
+    --cell-runs) cell_runs=$2; shift 2 ;;
+    --cell-only) cell_only=yes; shift ;;
     --no-profile) profile=no; shift ;;
     --output) output=$2; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "run_benchmarks.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -41,11 +50,101 @@ else
   # shellcheck disable=SC2086
   meson setup "$build_dir" "$source_root" --wrap-mode=nodownload $options
 fi
-# Two cores are shared on the reference machine: never more than two jobs.
-ninja -C "$build_dir" -j2
+# Two cores are shared on the reference machine: never more than two jobs. --cell-only builds only what it
+# runs (the whole tree, LibTorch's plugins included, takes long).
+if [ "$cell_only" = yes ]; then
+  targets="bench/cell_bench bench/cell_node"
+  if grep -q '^build bench/pipe_bench:' "$build_dir/build.ninja"; then
+    targets="$targets bench/pipe_bench plugins/ember-pipe-socket.so plugins/ember-pipe-cell.so"
+  fi
+  if ! grep -q '^build bench/cell_bench:' "$build_dir/build.ninja"; then
+    echo "run_benchmarks.sh: $build_dir has no cell_bench (no gRPC, or -Dcell=disabled)" >&2
+    exit 1
+  fi
+  # shellcheck disable=SC2086
+  ninja -C "$build_dir" -j2 $targets
+else
+  ninja -C "$build_dir" -j2
+fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/ember-bench.XXXXXX")
 trap 'rm -rf "$work"' EXIT INT TERM
+
+commit=$(git -C "$source_root" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git -C "$source_root" status --porcelain 2>/dev/null)" ]; then
+  commit="$commit (with uncommitted changes)"
+fi
+
+# The cell network (bench/cell_bench.cpp) beside raw gRPC, and pipe.cell beside pipe.socket (pipe_bench).
+# Writes $work/cell.json and, with pipe_bench, $work/cell_pipes.json; sets cell_section_args.
+cell_section_args=""
+run_cell() {
+  if [ ! -x "$build_dir/bench/cell_bench" ]; then
+    echo "run_benchmarks.sh: no $build_dir/bench/cell_bench (no gRPC, or -Dcell=disabled): no cell benchmarks"
+    return 0
+  fi
+  cell_load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+  echo "run_benchmarks.sh: the cell network beside raw gRPC, $cell_runs runs per case"
+  "$build_dir/bench/cell_bench" --cell-node "$build_dir/bench/cell_node" --runs "$cell_runs" \
+    --json "$work/cell.json"
+  cell_section_args="--cell $work/cell.json"
+  # Diagnosis: the 100 MiB cases again with glibc's malloc asking for transparent huge pages on its large
+  # mappings (GLIBC_TUNABLES=glibc.malloc.hugetlb=1), which shows how much of each figure is page faults on
+  # fresh memory (a receiver's whole-message buffer, gRPC's receive buffers).
+  echo "run_benchmarks.sh: cell_bench --quick again with glibc.malloc.hugetlb=1 (a diagnosis, not a figure)"
+  GLIBC_TUNABLES=glibc.malloc.hugetlb=1 "$build_dir/bench/cell_bench" --quick --no-tls --no-rss \
+    --runs "$cell_runs" --json "$work/cell_thp.json" >/dev/null
+  cell_section_args="$cell_section_args --cell-thp $work/cell_thp.json"
+  if [ -f "$work/pipes.json" ]; then
+    cell_section_args="$cell_section_args --pipes $work/pipes.json"  # the full pipe run had the cell cases
+  elif [ -x "$build_dir/bench/pipe_bench" ]; then
+    echo "run_benchmarks.sh: pipe.cell beside pipe.socket and raw TCP, $pipe_runs runs per case"
+    cases=""
+    for t in cell socket-tcp socket-unix raw-tcp; do
+      for c in throughput/1MiB throughput/100MiB throughput/1GiB latency/64B rate/64B; do
+        cases="$cases --case $t/$c"
+      done
+    done
+    # shellcheck disable=SC2086
+    "$build_dir/bench/pipe_bench" --runs "$pipe_runs" --no-pieces $cases --json "$work/cell_pipes.json"
+    cell_section_args="$cell_section_args --pipes $work/cell_pipes.json"
+  fi
+  cell_load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+  # Where the time goes: each side once more under perf, apart from the measured runs.
+  if [ "$profile" = yes ] && perf record -q -e cpu-clock -o "$work/probe.data" true >/dev/null 2>&1; then
+    for side in cell raw; do
+      echo "run_benchmarks.sh: perf record of cell_bench --side $side"
+      # DWARF call graphs: the release build has no frame pointers, and the cell's inlined steps would vanish.
+      perf record -q -e cpu-clock -F 299 --call-graph dwarf,16384 -o "$work/cell_$side.data" -- \
+        "$build_dir/bench/cell_bench" \
+        --quick --no-tls --no-rss --runs 2 --side "$side" >/dev/null 2>&1
+      perf report -i "$work/cell_$side.data" --stdio --children --sort sym -g none \
+        >"$work/cell_$side.txt" 2>/dev/null
+    done
+    cell_section_args="$cell_section_args --perf cell=$work/cell_cell.txt --perf raw-gRPC=$work/cell_raw.txt"
+  fi
+}
+
+write_cell() {
+  if [ -n "$cell_section_args" ]; then
+    # shellcheck disable=SC2086
+    python3 "$here/write_cell_section.py" $cell_section_args --output "$output" \
+      --meta "date=$(date -u '+%Y-%m-%d %H:%M UTC')" \
+      --meta "nproc=$(nproc)" \
+      --meta "load=$cell_load_before (before), $cell_load_after (after)" \
+      --meta "build=release (-O3, NDEBUG), build dir $(basename "$build_dir")" \
+      --meta "commit=$commit" \
+      --meta "command=$invocation"
+  fi
+}
+
+if [ "$cell_only" = yes ]; then
+  run_cell
+  mkdir -p "$(dirname "$output")"
+  write_cell
+  echo "run_benchmarks.sh: wrote the cell network section of $output"
+  exit 0
+fi
 
 ember="$build_dir/kernel/ember"
 plugins="$build_dir/bench/plugins"
@@ -145,6 +244,8 @@ fi
 python_load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 load_after=$python_load_after
 
+run_cell
+
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 # Meson 1.0 has no introspection of compilers; its log names the one it chose ("gcc 12.2.0").
 compiler=$(sed -n 's/^C++ compiler for the host machine: .*(\([a-z]* [0-9.]*\) .*/\1/p' \
@@ -152,11 +253,6 @@ compiler=$(sed -n 's/^C++ compiler for the host machine: .*(\([a-z]* [0-9.]*\) .
 # Extra compiler arguments a developer set on the build dir (meson configure -Dcpp_args=...), if any.
 cpp_args=$(meson introspect "$build_dir" --buildoptions | python3 -c \
   'import json, sys; print(" ".join(next(o["value"] for o in json.load(sys.stdin) if o["name"] == "cpp_args")))')
-commit=$(git -C "$source_root" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ -n "$(git -C "$source_root" status --porcelain 2>/dev/null)" ]; then
-  commit="$commit (with uncommitted changes)"
-fi
-
 mkdir -p "$(dirname "$output")"
 # shellcheck disable=SC2086
 python3 "$here/write_benchmarks_md.py" \
@@ -176,4 +272,5 @@ python3 "$here/write_benchmarks_md.py" \
   --meta "build=release (-O3, NDEBUG)${cpp_args:+, cpp_args $cpp_args}, build dir $(basename "$build_dir")" \
   --meta "commit=$commit" \
   --meta "command=$invocation"
+write_cell
 echo "run_benchmarks.sh: wrote $output"

@@ -70,6 +70,7 @@ PIPE_LABELS = {
     "raw-unix": "raw Unix socket",
     "raw-tcp": "raw TCP loopback",
     "raw-file": "raw files",
+    "cell": "pipe.cell, self-hosted on TCP loopback",
 }
 # Each pipe beside the raw path it runs on.
 PIPE_PAIRS = [("socket-unix", "raw-unix"), ("socket-tcp", "raw-tcp"), ("file", "raw-file")]

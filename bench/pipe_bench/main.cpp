@@ -13,7 +13,8 @@
 //
 // Cases: one-way throughput of 1 KiB, 1 MiB, 100 MiB and 1 GiB messages; the round trip of 64-byte
 // messages; 64-byte messages per second one way; each through pipe.socket (Unix socket and TCP loopback)
-// and pipe.file, and each beside a raw Unix socket, raw loopback TCP and raw files. The ends run where the
+// and pipe.file (and pipe.cell, self-hosted on loopback, where the cell network is built), and each beside
+// a raw Unix socket, raw loopback TCP and raw files. The ends run where the
 // scheduler puts them; the socket cases of the round trip and of 100 MiB and 1 GiB are measured again with
 // both ends pinned, to one CPU (`/same-cpu`, round trip only) and to two (`/two-cpus`), because which of
 // those the scheduler picks for a pair of processes changes a round trip by 3x and a bulk copy by 2x, and
@@ -87,7 +88,10 @@ std::vector<int> allowed_cpus() {
 // Every case; the pinned ones on the first one or two of `cpus` (those needing two are left out when
 // there is only one).
 std::vector<Case> all_cases(const std::vector<int>& cpus) {
-  const std::vector<std::string> pipes = {"socket-unix", "socket-tcp", "file"};
+  std::vector<std::string> pipes = {"socket-unix", "socket-tcp", "file"};
+#ifdef EMBER_BENCH_PIPE_CELL
+  pipes.push_back("cell");  // pipe.cell, self-hosted on loopback: beside raw-tcp
+#endif
   const std::vector<std::string> raws = {"raw-unix", "raw-tcp", "raw-file"};
   std::vector<std::string> every = pipes;
   every.insert(every.end(), raws.begin(), raws.end());

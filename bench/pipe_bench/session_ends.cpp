@@ -66,8 +66,10 @@ std::unique_ptr<kernel::Kernel> make_kernel(const Spec& spec, const fs::path& wo
 Result<std::shared_ptr<Pipe>> make_pipe(kernel::Kernel& k, const Spec& spec, const std::string& address) {
   Options options;
   options.set("address", address);
-  return k.registry().create_as<Pipe>(spec.transport == "file" ? "pipe.file" : "pipe.socket", options,
-                                      "bench");
+  const char* type = spec.transport == "file"   ? "pipe.file"
+                     : spec.transport == "cell" ? "pipe.cell"
+                                                : "pipe.socket";
+  return k.registry().create_as<Pipe>(type, options, "bench");
 }
 
 // A payload of any size from one 1 MiB pattern block, repeated. Like a model's tensors it lies in memory,
@@ -181,8 +183,10 @@ Result<Measurement> run_job(const Spec& spec) {
   }
   TempDir ws = std::move(*made);
   auto k = make_kernel(spec, ws.path());
+  // pipe.cell's job end is self-hosted (it listens on loopback, clear text) and makes its own address.
   std::string address = spec.transport == "socket-unix"  ? "unix:" + (ws.path() / "pipe.sock").string()
                         : spec.transport == "socket-tcp" ? std::string("tcp:127.0.0.1:0")
+                        : spec.transport == "cell"       ? std::string()
                                                          : (ws.path() / "pipe").string();
   auto pipe = make_pipe(*k, spec, address);
   if (!pipe) {
