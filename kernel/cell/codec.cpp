@@ -2,7 +2,10 @@
 
 #include "cell/codec.hpp"
 
+#include <sys/mman.h>
+
 #include <algorithm>
+#include <cstdint>
 
 namespace ember::cell {
 
@@ -12,6 +15,23 @@ namespace {
 
 std::string where(std::uint64_t msg_id) {
   return "msg_id " + std::to_string(msg_id) + ": ";
+}
+
+// Asks for transparent huge pages on a large buffer about to be filled: one fault per 2 MiB instead of one
+// per 4 KiB, which dominated the cost of taking in a large message on a virtual machine. Advice only: a
+// kernel without THP (or with it off) ignores it.
+void advise_huge(std::vector<std::byte>& buffer) {
+  constexpr std::uintptr_t huge = std::uintptr_t{2} << 20;
+  if (buffer.capacity() < 2 * huge) {
+    return;
+  }
+  auto begin = reinterpret_cast<std::uintptr_t>(buffer.data());
+  auto end = begin + buffer.capacity();
+  auto first = (begin + huge - 1) & ~(huge - 1);
+  auto last = end & ~(huge - 1);
+  if (last > first) {
+    ::madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+  }
 }
 
 bool routed(Op op) {
@@ -150,6 +170,7 @@ Result<Assembler::Outcome> Assembler::add(const Packet& packet, std::chrono::ste
       } catch (const std::bad_alloc&) {
         m.payload.reserve(64u << 20);
       }
+      advise_huge(m.payload);
     }
     bool too_big = partial.discard;
     partials_.emplace(h.msg_id, std::move(partial));

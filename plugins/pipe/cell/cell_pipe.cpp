@@ -79,7 +79,7 @@ class CellEndpoint final : public PipeEndpoint {
 
   cell::Cell& attach(std::unique_ptr<cell::Cell> cell) {
     cell_ = std::move(cell);
-    cell_->handle(frame_topic, [this](const cell::Message& m) { return on_frame(m); });
+    cell_->handle(frame_topic, [this](cell::Message& m) { return on_frame(m); });
     cell_->handle(attach_topic, [this](const cell::Message& m) {
       // Without a screen, the trainer is there once it joined; with one, once its first frame passed.
       if (m.from == peer_ && !admit_) {
@@ -175,7 +175,7 @@ class CellEndpoint final : public PipeEndpoint {
   }
 
  private:
-  cell::Reply on_frame(const cell::Message& m) {
+  cell::Reply on_frame(cell::Message& m) {
     if (m.from != peer_) {
       return cell::Reply::error(cell::Rc::unauthenticated,
                                 "pipe.cell: frames are taken from '" + peer_ + "' only");
@@ -197,7 +197,7 @@ class CellEndpoint final : public PipeEndpoint {
       return cell::Reply{};
     }
     queued_ += m.payload.size();
-    inbox_.push_back(m.payload);
+    inbox_.push_back(std::move(m.payload));
     changed_.notify_all();
     return cell::Reply{};
   }

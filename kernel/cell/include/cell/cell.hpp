@@ -84,7 +84,8 @@ struct TargetReply {
 /// Answers a request: runs on one of the cell's handler threads; its Reply goes back to the sender (a
 /// non-ok rc as an error with its reason). For a notify the return value is dropped. An exception becomes
 /// rc handler_error.
-using Handler = std::function<Reply(const Message& request)>;
+/// The handler may take the request's payload (move it out): the message is its own.
+using Handler = std::function<Reply(Message& request)>;
 
 /// Where a certificate, key and CA come from (PEM files), for mutual TLS.
 struct TlsFiles {
