@@ -565,9 +565,11 @@ class CellImpl {
     if (stopping_) {
       return Reply::error(Rc::shutting_down, "cell '" + config_.fqcn + "' is stopping");
     }
-    if (!link.writing && link.control.empty() && link.bulk.empty() && link.stream != nullptr) {
-      // Nothing queued and nobody writing: this thread writes the packet itself, sparing a hand-off to the
-      // writer thread (which waits meanwhile), the larger part of a small request's round trip.
+    if (control && !link.writing && link.control.empty() && link.bulk.empty() && link.stream != nullptr) {
+      // A small packet, nothing queued and nobody writing: this thread writes it itself, sparing a hand-off
+      // to the writer thread (which waits meanwhile), the larger part of a small request's round trip. Bulk
+      // packets stay with the writer: a relay's reader that wrote them itself let the transport buffer more
+      // of a large message (a site relaying 1 GiB peaked 30-60 MiB higher).
       link.writing = true;
       Stream* stream = link.stream;
       lock.unlock();
@@ -1476,7 +1478,7 @@ class CellImpl {
   wire::Limits limits_;
   TransportSettings settings_;
 
-  PacketPool pool_{32};
+  PacketPool pool_{8};
   mutable std::mutex mutex_;
   std::condition_variable_any parent_cv_;
   std::condition_variable_any wake_;
