@@ -11,6 +11,7 @@
 
 #include "duration.hpp"
 #include "registry.hpp"
+#include "toml_problems.hpp"
 
 namespace ember::kernel {
 
@@ -34,40 +35,6 @@ const ComponentConfig* JobConfig::component(std::string_view id) const {
 
 namespace {
 
-// Collects every problem of one file, each prefixed by file:line:column and the key.
-class Problems {
- public:
-  explicit Problems(std::string file) : file_(std::move(file)) {}
-
-  Location at(const toml::node& node) const {
-    const auto& src = node.source();
-    return {file_, src.begin.line, src.begin.column};
-  }
-  void add(const toml::node& node, const std::string& key, const std::string& message) {
-    add(at(node), key, message);
-  }
-  void add(const toml::key& key_node, const std::string& key, const std::string& message) {
-    const auto& src = key_node.source();
-    add(Location{file_, src.begin.line, src.begin.column}, key, message);
-  }
-  void add(const Location& where, const std::string& key, const std::string& message) {
-    lines_.push_back(where.str() + ": " + (key.empty() ? "" : key + ": ") + message);
-  }
-  bool empty() const { return lines_.empty(); }
-  Error error() const {
-    std::string text;
-    for (const auto& line : lines_) {
-      text += (text.empty() ? "" : "\n") + line;
-    }
-    return Error{Errc::invalid_config, text};
-  }
-  const std::string& file() const { return file_; }
-
- private:
-  std::string file_;
-  std::vector<std::string> lines_;
-};
-
 bool valid_id(std::string_view id) {
   if (id.empty() || id.size() > 64) {
     return false;
@@ -79,65 +46,6 @@ bool valid_id(std::string_view id) {
     }
   }
   return true;
-}
-
-// Reports keys of `table` outside `known`.
-void reject_unknown(const toml::table& table, std::initializer_list<std::string_view> known,
-                    const std::string& prefix, Problems& problems) {
-  for (const auto& [key, node] : table) {
-    bool found = false;
-    for (auto k : known) {
-      found = found || k == key.str();
-    }
-    if (!found) {
-      std::string expected;
-      for (auto k : known) {
-        expected += (expected.empty() ? "" : ", ") + std::string(k);
-      }
-      problems.add(key, prefix + std::string(key.str()), "unknown key (expected one of: " + expected + ")");
-    }
-  }
-}
-
-const toml::table* sub_table(const toml::table& parent, std::string_view key, const std::string& path,
-                             Problems& problems) {
-  const auto* node = parent.get(key);
-  if (node == nullptr) {
-    return nullptr;
-  }
-  if (!node->is_table()) {
-    problems.add(*node, path, "expected a table");
-    return nullptr;
-  }
-  return node->as_table();
-}
-
-void check_schema_version(const toml::table& root, Problems& problems) {
-  const auto* node = root.get("schema_version");
-  if (node == nullptr) {
-    problems.add(
-        Location{problems.file(), 1, 1}, "schema_version",
-        "missing: the file must start with 'schema_version = " + std::to_string(config_schema_version) + "'");
-    return;
-  }
-  if (!node->is_integer() || node->as_integer()->get() != config_schema_version) {
-    problems.add(
-        *node, "schema_version",
-        "unsupported schema version (this ember reads " + std::to_string(config_schema_version) + ")");
-  }
-}
-
-std::optional<std::string> string_value(const toml::table& table, std::string_view key,
-                                        const std::string& path, Problems& problems) {
-  const auto* node = table.get(key);
-  if (node == nullptr) {
-    return std::nullopt;
-  }
-  if (!node->is_string()) {
-    problems.add(*node, path, "expected a string");
-    return std::nullopt;
-  }
-  return node->as_string()->get();
 }
 
 void read_log(const toml::table& root, LogSettings& log, Problems& problems) {

@@ -11,6 +11,7 @@
 
 #include "config.hpp"
 #include "provision_cmd.hpp"
+#include "toml_problems.hpp"
 
 namespace ember::kernel {
 
@@ -18,47 +19,6 @@ namespace {
 
 constexpr std::int64_t max_valid_days = 3650;
 constexpr std::size_t max_name_length = 64;  // X.509's upper bound on a common name
-
-class Problems {
- public:
-  explicit Problems(std::string file) : file_(std::move(file)) {}
-
-  void add(const toml::source_region& src, const std::string& key, const std::string& message) {
-    lines_.push_back(Location{file_, src.begin.line, src.begin.column}.str() + ": " + key + ": " + message);
-  }
-  void add(const toml::node& node, const std::string& key, const std::string& message) {
-    add(node.source(), key, message);
-  }
-  void add_at_start(const std::string& key, const std::string& message) {
-    lines_.push_back(Location{file_, 1, 1}.str() + ": " + key + ": " + message);
-  }
-  bool empty() const { return lines_.empty(); }
-  Error error() const {
-    std::string text;
-    for (const auto& line : lines_) {
-      text += (text.empty() ? "" : "\n") + line;
-    }
-    return Error{Errc::invalid_config, text};
-  }
-
- private:
-  std::string file_;
-  std::vector<std::string> lines_;
-};
-
-void reject_unknown(const toml::table& table, std::initializer_list<std::string_view> known,
-                    const std::string& prefix, Problems& problems) {
-  for (const auto& [key, node] : table) {
-    if (std::find(known.begin(), known.end(), key.str()) == known.end()) {
-      std::string expected;
-      for (auto k : known) {
-        expected += (expected.empty() ? "" : ", ") + std::string(k);
-      }
-      problems.add(key.source(), prefix + std::string(key.str()),
-                   "unknown key (expected one of: " + expected + ")");
-    }
-  }
-}
 
 // Characters a name may hold besides letters and digits.
 bool valid_name(std::string_view name, std::string_view extra) {
@@ -82,19 +42,6 @@ bool valid_host(const std::string& host) {
   });
   return chars_ok && !host.empty() && host.size() <= 253 && host.front() != '-' && host.front() != '.' &&
          host.back() != '.' && host.find("..") == std::string::npos;
-}
-
-const toml::table* table_at(const toml::table& parent, std::string_view key, const std::string& path,
-                            Problems& problems) {
-  const auto* node = parent.get(key);
-  if (node == nullptr) {
-    return nullptr;
-  }
-  if (!node->is_table()) {
-    problems.add(*node, path, "expected a table");
-    return nullptr;
-  }
-  return node->as_table();
 }
 
 const toml::node* string_at(const toml::table& table, std::string_view key, const std::string& path,
@@ -130,7 +77,7 @@ std::optional<std::int64_t> integer_at(const toml::table& table, std::string_vie
 }
 
 void read_project(const toml::table& root, ProjectConfig& project, Problems& problems) {
-  const auto* table = table_at(root, "project", "project", problems);
+  const auto* table = sub_table(root, "project", "project", problems);
   if (table == nullptr) {
     if (root.get("project") == nullptr) {
       problems.add_at_start("project", "missing [project] table (with name = \"...\")");
@@ -146,7 +93,7 @@ void read_project(const toml::table& root, ProjectConfig& project, Problems& pro
       problems.add(*node, "project.name", "invalid project name '" + name + "' (want [A-Za-z0-9._-]{1,64})");
     }
   } else if (table->get("name") == nullptr) {
-    problems.add(table->source(), "project.name", "missing: the project needs a name");
+    problems.add(*table, "project.name", "missing: the project needs a name");
   }
   if (auto days = integer_at(*table, "valid_days", "project.valid_days", 1, max_valid_days, problems)) {
     project.valid_days = static_cast<int>(*days);
@@ -154,7 +101,7 @@ void read_project(const toml::table& root, ProjectConfig& project, Problems& pro
 }
 
 void read_server(const toml::table& root, ProjectConfig& project, Problems& problems) {
-  const auto* table = table_at(root, "server", "server", problems);
+  const auto* table = sub_table(root, "server", "server", problems);
   if (table == nullptr) {
     return;
   }
@@ -226,7 +173,7 @@ void read_members(const toml::table& root, std::string_view section, std::string
     const auto* name_node = string_at(*member, "name", path + ".name", problems);
     if (name_node == nullptr) {
       if (member->get("name") == nullptr) {
-        problems.add(member->source(), path + ".name", "missing: each entry needs a name");
+        problems.add(*member, path + ".name", "missing: each entry needs a name");
       }
       continue;
     }

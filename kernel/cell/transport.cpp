@@ -71,26 +71,40 @@ void keepalive_args(grpc::ChannelArguments& args, const TransportSettings& setti
   args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
 }
 
+// Reading and writing packets on a gRPC reader-writer (server or client side): frames are swapped in and
+// out of the packets, never copied.
+template <class ReaderWriter>
+class PacketIo {
+ public:
+  bool read_packet(ReaderWriter& rw, std::string& frame) {
+    if (!rw.Read(&in_)) {
+      return false;
+    }
+    in_.mutable_frame()->swap(frame);
+    return true;
+  }
+  bool write_packet(ReaderWriter& rw, std::string& frame) {
+    std::lock_guard lock(write_mutex_);
+    out_.mutable_frame()->swap(frame);
+    bool written = rw.Write(out_);
+    out_.mutable_frame()->swap(frame);
+    return written;
+  }
+
+ private:
+  v1::Packet in_;
+  std::mutex write_mutex_;
+  v1::Packet out_;
+};
+
 // A server-side stream: lives for the duration of one Connect call.
 class ServerStream final : public Stream {
  public:
   ServerStream(grpc::ServerContext* context, grpc::ServerReaderWriter<v1::Packet, v1::Packet>* stream)
       : context_(context), stream_(stream), cert_pem_(cert_pem_of(context->auth_context())) {}
 
-  bool read(std::string& frame) override {
-    if (!stream_->Read(&in_)) {
-      return false;
-    }
-    in_.mutable_frame()->swap(frame);
-    return true;
-  }
-  bool write(std::string& frame) override {
-    std::lock_guard lock(write_mutex_);
-    out_.mutable_frame()->swap(frame);
-    bool written = stream_->Write(out_);
-    out_.mutable_frame()->swap(frame);
-    return written;
-  }
+  bool read(std::string& frame) override { return io_.read_packet(*stream_, frame); }
+  bool write(std::string& frame) override { return io_.write_packet(*stream_, frame); }
   void cancel() noexcept override { context_->TryCancel(); }
   std::string end_reason() override {
     return context_->IsCancelled()
@@ -104,9 +118,7 @@ class ServerStream final : public Stream {
   grpc::ServerContext* context_;
   grpc::ServerReaderWriter<v1::Packet, v1::Packet>* stream_;
   std::string cert_pem_;
-  v1::Packet in_;
-  std::mutex write_mutex_;
-  v1::Packet out_;
+  PacketIo<grpc::ServerReaderWriter<v1::Packet, v1::Packet>> io_;
 };
 
 class Service final : public v1::Cell::Service {
@@ -168,20 +180,8 @@ class ClientStream final : public Stream {
     stream_ = stub_->Connect(&context_);
   }
 
-  bool read(std::string& frame) override {
-    if (!stream_->Read(&in_)) {
-      return false;
-    }
-    in_.mutable_frame()->swap(frame);
-    return true;
-  }
-  bool write(std::string& frame) override {
-    std::lock_guard lock(write_mutex_);
-    out_.mutable_frame()->swap(frame);
-    bool written = stream_->Write(out_);
-    out_.mutable_frame()->swap(frame);
-    return written;
-  }
+  bool read(std::string& frame) override { return io_.read_packet(*stream_, frame); }
+  bool write(std::string& frame) override { return io_.write_packet(*stream_, frame); }
   void cancel() noexcept override { context_.TryCancel(); }
   std::string end_reason() override { return finish(); }
   std::string peer() const override { return address_; }
@@ -202,9 +202,7 @@ class ClientStream final : public Stream {
   std::string address_;
   grpc::ClientContext context_;
   std::unique_ptr<grpc::ClientReaderWriter<v1::Packet, v1::Packet>> stream_;
-  v1::Packet in_;
-  std::mutex write_mutex_;
-  v1::Packet out_;
+  PacketIo<grpc::ClientReaderWriter<v1::Packet, v1::Packet>> io_;
   std::mutex finish_mutex_;
   bool finished_ = false;
   std::string reason_;
