@@ -31,8 +31,6 @@ using wire::Op;
 namespace {
 
 // Routing headers on a message's first frame; an application's own headers may not use the prefix.
-constexpr std::string_view h_from = header_from;
-constexpr std::string_view h_to = header_to;
 constexpr std::string_view h_rc = "cell.rc";
 constexpr std::string_view h_reason = "cell.reason";
 constexpr std::string_view h_ttl = "cell.ttl_ms";
@@ -620,12 +618,12 @@ class CellImpl {
     }
     wire::Headers all;
     all.reserve(headers.size() + 2);
-    all.emplace_back(std::string(h_from), from);
-    all.emplace_back(std::string(h_to), to);
+    all.emplace_back(std::string(header_from), from);
+    all.emplace_back(std::string(header_to), to);
     all.insert(all.end(), headers.begin(), headers.end());
     if (to == config_.fqcn) {
       Message message{from, to, topic, headers, {payload.begin(), payload.end()}};
-      deliver(op, msg_id, req_id, std::move(message), nullptr);
+      deliver(op, msg_id, req_id, std::move(message));
       return Reply{};
     }
     std::string why;
@@ -698,9 +696,8 @@ class CellImpl {
 
   // --- receiving ---
 
-  // A complete message addressed to this cell. `from_link` is null for one this cell sent itself.
-  void deliver(Op op, std::uint64_t msg_id, std::uint64_t req_id, Message message, Link* from_link) {
-    (void)from_link;
+  // A complete message addressed to this cell (from a link, or sent by this cell to itself).
+  void deliver(Op op, std::uint64_t msg_id, std::uint64_t req_id, Message message) {
     if (op == Op::cell_reply) {
       std::shared_ptr<Pending> pending;
       {
@@ -1009,7 +1006,7 @@ class CellImpl {
     }
     auto done = link->assembler.take();
     lock.unlock();
-    deliver(done.op, done.msg_id, done.req_id, std::move(done.message), link.get());
+    deliver(done.op, done.msg_id, done.req_id, std::move(done.message));
   }
 
   // --- links ---
@@ -1188,7 +1185,7 @@ class CellImpl {
       return;
     }
     PeerClaim claim;
-    const auto* from = decoded->header_value(h_from);
+    const auto* from = decoded->header_value(header_from);
     claim.fqcn = from != nullptr ? *from : std::string();
     if (const auto* token = decoded->header_value(h_token)) {
       claim.token = *token;
@@ -1227,8 +1224,9 @@ class CellImpl {
       wire::FrameHeader fh;
       fh.op = Op::cell_refused;
       fh.msg_id = random_id();
-      if (encode_packet(out, fh, {}, {{std::string(h_from), config_.fqcn}, {std::string(h_reason), *refusal}},
-                        {}, limits_)) {
+      if (encode_packet(out, fh, {},
+                        {{std::string(header_from), config_.fqcn}, {std::string(h_reason), *refusal}}, {},
+                        limits_)) {
         stream.write(out);
       }
       return;
@@ -1263,8 +1261,8 @@ class CellImpl {
     fh.msg_id = random_id();
     if (!encode_packet(
             welcome, fh, {},
-            {{std::string(h_from), config_.fqcn}, {std::string(h_version), std::string(cell_version)}}, {},
-            limits_) ||
+            {{std::string(header_from), config_.fqcn}, {std::string(h_version), std::string(cell_version)}},
+            {}, limits_) ||
         !stream.write(welcome)) {
       finish_link(link, "the welcome could not be sent");
       return;
@@ -1341,7 +1339,7 @@ class CellImpl {
     wire::FrameHeader fh;
     fh.op = Op::cell_hello;
     fh.msg_id = random_id();
-    wire::Headers headers{{std::string(h_from), config_.fqcn},
+    wire::Headers headers{{std::string(header_from), config_.fqcn},
                           {std::string(h_version), std::string(cell_version)}};
     if (!config_.token.empty()) {
       headers.emplace_back(std::string(h_token), config_.token);
@@ -1384,7 +1382,7 @@ class CellImpl {
       set_parent_error("the parent at " + config_.parent + " answered the hello with something else", true);
       return Attempt::failed;
     }
-    const auto* parent_name = decoded->header_value(h_from);
+    const auto* parent_name = decoded->header_value(header_from);
     if (decoded->header.op == Op::cell_refused) {
       const auto* reason = decoded->header_value(h_reason);
       clear_dialing();

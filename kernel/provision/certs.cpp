@@ -291,6 +291,24 @@ std::optional<Role> parse_role(std::string_view text) noexcept {
   return std::nullopt;
 }
 
+namespace {
+
+// Signs `cert` with `signer` and returns it with its own `key`, both as PEM: the last step of make_ca (self-
+// signed) and of issue (signed by the CA).
+Result<Credentials> signed_credentials(X509* cert, EVP_PKEY* signer, EVP_PKEY* key) {
+  if (auto signed_ = sign(cert, signer); !signed_) {
+    return fail(std::move(signed_.error()));
+  }
+  auto key_text = key_pem(key);
+  auto cert_text = cert_pem(cert);
+  if (!key_text || !cert_text) {
+    return fail(key_text ? std::move(cert_text.error()) : std::move(key_text.error()));
+  }
+  return Credentials{std::move(*key_text), std::move(*cert_text)};
+}
+
+}  // namespace
+
 Result<Credentials> make_ca(std::string_view common_name, int valid_days) {
   if (common_name.empty()) {
     return fail(Errc::invalid_argument, "a CA needs a common name");
@@ -321,15 +339,7 @@ Result<Credentials> make_ca(std::string_view common_name, int valid_days) {
       return fail(std::move(added.error()));
     }
   }
-  if (auto signed_ = sign(c, key->get()); !signed_) {
-    return fail(std::move(signed_.error()));
-  }
-  auto key_text = key_pem(key->get());
-  auto cert_text = cert_pem(c);
-  if (!key_text || !cert_text) {
-    return fail(key_text ? std::move(cert_text.error()) : std::move(key_text.error()));
-  }
-  return Credentials{std::move(*key_text), std::move(*cert_text)};
+  return signed_credentials(c, key->get(), key->get());
 }
 
 Result<Credentials> issue(const Credentials& ca, std::string_view common_name, Role role,
@@ -385,15 +395,7 @@ Result<Credentials> issue(const Credentials& ca, std::string_view common_name, R
   if (auto added = add_alt_names(c, *names); !added) {
     return fail(std::move(added.error()));
   }
-  if (auto signed_ = sign(c, ca_key->get()); !signed_) {
-    return fail(std::move(signed_.error()));
-  }
-  auto key_text = key_pem(key->get());
-  auto cert_text = cert_pem(c);
-  if (!key_text || !cert_text) {
-    return fail(key_text ? std::move(cert_text.error()) : std::move(key_text.error()));
-  }
-  return Credentials{std::move(*key_text), std::move(*cert_text)};
+  return signed_credentials(c, ca_key->get(), key->get());
 }
 
 Result<CertInfo> describe(std::string_view cert_text) {

@@ -13,6 +13,7 @@
 #include <toml++/toml.h>
 
 #include "cli.hpp"
+#include "cli_run.hpp"
 #include "config.hpp"
 #include "exit_codes.hpp"
 #include "expect_error.hpp"
@@ -264,23 +265,8 @@ std::string read(const fs::path& file) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
-struct CliRun {
-  int code;
-  std::string out;
-  std::string err;
-};
-
-CliRun cli(std::vector<std::string> args) {
-  args.insert(args.begin(), "ember");
-  std::vector<const char*> argv;
-  for (const auto& a : args) {
-    argv.push_back(a.c_str());
-  }
-  std::ostringstream out;
-  std::ostringstream err;
-  int code = run_cli(static_cast<int>(argv.size()), argv.data(), out, err);
-  return {code, out.str(), err.str()};
-}
+using test::cli;
+using test::CliRun;
 
 TEST(ProjectFile, DefaultsFillWhatIsLeftOut) {
   auto project = parse_project("[project]\nname = \"p.1\"\n", "project.toml");
