@@ -11,6 +11,10 @@
 #include "kernel.hpp"
 #include "provision_cmd.hpp"
 #include "simulate.hpp"
+#ifdef EMBER_WITH_FEDERATION
+#include "daemons.hpp"
+#include "job_process.hpp"
+#endif
 
 namespace ember::kernel {
 
@@ -316,6 +320,60 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
   provision_cmd->add_option("--out,-o", provision_out, "Output folder (default ./<project name>-kits)");
   provision_cmd->add_flag("--force", provision_force, "Replace an earlier output folder");
 
+#ifdef EMBER_WITH_FEDERATION
+  // The federation: the two daemons, the job processes they start, and the admin commands.
+  fed::DaemonOptions daemon;
+  std::string daemon_kit;
+  std::string daemon_workspace;
+  auto* server_cmd = app.add_subcommand("server", "Run the federation's server from its startup kit");
+  auto* client_cmd = app.add_subcommand("client", "Run a site's daemon from its startup kit");
+  for (auto* cmd : {server_cmd, client_cmd}) {
+    cmd->add_option("kit", daemon_kit, "Startup kit folder or its kit.toml (ember provision)")->required();
+    cmd->add_option("--workspace,-w", daemon_workspace,
+                    "Workspace folder (default: [site] workspace, else ./<name>-workspace)");
+  }
+  fed::JobProcessOptions job_process;
+  std::string job_role;
+  std::string job_sites;
+  std::string jp_kit, jp_dir, jp_ws, jp_token;
+  auto* run_job_cmd =
+      app.add_subcommand("run-job", "Run one job process of a federation (started by the daemons)");
+  run_job_cmd->group("");  // internal: not listed in --help
+  run_job_cmd->add_option("role", job_role, "client or server")
+      ->required()
+      ->check(CLI::IsMember({"client", "server"}));
+  run_job_cmd->add_option("--job-dir", jp_dir, "The deployed job folder")->required();
+  run_job_cmd->add_option("--job-id", job_process.job_id, "The job id")->required();
+  run_job_cmd->add_option("--workspace", jp_ws, "This site's folder of the job")->required();
+  run_job_cmd->add_option("--parent", job_process.parent, "The daemon's listener")->required();
+  run_job_cmd->add_option("--token-file", jp_token, "The job's token (0600)")->required();
+  run_job_cmd->add_option("--sites", job_sites, "Server job: the sites, comma-separated");
+
+  fed::AdminOptions admin;
+  std::string admin_kit, admin_out;
+  auto* submit_cmd = app.add_subcommand("submit", "Submit a job folder to the federation's server");
+  submit_cmd->add_option("job", admin.job, "Job folder or its job.toml")->required();
+  auto* status_cmd =
+      app.add_subcommand("status", "The federation's sites and jobs, or one job's stages per site");
+  status_cmd->add_option("job", admin.job, "A job id (default: every site and job)");
+  status_cmd->add_flag("--watch", admin.watch, "Follow the job's rounds until it ends");
+  auto* abort_cmd = app.add_subcommand("abort", "Abort a job on the server and every site");
+  abort_cmd->add_option("job", admin.job, "The job id")->required();
+  abort_cmd->add_flag("--task", admin.task, "Abort only the current task; the trainers live on");
+  abort_cmd->add_option("--site", admin.site, "With --task: only on this site");
+  auto* logs_cmd = app.add_subcommand("logs", "Print a job's log: the server job's, or a site's");
+  logs_cmd->add_option("job", admin.job, "The job id")->required();
+  logs_cmd->add_option("site", admin.site, "A site (default: the server job)");
+  auto* download_cmd = app.add_subcommand("download", "Download a job's workspace: model, metrics, logs");
+  download_cmd->add_option("job", admin.job, "The job id")->required();
+  download_cmd->add_option("--out,-o", admin_out, "Folder to write (default ./<job id>)");
+  std::vector<CLI::App*> admin_cmds{submit_cmd, status_cmd, abort_cmd, logs_cmd, download_cmd};
+  for (auto* cmd : admin_cmds) {
+    cmd->add_option("--kit", admin_kit, "An admin's startup kit folder or kit.toml (default $EMBER_KIT)");
+    cmd->add_flag("--json", admin.json, "Print JSON");
+  }
+#endif
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp&) {
@@ -328,9 +386,14 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
     // Help of a subcommand arrives here too, as a parse "error" with exit code 0.
     if (e.get_exit_code() == 0) {
       const CLI::App* target = &app;
-      for (auto* sub : {describe_cmd, plugins_cmd, validate_cmd, version_cmd, simulate_cmd, provision_cmd}) {
+      for (auto* sub : app.get_subcommands([](const CLI::App*) { return true; })) {
         if (sub->parsed()) {
           target = sub;
+          for (auto* nested : sub->get_subcommands([](const CLI::App*) { return true; })) {
+            if (nested->parsed()) {
+              target = nested;
+            }
+          }
           break;
         }
       }
@@ -363,6 +426,19 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
     if (provision_cmd->parsed()) {
       return provision(provision_project, provision_out, provision_force, out, err);  // no plugins needed
     }
+#ifdef EMBER_WITH_FEDERATION
+    for (auto* cmd : admin_cmds) {
+      if (cmd->parsed()) {
+        admin.command = cmd->get_name();
+        admin.kit = admin_kit;
+        admin.out = admin_out;
+        return fed::run_admin(admin, out, err);  // no plugins needed
+      }
+    }
+    if ((server_cmd->parsed() || client_cmd->parsed() || run_job_cmd->parsed()) && global.log_level.empty()) {
+      global.default_level = LogLevel::info;
+    }
+#endif
     if (simulate_cmd->parsed() && global.log_level.empty()) {
       global.default_level = LogLevel::info;  // the site logs get info; the console shows warnings only
     }
@@ -389,6 +465,34 @@ int run_cli(int argc, const char* const* argv, std::ostream& out, std::ostream& 
       sim.progress = !sim_quiet;
       return simulate(**kernel, sim, out, err);
     }
+#ifdef EMBER_WITH_FEDERATION
+    if (server_cmd->parsed() || client_cmd->parsed()) {
+      daemon.kit = daemon_kit;
+      daemon.workspace = daemon_workspace;
+      return server_cmd->parsed() ? fed::run_server(**kernel, daemon, out, err)
+                                  : fed::run_client(**kernel, daemon, out, err);
+    }
+    if (run_job_cmd->parsed()) {
+      // The console is the daemon's capture of this process's output: the job's own log file has the rest.
+      (*kernel)->logs().set_console_level(LogLevel::warn);
+      job_process.kit = global.site_file;
+      job_process.job_dir = jp_dir;
+      job_process.workspace = jp_ws;
+      job_process.token_file = jp_token;
+      for (std::size_t start = 0; start < job_sites.size();) {
+        auto comma = job_sites.find(',', start);
+        if (comma == std::string::npos) {
+          comma = job_sites.size();
+        }
+        if (comma > start) {
+          job_process.sites.push_back(job_sites.substr(start, comma - start));
+        }
+        start = comma + 1;
+      }
+      return job_role == "server" ? fed::run_server_job(**kernel, job_process, err)
+                                  : fed::run_client_job(**kernel, job_process, err);
+    }
+#endif
   } catch (const std::exception& e) {
     err << "ember: internal error: " << e.what() << "\n";
     return exit_code::internal;

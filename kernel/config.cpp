@@ -314,7 +314,7 @@ Result<JobConfig> parse_job(std::string_view text, const std::string& name, cons
     job.trainer_config_json = json.str();
   }
   if (const auto* table = sub_table(root, "job", "job", problems)) {
-    reject_unknown(*table, {"name", "description"}, "job.", problems);
+    reject_unknown(*table, {"name", "description", "launcher", "sites"}, "job.", problems);
     if (auto job_name = string_value(*table, "name", "job.name", problems)) {
       if (valid_id(*job_name)) {
         job.name = *job_name;
@@ -323,6 +323,24 @@ Result<JobConfig> parse_job(std::string_view text, const std::string& name, cons
       }
     }
     job.description = string_value(*table, "description", "job.description", problems).value_or("");
+    job.launcher = string_value(*table, "launcher", "job.launcher", problems).value_or("");
+    if (!job.launcher.empty() && !valid_id(job.launcher)) {
+      problems.add(*table->get("launcher"), "job.launcher",
+                   "invalid launcher name (want [A-Za-z0-9_-]{1,64})");
+    }
+    if (const auto* node = table->get("sites")) {
+      auto value = option_from_toml(*node, OptionType::string_list, Substitutions{});
+      if (!value) {
+        problems.add(*node, "job.sites", value.error().message);
+      } else {
+        job.sites = std::get<std::vector<std::string>>(*value);
+        for (const auto& site : job.sites) {
+          if (!valid_id(site)) {
+            problems.add(*node, "job.sites", "invalid site name '" + site + "' (want [A-Za-z0-9_-]{1,64})");
+          }
+        }
+      }
+    }
   }
   if (job.name.empty()) {
     // A job folder names the job when job.name is absent.
@@ -517,6 +535,21 @@ void read_project(const toml::table& root, SiteConfig& site, Problems& problems)
     }
   }
   site.project = std::move(project);
+}
+
+Result<std::string> only_component(const JobConfig& job, std::string_view kind, std::string_view who) {
+  std::vector<std::string> ids;
+  for (const auto& c : job.components) {
+    if (c.type.starts_with(std::string(kind) + ".")) {
+      ids.push_back(c.id);
+    }
+  }
+  if (ids.size() != 1) {
+    return fail(Errc::invalid_config, job.file.string() + ": " + std::string(who) + " needs exactly one " +
+                                          std::string(kind) + " component, it has " +
+                                          std::to_string(ids.size()));
+  }
+  return ids.front();
 }
 
 Result<SiteConfig> parse_site(std::string_view text, const std::string& name, const fs::path& base) {

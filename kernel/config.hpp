@@ -56,6 +56,8 @@ struct JobConfig {
   std::filesystem::path file;
   std::string name;
   std::string description;
+  std::string launcher;            ///< [job] launcher: which of a site's launchers runs the client job
+  std::vector<std::string> sites;  ///< [job] sites: where a federation deploys it; empty: every site
   Timeouts timeouts;
   SessionSettings session;
   LogSettings log;
@@ -65,6 +67,10 @@ struct JobConfig {
   /// The component with this id, or null.
   const ComponentConfig* component(std::string_view id) const;
 };
+
+/// The id of the job's one component of `kind` ("workflow"); Errc::invalid_config naming the file when it has
+/// none or several ("`who` needs exactly one workflow component, it has 2").
+Result<std::string> only_component(const JobConfig& job, std::string_view kind, std::string_view who);
 
 /// A site file's [cell] table: how this process joins the cell network (docs/config-reference.md). Paths
 /// are resolved against the file's folder; durations and sizes keep their defaults when absent.

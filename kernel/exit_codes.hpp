@@ -13,6 +13,8 @@ inline constexpr int plugin_error = 4;    ///< a plugin was refused, or a compon
 inline constexpr int job_failed = 5;      ///< a job ran and failed
 inline constexpr int interrupted = 6;     ///< stopped by SIGINT or SIGTERM
 inline constexpr int io_error = 7;        ///< a file or folder is missing, or could not be read or written
+inline constexpr int unreachable =
+    8;  ///< the cell network: a daemon or the server could not be reached, or refused us
 
 }  // namespace ember::kernel::exit_code
 

@@ -1,6 +1,5 @@
 #include "simulate.hpp"
 
-#include <signal.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -20,6 +19,8 @@
 #include "job_scope.hpp"
 #include "metrics_log.hpp"
 #include "server_job.hpp"
+#include "signal_stop.hpp"
+#include "site_scope.hpp"
 #include "workspace.hpp"
 
 namespace ember::kernel {
@@ -27,64 +28,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
-
-std::string utc_stamp() {
-  std::time_t now = std::time(nullptr);
-  std::tm tm{};
-  ::gmtime_r(&now, &tm);
-  char text[32];
-  std::strftime(text, sizeof text, "%Y%m%d-%H%M%S", &tm);
-  return text;
-}
-
-// Blocks SIGINT and SIGTERM in this thread and every thread it starts, and turns them into a stop request.
-class SignalStop {
- public:
-  explicit SignalStop(std::stop_source& stop) {
-    sigemptyset(&set_);
-    sigaddset(&set_, SIGINT);
-    sigaddset(&set_, SIGTERM);
-    ::pthread_sigmask(SIG_BLOCK, &set_, &previous_);
-    waiter_ = std::jthread([this, &stop](std::stop_token token) {
-      timespec tick{0, 100'000'000};
-      while (!token.stop_requested()) {
-        int sig = ::sigtimedwait(&set_, nullptr, &tick);
-        if (sig == SIGINT || sig == SIGTERM) {
-          signal_ = sig;
-          stop.request_stop();
-        }
-      }
-    });
-  }
-  ~SignalStop() {
-    waiter_.request_stop();
-    waiter_.join();
-    ::pthread_sigmask(SIG_SETMASK, &previous_, nullptr);
-  }
-  int signal() const { return signal_; }
-
- private:
-  sigset_t set_{};
-  sigset_t previous_{};
-  std::atomic<int> signal_{0};
-  std::jthread waiter_;
-};
-
-// Finds the one component of `kind` in the job; an error names what is missing or ambiguous.
-Result<std::string> only_component(const JobConfig& job, std::string_view kind) {
-  std::vector<std::string> ids;
-  for (const auto& c : job.components) {
-    if (c.type.starts_with(std::string(kind) + ".")) {
-      ids.push_back(c.id);
-    }
-  }
-  if (ids.size() != 1) {
-    return fail(Errc::invalid_config, job.file.string() + ": a simulated job needs exactly one " +
-                                          std::string(kind) + " component, it has " +
-                                          std::to_string(ids.size()));
-  }
-  return ids.front();
-}
 
 // Starts every site in parallel; each start returns early once `stop` is requested.
 void start_all(const std::vector<std::unique_ptr<ClientJob>>& sites, std::stop_token stop) {
@@ -208,8 +151,8 @@ int simulate(Kernel& kernel, const SimulateOptions& options, std::ostream& out, 
     err << "ember simulate: " << probe.error().message << "\n";
     return probe.error().code == Errc::invalid_config ? exit_code::invalid_config : exit_code::io_error;
   }
-  auto workflow_id = only_component(*probe, "workflow");
-  auto executor_id = only_component(*probe, "executor");
+  auto workflow_id = only_component(*probe, "workflow", "a simulated job");
+  auto executor_id = only_component(*probe, "executor", "a simulated job");
   if (!workflow_id || !executor_id) {
     err << "ember simulate: " << (!workflow_id ? workflow_id.error() : executor_id.error()).message << "\n";
     return exit_code::invalid_config;
@@ -234,21 +177,8 @@ int simulate(Kernel& kernel, const SimulateOptions& options, std::ostream& out, 
   auto& logs = kernel.logs();
   auto log = logs.get("simulate");
 
-  auto make_scope = [&](const std::string& site, const fs::path& dir) -> Result<std::unique_ptr<JobScope>> {
-    if (auto made = make_private_dir(dir, 0777); !made) {
-      return fail(std::move(made.error()));
-    }
-    if (auto added = logs.add_site_file(site, dir / "log.txt"); !added) {
-      return fail(std::move(added.error()));
-    }
-    Substitutions subs{site, job_id, dir.string()};
-    auto config = load_job(options.job, registry, subs);
-    if (!config) {
-      return fail(std::move(config.error()));
-    }
-    auto info = job_info(*config, job_id, site, kernel.search_paths());
-    info.program_paths.push_back(default_program_dir());
-    return std::make_unique<JobScope>(registry, std::move(*config), std::move(info), dir, subs, site);
+  auto make_scope = [&](const std::string& site, const fs::path& dir) {
+    return make_site_scope(kernel, options.job, site, job_id, dir);
   };
   auto metrics = MetricsLog::open(ws / "metrics.jsonl");
   if (!metrics) {

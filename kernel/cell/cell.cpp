@@ -210,7 +210,8 @@ class CellImpl {
     settings_.keepalive_timeout = config_.keepalive_timeout;
     if (config_.tls) {
       // A job's or trainer's cell presents its site's certificate: the name checked is the first part.
-      auto site = config_.fqcn.substr(0, config_.fqcn.find('.'));
+      auto site = !config_.certificate_name.empty() ? config_.certificate_name
+                                                    : config_.fqcn.substr(0, config_.fqcn.find('.'));
       auto pem = load_tls(*config_.tls, site, config_.check_own_certificate);
       if (!pem) {
         return fail(Errc::invalid_config, "cell '" + config_.fqcn + "': " + pem.error().message);

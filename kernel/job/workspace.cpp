@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 
 namespace ember::kernel {
 
@@ -37,6 +38,15 @@ std::string escaped(std::string_view text) {
 }
 
 }  // namespace
+
+std::string utc_stamp() {
+  std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  ::gmtime_r(&now, &tm);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y%m%d-%H%M%S", &tm);
+  return text;
+}
 
 Result<void> check_job_id(std::string_view id) {
   constexpr std::size_t max_length = 128;

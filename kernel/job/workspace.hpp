@@ -15,6 +15,9 @@ namespace ember::kernel {
 /// Errc::invalid_argument with the id (escaped) and the rule.
 Result<void> check_job_id(std::string_view id);
 
+/// The UTC time as "20261207-101500", the stamp in a job id.
+std::string utc_stamp();
+
 /// Creates `dir` and its missing parents with `mode` (less the process umask): 0700 keeps a job's folders
 /// the site's own whatever the umask; `ember simulate` passes 0777 and sets the site's umask (0077 by
 /// default).

@@ -115,6 +115,9 @@ struct Config {
   std::optional<TlsFiles> tls;  ///< mutual TLS; nullopt only with insecure
   bool insecure = false;        ///< clear text (a warning is logged at every start)
   std::string token;            ///< presented to the parent in the hello (a job's cell token)
+  /// The name this cell's own certificate must carry; empty: the first part of `fqcn` (a job presents its
+  /// site's certificate). An admin's cell, named "admin-<random>", sets its admin name.
+  std::string certificate_name;
   /// Check this cell's own certificate before connecting (CA, validity, name). Tests turn it off to see
   /// how the peer refuses a bad one; nothing else should.
   bool check_own_certificate = true;
