@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <sys/stat.h>
 
+#include <condition_variable>
 #include <fstream>
 #include <sstream>
 
@@ -118,6 +119,8 @@ struct JobExecutor::Run {
   std::optional<ExitStatus> exit;
   bool ending = false;  // the server ended it, or an abort: its exit is expected
   bool aborted = false;
+  bool reported = false;  // the watcher is done: the end is recorded and told to the server
+  std::condition_variable done;
   std::chrono::system_clock::time_point started = std::chrono::system_clock::now();
   std::jthread watcher;
 };
@@ -257,8 +260,11 @@ void JobExecutor::watch(const std::shared_ptr<Run>& run, std::stop_token stop) {
   {
     std::lock_guard lock(run->mutex);
     run->exit = exit;
-    run->state = exit->success() ? RunState::stopped : RunState::failed;
-    if (!exit->success() && !run->error) {
+    // Ended or aborted on request and exited as told: stopped. Anything else is a failure.
+    const bool as_told = run->ending && exit->how == ExitStatus::How::exited &&
+                         (exit->value == exit_code::ok || exit->value == exit_code::interrupted);
+    run->state = exit->success() || as_told ? RunState::stopped : RunState::failed;
+    if (run->state == RunState::failed && !run->error) {
       run->error = Error{Errc::internal, "the client job ended with " + describe_exit(*exit)};
     }
   }
@@ -267,6 +273,11 @@ void JobExecutor::watch(const std::shared_ptr<Run>& run, std::stop_token stop) {
   fs::remove(run->dir / "run.json", ec);
   log_->info("job " + run->job_id + ": client job ended with " + describe_exit(*exit));
   report(*run);
+  {
+    std::lock_guard lock(run->mutex);
+    run->reported = true;
+  }
+  run->done.notify_all();
   kernel_.events().publish(
       Event{"job.completed",
             "kernel.executor",
@@ -387,18 +398,17 @@ void JobExecutor::abort(const std::string& job_id, bool end) {
     log_->warn("job " + job_id + ": " + told.reason + "; terminating it");
   } else {
     // The job tells its trainer and waits its grace; then it exits by itself.
-    auto waited = run->handle->wait(run->timeouts.shutdown_grace + 1s);
-    if (waited && *waited) {
-      if (run->watcher.joinable()) {
-        run->watcher.join();
-      }
+    if (wait_reported(*run, run->timeouts.shutdown_grace + 1s)) {
       return;
     }
   }
   (void)run->handle->stop(std::min<std::chrono::milliseconds>(run->timeouts.shutdown_grace, 5s));
-  if (run->watcher.joinable()) {
-    run->watcher.join();
-  }
+  (void)wait_reported(*run, 10s);
+}
+
+bool JobExecutor::wait_reported(Run& run, std::chrono::milliseconds bound) {
+  std::unique_lock lock(run.mutex);
+  return run.done.wait_for(lock, bound, [&] { return run.reported; });
 }
 
 bool JobExecutor::abort_task(const std::string& job_id) {
@@ -440,16 +450,20 @@ Result<std::string> JobExecutor::log_text(const std::string& job_id, std::size_t
 }
 
 void JobExecutor::stop_all() {
-  std::vector<std::string> ids;
+  std::vector<std::shared_ptr<Run>> running;
   {
     std::lock_guard lock(mutex_);
     for (const auto& [id, run] : runs_) {
-      ids.push_back(id);
+      std::lock_guard run_lock(run->mutex);
+      if (run->handle && !run->exit) {
+        running.push_back(run);
+      }
     }
   }
+  // Jobs end in parallel, each waiting its own grace.
   std::vector<std::jthread> stoppers;
-  for (const auto& id : ids) {
-    stoppers.emplace_back([this, id] { abort(id, false); });
+  for (const auto& run : running) {
+    stoppers.emplace_back([this, id = run->job_id] { abort(id, false); });
   }
 }
 

@@ -80,6 +80,8 @@ class JobExecutor {
   void watch(const std::shared_ptr<Run>& run, std::stop_token stop);
   std::shared_ptr<Run> find(const std::string& job_id) const;
   void report(const Run& run);
+  /// Waits until the watcher recorded the end of `run` (at most `bound`).
+  bool wait_reported(Run& run, std::chrono::milliseconds bound);
 
   Kernel& kernel_;
   cell::Cell& cell_;
