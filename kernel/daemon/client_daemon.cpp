@@ -144,8 +144,8 @@ int run_client(Kernel& kernel, const DaemonOptions& o, std::ostream& out, std::o
   JobExecutor executor(kernel, **cell, site, exe, setup->workspace, log);
   std::vector<std::string> reaped = executor.reap_leftovers();
   for (const auto& r : reaped) {
-    log->warn("reaped job " + r + ", left running by an earlier daemon on this workspace");
-    err << "ember client: reaped job " << r << ", left running by an earlier daemon\n";
+    log->warn("job " + r + " was left by an earlier daemon on this workspace; reaped");
+    err << "ember client: job " << r << " was left by an earlier daemon; reaped\n";
   }
 
   auto& c = **cell;
@@ -206,11 +206,14 @@ int run_client(Kernel& kernel, const DaemonOptions& o, std::ostream& out, std::o
     if (!reaped.empty() && c.wait_parent(0ms)) {
       for (const auto& r : reaped) {
         const std::string job = r.substr(0, r.find(' '));
-        const std::string text =
-            json{{"job_id", job},     {"site", site.name},
-                 {"state", "failed"}, {"aborted", false},
-                 {"exit", nullptr},   {"error", "the site's daemon restarted and reaped the job: " + r}}
-                .dump();
+        const std::string text = json{
+            {"job_id", job},
+            {"site", site.name},
+            {"state", "failed"},
+            {"aborted", false},
+            {"exit", nullptr},
+            {"error", "the site's daemon stopped while the job ran; restarted, it reaped the job: " +
+                          r}}.dump();
         (void)c.request("server", topic::job_state, {{"job_id", job}},
                         std::as_bytes(std::span(text.data(), text.size())), query_timeout);
       }

@@ -5,10 +5,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <signal.h>
+
 #include <cerrno>
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <mutex>
+#include <sstream>
+#include <thread>
 
 #include "base/unique_fd.hpp"
 
@@ -96,6 +102,66 @@ Result<void> write_token_file(const std::filesystem::path& file, const std::stri
     return fail(Errc::io_error, file.string() + ": cannot write the job token: " + std::strerror(errno));
   }
   return ok();
+}
+
+namespace {
+
+// The start time of a process in clock ticks since boot (/proc/<pid>/stat, field 22): with the pid, it
+// tells a process from a later one that reused its pid.
+std::optional<std::uint64_t> start_time(long pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto close = text.rfind(')');
+  if (close == std::string::npos || close + 2 > text.size()) {
+    return std::nullopt;
+  }
+  std::istringstream fields(text.substr(close + 2));
+  std::string field;
+  for (int i = 3; i <= 22 && fields >> field; ++i) {
+    if (i == 22) {
+      return std::strtoull(field.c_str(), nullptr, 10);
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+void record_process(const std::filesystem::path& file, long pid) {
+  auto t = start_time(pid);
+  if (!t) {
+    return;
+  }
+  std::ofstream out(file, std::ios::trunc);
+  out << "{\"pid\": " << pid << ", \"start_time\": " << *t << "}\n";
+}
+
+std::optional<std::string> reap_recorded(const std::filesystem::path& file) {
+  std::ifstream in(file);
+  if (!in) {
+    return std::nullopt;
+  }
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::error_code ec;
+  std::filesystem::remove(file, ec);
+  long pid = 0;
+  unsigned long long recorded = 0;
+  if (std::sscanf(text.c_str(), "{\"pid\": %ld, \"start_time\": %llu}", &pid, &recorded) != 2 || pid <= 1) {
+    return "an unreadable process record";
+  }
+  if (start_time(pid) != recorded) {
+    return "process group " + std::to_string(pid) + ", already gone";  // or its pid is another process's now
+  }
+  // The recorded process led its own group (a launcher.process child); its own children are in theirs, which
+  // it ends when told: TERM the group, give it time, then KILL.
+  ::kill(-static_cast<pid_t>(pid), SIGTERM);
+  for (int i = 0; i < 50 && start_time(pid) == recorded; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  if (start_time(pid) == recorded) {
+    ::kill(-static_cast<pid_t>(pid), SIGKILL);
+  }
+  return "process group " + std::to_string(pid) + ", ended";
 }
 
 bool sleep_for(std::chrono::milliseconds d, std::stop_token stop) {

@@ -11,6 +11,8 @@
 //   site   -> <site>.<job>  job.*           run-info, errors, abort, abort_task
 
 #include <chrono>
+#include <filesystem>
+#include <optional>
 #include <stop_token>
 #include <string>
 
@@ -65,6 +67,15 @@ std::string random_token();
 Result<std::string> read_token_file(const std::filesystem::path& file);
 /// Writes a token file 0600.
 Result<void> write_token_file(const std::filesystem::path& file, const std::string& token);
+
+/// Records a launched process group (its leader's pid and start time) in `file`, so that a daemon restarted
+/// on the same workspace can find it (reap_recorded). Best effort: a record that cannot be written is logged
+/// by nobody and only costs the reaping.
+void record_process(const std::filesystem::path& file, long pid);
+/// Ends the process group recorded in `file` if its leader still runs (same pid and start time, so a reused
+/// pid is left alone): SIGTERM to the group, up to 5 s, then SIGKILL. Removes the record. Returns what it
+/// found ("process group 1234, ended" or "..., already gone"), or nullopt when there is no record.
+std::optional<std::string> reap_recorded(const std::filesystem::path& file);
 
 /// Sleeps `d`, or less when `stop` is requested; false when stopped.
 bool sleep_for(std::chrono::milliseconds d, std::stop_token stop);

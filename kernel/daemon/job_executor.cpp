@@ -47,25 +47,6 @@ std::string exit_name(int code) {
   }
 }
 
-// The start time of a process in clock ticks since boot (/proc/<pid>/stat, field 22): with the pid, it
-// tells a process from a later one that reused its pid.
-std::optional<std::uint64_t> start_time(long pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  auto close = text.rfind(')');
-  if (close == std::string::npos) {
-    return std::nullopt;
-  }
-  std::istringstream fields(text.substr(close + 2));
-  std::string field;
-  for (int i = 3; i <= 22 && fields >> field; ++i) {
-    if (i == 22) {
-      return std::stoull(field);
-    }
-  }
-  return std::nullopt;
-}
-
 json exit_json(const std::optional<ExitStatus>& exit) {
   if (!exit) {
     return nullptr;
@@ -229,11 +210,7 @@ Result<void> JobExecutor::deploy(const std::string& job_id, const std::string& t
   }
   run->handle = std::move(*handle);
   // The process group to reap if this daemon dies before the job ends.
-  const long pid = std::strtol(run->handle->id().c_str(), nullptr, 10);
-  if (auto t = start_time(pid)) {
-    json record{{"pid", pid}, {"start_time", *t}, {"launcher", choice->name}};
-    std::ofstream(run->dir / "run.json") << record.dump() << "\n";
-  }
+  record_process(run->dir / "run.json", std::strtol(run->handle->id().c_str(), nullptr, 10));
   kernel_.events().publish(Event{"job.after_launch",
                                  "kernel.executor",
                                  {{"job_id", job_id}, {"site", site_.name}, {"id", run->handle->id()}}});
@@ -471,31 +448,9 @@ std::vector<std::string> JobExecutor::reap_leftovers() {
   std::vector<std::string> reaped;
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(workspace_, ec)) {
-    const fs::path record = entry.path() / "run.json";
-    if (!fs::is_regular_file(record, ec)) {
-      continue;
+    if (auto what = reap_recorded(entry.path() / "run.json")) {
+      reaped.push_back(entry.path().filename().string() + " (" + *what + ")");
     }
-    std::ifstream in(record);
-    auto parsed = json::parse(in, nullptr, false);
-    fs::remove(record, ec);
-    if (parsed.is_discarded() || !parsed.contains("pid") || !parsed.contains("start_time")) {
-      continue;
-    }
-    const long pid = parsed["pid"].get<long>();
-    const auto recorded = parsed["start_time"].get<std::uint64_t>();
-    if (pid <= 1 || start_time(pid) != recorded) {
-      continue;  // gone, or its pid now belongs to another process
-    }
-    // The client job led its own process group (and its trainers are in theirs, which it ends when told):
-    // TERM the group, give it its grace, then KILL.
-    ::kill(-static_cast<pid_t>(pid), SIGTERM);
-    for (int i = 0; i < 50 && start_time(pid) == recorded; ++i) {
-      std::this_thread::sleep_for(100ms);
-    }
-    if (start_time(pid) == recorded) {
-      ::kill(-static_cast<pid_t>(pid), SIGKILL);
-    }
-    reaped.push_back(entry.path().filename().string() + " (process group " + std::to_string(pid) + ")");
   }
   return reaped;
 }

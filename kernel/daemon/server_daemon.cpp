@@ -8,6 +8,7 @@
 #include <deque>
 #include <fstream>
 #include <ostream>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
@@ -298,9 +299,124 @@ class Server {
     if (terminal(job.state)) {
       job.ended = SysClock::now();
     }
+    persist(job);
     log_->info("job " + job.id + ": " + job.state + (job.error.empty() ? "" : " (" + job.error + ")"));
   }
 
+  // The job's record on disk (record.json, replaced atomically): what a restarted server reports. Called
+  // with mutex_ held.
+  void persist(const JobRecord& job) {
+    json record{{"job_id", job.id},
+                {"name", job.name},
+                {"sites", job.sites},
+                {"deployed", job.deployed},
+                {"state", job.state},
+                {"error", job.error},
+                {"site_state", job.site_state},
+                {"rounds", job.rounds},
+                {"submitted", SysClock::to_time_t(job.submitted)},
+                {"shutdown_grace_ms", job.timeouts.shutdown_grace.count()}};
+    if (job.ended) {
+      record["ended"] = SysClock::to_time_t(*job.ended);
+    }
+    if (job.server_exit) {
+      record["server_exit"] = describe_exit(*job.server_exit);
+    }
+    const fs::path tmp = job.dir / "record.json.tmp";
+    {
+      std::ofstream out(tmp, std::ios::trunc);
+      out << record.dump() << "\n";
+      if (!out) {
+        log_->warn("job " + job.id + ": cannot write " + tmp.string());
+        return;
+      }
+    }
+    std::error_code ec;
+    fs::rename(tmp, job.dir / "record.json", ec);
+  }
+
+ public:
+  // Loads the records an earlier server left in the workspace. A job that was not over then is over now: its
+  // server job died with that server (and is reaped here if it did not). Its sites are told to abort it once
+  // they are back (recover()), and what they report is recorded. Returns the jobs to recover.
+  std::vector<std::shared_ptr<JobRecord>> load() {
+    std::vector<std::shared_ptr<JobRecord>> unfinished;
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(workspace_, ec)) {
+      std::ifstream in(entry.path() / "record.json");
+      if (!in) {
+        continue;
+      }
+      auto r = json::parse(in, nullptr, false);
+      if (r.is_discarded() || !r.is_object() || r.value("job_id", "") != entry.path().filename().string()) {
+        log_->warn(entry.path().string() + "/record.json: unreadable, skipped");
+        continue;
+      }
+      auto job = std::make_shared<JobRecord>();
+      job->id = r.value("job_id", "");
+      job->name = r.value("name", "");
+      job->dir = entry.path();
+      job->sites = r.value("sites", std::vector<std::string>{});
+      job->deployed = r.value("deployed", std::vector<std::string>{});
+      job->state = r.value("state", "failed");
+      job->error = r.value("error", "");
+      const json site_state = r.value("site_state", json::object());
+      for (const auto& [site, state] : site_state.items()) {
+        job->site_state[site] = state;
+      }
+      job->rounds = r.value("rounds", json::array());
+      job->submitted = SysClock::from_time_t(r.value("submitted", std::time_t{0}));
+      job->timeouts.shutdown_grace = std::chrono::milliseconds(r.value("shutdown_grace_ms", 10000));
+      if (r.contains("ended")) {
+        job->ended = SysClock::from_time_t(r["ended"].get<std::time_t>());
+      }
+      if (auto reaped = reap_recorded(job->dir / "run.json")) {
+        log_->warn("job " + job->id + ": reaped its server job (" + *reaped +
+                   "), left by the earlier server");
+      }
+      if (!terminal(job->state)) {
+        job->error =
+            "the server stopped while the job was " + job->state + "; its sites are told to abort it";
+        job->state = "failed";
+        job->ended = SysClock::now();
+        persist(*job);
+        unfinished.push_back(job);
+      }
+      std::lock_guard lock(mutex_);
+      jobs_[job->id] = job;
+    }
+    return unfinished;
+  }
+
+  // Tells the sites of a job an earlier server left unfinished to abort it, as each comes back (bounded:
+  // five minutes); their reports of how it ended are recorded as they arrive.
+  void recover(const std::shared_ptr<JobRecord>& job, std::stop_token stop) {
+    std::set<std::string> left(job->deployed.begin(), job->deployed.end());
+    const auto bound = SysClock::now() + 5min;
+    while (!left.empty() && SysClock::now() < bound && !stop.stop_requested()) {
+      for (const auto& peer : cell_->children()) {
+        if (peer.connected && left.contains(peer.fqcn)) {
+          auto reply = cell_->request(peer.fqcn, topic::site_abort, {{"job_id", job->id}, {"mode", "abort"}},
+                                      {}, job->timeouts.shutdown_grace + 10s, stop);
+          if (reply.ok()) {
+            left.erase(peer.fqcn);
+            std::lock_guard lock(mutex_);
+            auto info = parse_payload(reply.message.payload);
+            if (info.is_object() && info.value("status", "") != "not_started") {
+              job->site_state[peer.fqcn]["last_known"] = info;
+            }
+            persist(*job);
+          }
+        }
+      }
+      sleep_for(500ms, stop);
+    }
+    for (const auto& site : left) {
+      log_->warn("job " + job->id + ": " + site + " did not come back to be told the job is over");
+    }
+  }
+
+ private:
   // Tells every site the job was deployed to that it ended (`end`) or is aborted, in parallel; returns when
   // each answered or its bound passed.
   void end_sites(JobRecord& job, bool end) {
@@ -346,6 +462,10 @@ class Server {
         }
       }
     }
+    {
+      std::lock_guard lock(mutex_);
+      persist(*job);
+    }
     std::vector<std::string> deployed;
     bool aborted = false;
     {
@@ -387,6 +507,8 @@ class Server {
       job->server_exit = exit;
       aborted = job->abort_requested;
     }
+    std::error_code ec;
+    fs::remove(job->dir / "run.json", ec);
     log_->info("job " + job->id + ": server job ended with " + describe_exit(*exit));
     end_sites(*job, !aborted && exit->success());
     if (aborted) {
@@ -428,6 +550,7 @@ class Server {
     if (!handle) {
       return fail(std::move(handle.error()));
     }
+    record_process(job.dir / "run.json", std::strtol((*handle)->id().c_str(), nullptr, 10));
     std::lock_guard lock(mutex_);
     job.launcher = *launcher;
     job.handle = std::move(*handle);
@@ -657,6 +780,7 @@ class Server {
     state.erase("job_id");
     state.erase("site");
     job->site_state[m.from] = state;
+    persist(*job);
     log_->info("job " + id + ": " + m.from + " " + state.value("state", "?") +
                (state.contains("error") ? " (" + state["error"].get<std::string>() + ")" : ""));
     return cell::Reply{};
@@ -745,6 +869,11 @@ int run_server(Kernel& kernel, const DaemonOptions& o, std::ostream& out, std::o
   }
   (*cell)->set_admission([&server](const cell::PeerClaim& claim) { return server.admit(claim); });
   server.install(**cell);
+  std::vector<std::jthread> recovering;
+  for (auto& job : server.load()) {
+    log->warn("job " + job->id + ": " + job->error);
+    recovering.emplace_back([&server, job](std::stop_token s) { server.recover(job, s); });
+  }
   out << "ember server: project " << site.project->name << ", listening on " << (*cell)->listen_address()
       << "; workspace " << setup->workspace.string() << "\n"
       << std::flush;
@@ -752,6 +881,10 @@ int run_server(Kernel& kernel, const DaemonOptions& o, std::ostream& out, std::o
   while (sleep_for(1s, stop.get_token())) {
   }
   log->info("stopping (signal " + std::to_string(signals.signal()) + "): aborting running jobs");
+  for (auto& r : recovering) {
+    r.request_stop();
+  }
+  recovering.clear();
   server.stop_all();
   (*cell)->stop();
   return exit_code::ok;
