@@ -3,8 +3,10 @@
 # and writes docs/BENCHMARKS.md.
 #
 #   bench/run_benchmarks.sh [--build-dir DIR] [--runs N] [--pipe-runs M] [--cell-runs K] [--no-profile]
-#                           [--output FILE] [--cell-only]
+#                           [--output FILE] [--cell-only] [--federation-only]
 #
+# --federation-only runs only bench/federation_bench.py (ember server, 8 client daemons and their jobs on this
+# machine, beside `ember simulate` of the same job) and replaces the "Federation" section of the output.
 # --cell-only runs only the cell network's benchmarks (cell_bench, and pipe_bench's pipe.cell cases beside
 # pipe.socket and raw TCP) and replaces the "Cell network" section of the output, leaving the rest as it is.
 # K is the number of runs of each cell_bench case (default 3).
@@ -25,6 +27,7 @@ pipe_runs=5
 profile=yes
 cell_runs=3
 cell_only=no
+federation_only=no
 output="$source_root/docs/BENCHMARKS.md"
 invocation="bench/run_benchmarks.sh${*:+ $*}"
 
@@ -35,9 +38,10 @@ while [ $# -gt 0 ]; do
     --pipe-runs) pipe_runs=$2; shift 2 ;;
     --cell-runs) cell_runs=$2; shift 2 ;;
     --cell-only) cell_only=yes; shift ;;
+    --federation-only) federation_only=yes; shift ;;
     --no-profile) profile=no; shift ;;
     --output) output=$2; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "run_benchmarks.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -52,6 +56,13 @@ else
 fi
 # Two cores are shared on the reference machine: never more than two jobs. --cell-only builds only what it
 # runs (the whole tree, LibTorch's plugins included, takes long).
+if [ "$federation_only" = yes ]; then
+  ninja -C "$build_dir" -j2 kernel/ember bench/ember-bench-trainer plugins/ember-workflow-fedavg.so \
+    plugins/ember-executor-external-trainer.so plugins/ember-launcher-process.so plugins/ember-pipe-socket.so
+  python3 "$here/federation_bench.py" --ember "$build_dir/kernel/ember" \
+    --trainer "$build_dir/bench/ember-bench-trainer" --section "$output"
+  exit 0
+fi
 if [ "$cell_only" = yes ]; then
   targets="bench/cell_bench bench/cell_node"
   if grep -q '^build bench/pipe_bench:' "$build_dir/build.ninja"; then

@@ -211,8 +211,22 @@ int run_admin(const AdminOptions& o, std::ostream& out, std::ostream& err) {
     err << cmd << ": " << cell.error().message << "\n";
     return exit_code_for(cell.error());
   }
-  if (!(*cell)->wait_parent(site->cell->connect_timeout + 5s)) {
+  // One attempt is enough to know: a refusal or a failed handshake is not going to change for a command.
+  bool joined = false;
+  const auto deadline = std::chrono::steady_clock::now() + site->cell->connect_timeout + 5s;
+  auto tried = [&] {
     const std::string why = (*cell)->parent_error();
+    return !why.empty() && why != "not connected yet";
+  };
+  while (!joined && std::chrono::steady_clock::now() < deadline && !tried()) {
+    joined = (*cell)->wait_parent(100ms);
+  }
+  if (!joined) {
+    std::string why = (*cell)->parent_error();
+    if (why.find("certificate verify failed") != std::string::npos) {
+      why += " (the server's certificate does not chain to this kit's CA, " + site->cell->ca.string() +
+             ": is the kit from the server's project?)";
+    }
     err << cmd << ": cannot reach the server at " << site->cell->server << (why.empty() ? "" : ": " + why)
         << "\n";
     return exit_code::unreachable;

@@ -293,11 +293,15 @@ void JobExecutor::job_up(const std::string& job_id, bool started, std::optional<
   if (!run) {
     return;
   }
-  std::lock_guard lock(run->mutex);
-  if (run->state == RunState::starting) {
+  {
+    std::lock_guard lock(run->mutex);
+    if (run->state != RunState::starting) {
+      return;
+    }
     run->state = started ? RunState::started : RunState::failed;
     run->error = std::move(error);
   }
+  report(*run);  // the server's status shows the stage
 }
 
 RunState JobExecutor::status(const std::string& job_id) const {

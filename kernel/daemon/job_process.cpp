@@ -87,10 +87,9 @@ int code_for_start(const Error& error) {
 // The client job's state that its handlers share.
 class ClientState {
  public:
-  void task_started(const std::string& name, std::stop_source* stop) {
+  void task_started(const std::string& name) {
     std::lock_guard lock(mutex_);
     current_ = name;
-    task_stop_ = stop;
   }
   void task_ended(const Result<TaskData>& result) {
     std::lock_guard lock(mutex_);
@@ -102,15 +101,6 @@ class ClientState {
       ++done_;
     }
     current_.clear();
-    task_stop_ = nullptr;
-  }
-  bool abort_task() {
-    std::lock_guard lock(mutex_);
-    if (task_stop_ == nullptr) {
-      return false;
-    }
-    task_stop_->request_stop();
-    return true;
   }
   json run_info(const ClientJob& job) {
     std::lock_guard lock(mutex_);
@@ -132,7 +122,6 @@ class ClientState {
  private:
   std::mutex mutex_;
   std::string current_;
-  std::stop_source* task_stop_ = nullptr;
   std::uint64_t done_ = 0;
   json errors_ = json::array();
 };
@@ -256,7 +245,7 @@ int run_client_job(Kernel& kernel, const JobProcessOptions& o, std::ostream& err
     return cell::Reply{};
   });
   cell.handle(topic::job_abort_task, [&](cell::Message& m) {
-    const bool aborted = state.abort_task();
+    const bool aborted = job->abort_task();
     log->info("abort of the current task requested by " + m.from + (aborted ? "" : " (no task running)"));
     return json_reply(json{{"aborted", aborted}});
   });
@@ -284,10 +273,8 @@ int run_client_job(Kernel& kernel, const JobProcessOptions& o, std::ostream& err
       put_error(reply.message.headers, task.error());
       return reply;
     }
-    std::stop_source task_stop;
-    std::stop_callback link_stop(stop.get_token(), [&] { task_stop.request_stop(); });
-    state.task_started(task->name, &task_stop);
-    auto result = job->execute(*task, task_stop.get_token());
+    state.task_started(task->name);
+    auto result = job->execute(*task, stop.get_token());
     state.task_ended(result);
     if (!result) {
       put_error(reply.message.headers, result.error());

@@ -847,14 +847,20 @@ int run_server(Kernel& kernel, const DaemonOptions& o, std::ostream& out, std::o
   config->handler_threads = 16;
   std::error_code ec;
   Server server(kernel, site, setup->workspace, fs::read_symlink("/proc/self/exe", ec), log);
+  // What an earlier server left is known (and its processes reaped) before anyone can ask.
+  auto unfinished = server.load();
   auto cell =
       cell::Cell::start(std::move(*config), kernel.logs().get("cell"), [log](const cell::LinkEvent& e) {
         switch (e.kind) {
           case cell::LinkEvent::Kind::child_joined:
-            log->info(e.peer + " joined");
+            if (!e.peer.starts_with("admin-")) {
+              log->info(e.peer + " joined");
+            }
             break;
           case cell::LinkEvent::Kind::child_left:
-            log->warn(e.peer + " left: " + e.detail);
+            if (!e.peer.starts_with("admin-")) {  // admins come and go with each command
+              log->warn(e.peer + " left: " + e.detail);
+            }
             break;
           case cell::LinkEvent::Kind::refused:
             log->warn(e.peer + " refused: " + e.detail);
@@ -870,7 +876,7 @@ int run_server(Kernel& kernel, const DaemonOptions& o, std::ostream& out, std::o
   (*cell)->set_admission([&server](const cell::PeerClaim& claim) { return server.admit(claim); });
   server.install(**cell);
   std::vector<std::jthread> recovering;
-  for (auto& job : server.load()) {
+  for (auto& job : unfinished) {
     log->warn("job " + job->id + ": " + job->error);
     recovering.emplace_back([&server, job](std::stop_token s) { server.recover(job, s); });
   }

@@ -86,6 +86,11 @@ void ClientJob::stop() noexcept {
   }
 }
 
+bool ClientJob::abort_task() {
+  auto* aborting = dynamic_cast<TaskAborting*>(executor_.get());
+  return aborting != nullptr && aborting->abort_task();
+}
+
 RunState ClientJob::status() const {
   std::lock_guard lock(mutex_);
   return state_;

@@ -41,6 +41,9 @@ class ClientJob {
   Result<TaskData> execute(const TaskData& task, std::stop_token stop);
   /// Ends the job on this site (tells the trainer, waits its grace, frees everything). Idempotent.
   void stop() noexcept;
+  /// Drops the running task while the trainer lives on, when the executor can (TaskAborting). False when it
+  /// cannot, or no task runs.
+  bool abort_task();
 
   /// not_started, starting, started, stopped or failed.
   RunState status() const;

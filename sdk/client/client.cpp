@@ -188,7 +188,10 @@ class Client {
               ? std::chrono::milliseconds(1000)
               : std::max(1ms, std::min(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now),
                                        std::chrono::milliseconds(1000)));
-      auto got = session_->receive(step);
+      // A task that came while send() waited for its answer is taken first.
+      auto got = early_task_
+                     ? Result<std::optional<session::Message>>(std::exchange(early_task_, std::nullopt))
+                     : session_->receive(step);
       if (!got) {
         if (got.error().code == Errc::closed) {
           running_ = false;
@@ -291,6 +294,10 @@ class Client {
         running_ = false;
         aborted_ = aborted_ || m.op == Op::abort;
         return fail(Errc::closed, "the job ended before it answered the result");
+      }
+      if (m.op == Op::task_ready && !early_task_) {
+        // The job moved on (this result's task was aborted there): the next task is kept for receive().
+        early_task_ = std::move(m);
       }
     }
     return fail(Errc::timeout, "the job did not answer the result within task_wait = " +
@@ -497,6 +504,7 @@ class Client {
   std::unique_ptr<session::Session> session_;
   session::BundleInbox inbox_;
   std::optional<std::uint64_t> task_msg_;
+  std::optional<session::Message> early_task_;  // a TASK_READY that arrived while send() waited
   std::string task_name_;
   std::uint64_t round_ = 0;
   std::uint64_t total_rounds_ = 0;

@@ -4,7 +4,7 @@
 //   ember-test-trainer [--bad-site SITE] [--mode
 //   good|sigkill|exit3|hang-before-hello|wrong-names|wrong-shapes|no-converters|wrong-token|chatter|
 //   decline]
-//                      [--from-round R] [--size N]
+//                      [--from-round R] [--size N] [--delay-ms MS]
 // It writes its pid to <workspace>/trainer.pid so a test can check that no trainer survived the job, and
 // what the job told it (get_config(), the task names) to <workspace>/told.txt.
 
@@ -51,6 +51,7 @@ int main(int argc, char** argv) {
   std::string bad_site, mode = "good";
   std::uint64_t from_round = 0;
   std::size_t size = 4;
+  long delay_ms = 0;  // before each answer: a task that takes a while (aborts and progress to watch)
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i];
     if (flag == "--bad-site") {
@@ -61,6 +62,8 @@ int main(int argc, char** argv) {
       from_round = std::strtoull(argv[i + 1], nullptr, 10);
     } else if (flag == "--size") {
       size = std::strtoull(argv[i + 1], nullptr, 10);
+    } else if (flag == "--delay-ms") {
+      delay_ms = std::strtol(argv[i + 1], nullptr, 10);
     }
   }
   const std::string site = env_or("EMBER_SITE", "");
@@ -127,6 +130,9 @@ int main(int argc, char** argv) {
     }
     const auto& model = **next;
     const bool misbehave = bad && model.current_round >= from_round;
+    if (delay_ms > 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+    }
     told << "task " << ember::client::task_name() << " train " << ember::client::is_train() << " evaluate "
          << ember::client::is_evaluate() << std::endl;
     if (misbehave && mode == "decline" && model.current_round == from_round) {

@@ -45,7 +45,7 @@ std::string header_or(const session::Message& m, std::string_view key, std::stri
   return v != nullptr ? *v : std::move(fallback);
 }
 
-class ExternalTrainer final : public Executor {
+class ExternalTrainer final : public Executor, public TaskAborting {
  public:
   explicit ExternalTrainer(const ComponentContext& context)
       : log_(context.logger_ptr()),
@@ -101,6 +101,14 @@ class ExternalTrainer final : public Executor {
     Result<TaskData> result = execute_busy(task, stop);
     leave();
     return result;
+  }
+
+  bool abort_task() override {
+    if (!in_task_) {
+      return false;
+    }
+    abort_task_requested_ = true;
+    return true;
   }
 
   void stop() noexcept override {
@@ -230,8 +238,8 @@ class ExternalTrainer final : public Executor {
     }
     declined_ = declined_final_ = false;
     auto result = run_task(task, stop);
-    const bool lives_on =
-        !result && declined_ && !declined_final_ && trainer_->session->state() == session::State::ready;
+    const bool lives_on = !result && ((declined_ && !declined_final_) || task_aborted_) &&
+                          trainer_->session->state() == session::State::ready;
     if ((!result && !lives_on) || per_task_) {
       // A failed task leaves the trainer in an unknown state: end it, so the next task starts clean (per
       // task) or fails at once saying why (per job).
@@ -562,9 +570,26 @@ class ExternalTrainer final : public Executor {
     auto& s = *trainer_->session;
     // A stop closes the session at once: a send blocked on the trainer returns, and the loop below sees it.
     // Session::close() may come from several threads at once (it joins the session's threads once).
+    // A stop closes the session at once: a send blocked on the trainer returns, and the loop below sees it.
+    // Session::close() may come from several threads at once (it joins the session's threads once).
     auto cut = [&s] { s.close(Op::abort, "the job stopped"); };
     std::stop_callback on_task_stop(stop, cut);
     std::stop_callback on_halt(halt_.get_token(), cut);
+    task_aborted_ = false;
+    abort_task_requested_ = false;
+    in_task_ = true;
+    struct InTask {
+      std::atomic<bool>& flag;
+      ~InTask() { flag = false; }
+    } in_task{in_task_};
+    // This task alone was aborted: the trainer lives on. A result it still sends for it is turned down.
+    auto abandon = [&]() -> Result<TaskData> {
+      task_aborted_ = true;
+      log_->log(LogLevel::info, "task '" + task.name + "' round " + std::to_string(task.round) +
+                                    " aborted; the trainer lives on");
+      return fail(Errc::cancelled, site() + ": task '" + task.name + "' round " + std::to_string(task.round) +
+                                       " aborted (the trainer lives on)");
+    };
     auto payload = session::task_payload(task);
     if (!payload) {
       return fail(payload.error().code,
@@ -586,6 +611,9 @@ class ExternalTrainer final : public Executor {
       if (halted(stop)) {
         cut();
         return fail(Errc::cancelled, site() + ": task '" + task.name + "' cancelled");
+      }
+      if (abort_task_requested_.exchange(false)) {
+        return abandon();
       }
       auto now = Clock::now();
       if (now >= deadline) {
@@ -635,6 +663,14 @@ class ExternalTrainer final : public Executor {
           }
           break;
         case Op::result_ready: {
+          if (m.req_id != task_msg) {
+            // The result of an aborted task, late: turned down, so the trainer's send() returns and it
+            // takes the task waiting for it.
+            (void)trainer_->inbox->take(m);
+            (void)s.send(Op::result_rejected, m.topic, {{"reason", "its task was aborted"}}, nullptr,
+                         m.msg_id);
+            break;
+          }
           auto result = trainer_->inbox->take(m);
           std::string why;
           if (!result) {
@@ -691,6 +727,9 @@ class ExternalTrainer final : public Executor {
     trainer_.reset();
   }
 
+  bool task_aborted_ = false;  // the last task was aborted on its own (abort_task()), the trainer lives on
+  std::atomic<bool> in_task_{false};
+  std::atomic<bool> abort_task_requested_{false};
   std::shared_ptr<Logger> log_;
   EventBus& events_;
   Registry& registry_;

@@ -29,4 +29,16 @@ class EMBER_API Executor : public Component {
   virtual void stop() noexcept = 0;
 };
 
+/// What an executor may also offer: dropping the task it runs while its trainer lives on (an admin's
+/// `ember abort JOB --task`). The kernel finds it with dynamic_cast on the executor; an executor without it
+/// cannot abort a single task, and the admin is told so.
+class EMBER_API TaskAborting {
+ public:
+  virtual ~TaskAborting() = default;
+  /// Makes the running execute() return Errc::cancelled soon, without ending the trainer: the next task goes
+  /// to the same trainer, and a result it still sends for the dropped task is turned down. False when no
+  /// task runs. Thread-safe: called from any thread while execute() runs on another.
+  virtual bool abort_task() = 0;
+};
+
 }  // namespace ember
