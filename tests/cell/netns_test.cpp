@@ -20,22 +20,21 @@
 
 #include <gtest/gtest.h>
 
+#include "netns.hpp"
 #include "provision/certs.hpp"
 #include "provision/files.hpp"
 
 namespace {
 
 using namespace std::chrono_literals;
+using ember::test::in_ns;
+using ember::test::Namespaces;
+using ember::test::sh;
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
 std::string tag() {
   return std::to_string(::getpid() % 100000);
-}
-
-int sh(const std::string& command) {
-  int status = std::system((command + " >/dev/null 2>&1").c_str());
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
 // A child process with its stdin and stdout on pipes, killed (with its group) when it goes out of scope.
@@ -130,54 +129,6 @@ class Child {
   std::string seen_;
 };
 
-// Three namespaces: the server's, and one per site, each site joined to the server by a veth pair.
-class Namespaces {
- public:
-  Namespaces() : t_(tag()) {}
-  ~Namespaces() {
-    for (const auto& ns : made_) {
-      // Processes first: deleting a namespace does not stop them.
-      sh("ip netns pids " + ns + " | xargs -r kill -9");
-      sh("ip netns del " + ns);
-    }
-  }
-  std::string ns(const std::string& who) const { return "ember-" + who + "-" + t_; }
-  std::string veth(const std::string& who, int end) const { return "em" + who + t_ + (end == 0 ? "a" : "b"); }
-
-  // Makes the namespaces and links; false if this machine cannot.
-  bool make(std::string& why) {
-    for (const auto* who : {"srv", "s1", "s2"}) {
-      if (sh("ip netns add " + ns(who)) != 0) {
-        why = "cannot create a network namespace (needs root and iproute2)";
-        return false;
-      }
-      made_.push_back(ns(who));
-      sh("ip -n " + ns(who) + " link set lo up");
-    }
-    int net = 1;
-    for (const auto* site : {"s1", "s2"}) {
-      std::string a = veth(site, 0);
-      std::string b = veth(site, 1);
-      if (sh("ip link add " + a + " netns " + ns("srv") + " type veth peer name " + b + " netns " +
-             ns(site)) != 0) {
-        why = "cannot create a veth pair";
-        return false;
-      }
-      std::string prefix = "10.231." + std::to_string(net) + ".";
-      sh("ip -n " + ns("srv") + " addr add " + prefix + "1/24 dev " + a);
-      sh("ip -n " + ns(site) + " addr add " + prefix + "2/24 dev " + b);
-      sh("ip -n " + ns("srv") + " link set " + a + " up");
-      sh("ip -n " + ns(site) + " link set " + b + " up");
-      ++net;
-    }
-    return true;
-  }
-
- private:
-  std::string t_;
-  std::vector<std::string> made_;
-};
-
 fs::path cell_node() {
   return fs::path(EMBER_CELL_NODE);
 }
@@ -197,12 +148,6 @@ void write_kit(const fs::path& root, const std::string& name, const ember::provi
   ASSERT_TRUE(write_file_atomic(dir / "ca.crt", ca.cert_pem, 0644));
   ASSERT_TRUE(write_file_atomic(dir / "cert.crt", own->cert_pem, 0644));
   ASSERT_TRUE(write_file_atomic(dir / "cert.key", own->key_pem, 0600));
-}
-
-std::vector<std::string> in_ns(const std::string& ns, std::vector<std::string> argv) {
-  std::vector<std::string> out{"ip", "netns", "exec", ns};
-  out.insert(out.end(), argv.begin(), argv.end());
-  return out;
 }
 
 TEST(CellAcrossNamespaces, RoutesOverRealInterfacesAndSurvivesACutLink) {
@@ -295,11 +240,9 @@ TEST(CellAcrossNamespaces, RoutesOverRealInterfacesAndSurvivesACutLink) {
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
   // The real part needs network namespaces; where they cannot be made, say so and skip (77), never pass.
-  std::string probe = "ember-probe-" + tag();
-  if (::geteuid() != 0 || sh("ip -V") != 0 || sh("ip netns add " + probe) != 0) {
-    std::cout << "SKIP: this machine cannot create network namespaces (needs root and iproute2's ip)\n";
+  if (std::string why; !ember::test::can_make_namespaces(why)) {
+    std::cout << "SKIP: " << why << "\n";
     return 77;
   }
-  sh("ip netns del " + probe);
   return RUN_ALL_TESTS();
 }
