@@ -133,7 +133,8 @@ def first_task(paths, deadline):
                         if "\ntask " in "\n" + f.read():
                             return time.time()
         time.sleep(0.002)
-    raise RuntimeError("no task reached a trainer")
+    seen = [os.path.join(d, f) for root in paths for d, _, fs in os.walk(root) for f in fs]
+    raise RuntimeError(f"no task reached a trainer under {paths}: {seen[:20]}")
 
 
 def wait_state(fed, job_id, done, bound=600):
@@ -158,7 +159,7 @@ def simulate(ember, job, clients, tmp, name):
     first = first_task([ws], time.time() + 60)
     p.wait(600)
     rounds = []
-    with open(f"{ws}/server/metrics.jsonl") as f:
+    with open(f"{ws}/metrics.jsonl") as f:
         for line in f:
             m = json.loads(line)
             if m.get("key") == "round_seconds" and m.get("source", "server") == "server":
@@ -176,6 +177,7 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--section")
     a = ap.parse_args()
+    a.ember, a.trainer = os.path.abspath(a.ember), os.path.abspath(a.trainer)
     tmp = tempfile.mkdtemp(prefix="ember-fed-bench.")
     results = {}
     fed = None

@@ -21,25 +21,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using namespace std::chrono_literals;
 
-cell::Reply text_reply(const std::string& text) {
-  cell::Reply reply;
-  reply.message.payload.resize(text.size());
-  std::memcpy(reply.message.payload.data(), text.data(), text.size());
-  return reply;
-}
-
-cell::Reply error_reply(const Error& error) {
-  cell::Reply reply;
-  put_error(reply.message.headers, error);
-  return reply;
-}
-
-const std::string& header_or_empty(const cell::Message& m, std::string_view key) {
-  static const std::string empty;
-  const std::string* value = m.header(key);
-  return value != nullptr ? *value : empty;
-}
-
 }  // namespace
 
 fs::path kit_file(const fs::path& kit) {
@@ -119,22 +100,7 @@ int run_client(Kernel& kernel, const DaemonOptions& o, std::ostream& out, std::o
     return exit_code::invalid_config;
   }
   config->handler_threads = 16;  // aborts wait for a job's grace; queries must not queue behind them
-  auto cell =
-      cell::Cell::start(std::move(*config), kernel.logs().get("cell"), [log](const cell::LinkEvent& e) {
-        switch (e.kind) {
-          case cell::LinkEvent::Kind::parent_up:
-            log->info("joined the server");
-            break;
-          case cell::LinkEvent::Kind::parent_down:
-            log->warn("lost the server: " + e.detail);
-            break;
-          case cell::LinkEvent::Kind::refused:
-            log->warn(e.peer + " refused: " + e.detail);
-            break;
-          default:
-            break;
-        }
-      });
+  auto cell = cell::Cell::start(std::move(*config), kernel.logs().get("cell"), link_logger(log));
   if (!cell) {
     err << "ember client: " << cell.error().message << "\n";
     return exit_code_for(cell.error());

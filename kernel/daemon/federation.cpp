@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "base/unique_fd.hpp"
+#include "codec.hpp"
 
 namespace ember::kernel::fed {
 
@@ -162,6 +163,91 @@ std::optional<std::string> reap_recorded(const std::filesystem::path& file) {
     ::kill(-static_cast<pid_t>(pid), SIGKILL);
   }
   return "process group " + std::to_string(pid) + ", ended";
+}
+
+cell::Reply text_reply(std::string_view text) {
+  cell::Reply reply;
+  reply.message.payload.resize(text.size());
+  std::memcpy(reply.message.payload.data(), text.data(), text.size());
+  return reply;
+}
+
+cell::Reply json_reply(const nlohmann::json& value) {
+  return text_reply(value.dump());
+}
+
+cell::Reply error_reply(const Error& error) {
+  cell::Reply reply;
+  put_error(reply.message.headers, error);
+  return reply;
+}
+
+const std::string& header_or_empty(const cell::Message& m, std::string_view key) {
+  static const std::string empty;
+  const std::string* value = m.header(key);
+  return value != nullptr ? *value : empty;
+}
+
+nlohmann::json parse_payload(std::span<const std::byte> payload) {
+  const auto* begin = reinterpret_cast<const char*>(payload.data());
+  auto parsed = nlohmann::json::parse(begin, begin + payload.size(), nullptr, false);
+  return parsed.is_discarded() ? nlohmann::json(nullptr) : parsed;
+}
+
+cell::LinkObserver link_logger(std::shared_ptr<Logger> log) {
+  return [log = std::move(log)](const cell::LinkEvent& e) {
+    const bool admin = e.peer.starts_with("admin-");
+    switch (e.kind) {
+      case cell::LinkEvent::Kind::child_joined:
+        if (!admin) {
+          log->info(e.peer + " joined");
+        }
+        break;
+      case cell::LinkEvent::Kind::child_left:
+        if (!admin) {
+          log->warn(e.peer + " left: " + e.detail);
+        }
+        break;
+      case cell::LinkEvent::Kind::parent_up:
+        log->info("joined the server");
+        break;
+      case cell::LinkEvent::Kind::parent_down:
+        log->warn("lost the server: " + e.detail);
+        break;
+      case cell::LinkEvent::Kind::refused:
+        log->warn(e.peer + " refused: " + e.detail);
+        break;
+    }
+  };
+}
+
+std::vector<std::string> job_process_argv(const std::filesystem::path& exe, const std::filesystem::path& kit,
+                                          const std::vector<std::filesystem::path>& search_paths,
+                                          const std::string& role, const std::vector<std::string>& args) {
+  std::vector<std::string> argv{exe.string(), "--site", kit.string(), "--no-env-plugin-path"};
+  for (const auto& p : search_paths) {
+    argv.insert(argv.end(), {"--plugin-path", p.string()});
+  }
+  argv.insert(argv.end(), {"run-job", role});
+  argv.insert(argv.end(), args.begin(), args.end());
+  return argv;
+}
+
+ExitStatus wait_launched(LaunchHandle& handle, std::chrono::milliseconds grace, std::stop_token stop) {
+  for (;;) {
+    auto waited =
+        handle.wait(stop.stop_requested() ? std::chrono::milliseconds(0) : std::chrono::milliseconds(200));
+    if (!waited) {
+      return ExitStatus{ExitStatus::How::exited, 1};
+    }
+    if (*waited) {
+      return **waited;
+    }
+    if (stop.stop_requested()) {
+      auto stopped = handle.stop(grace);
+      return stopped ? *stopped : ExitStatus{ExitStatus::How::signaled, SIGKILL};
+    }
+  }
 }
 
 bool sleep_for(std::chrono::milliseconds d, std::stop_token stop) {

@@ -12,10 +12,17 @@
 
 #include <chrono>
 #include <filesystem>
+#include <memory>
 #include <optional>
+#include <span>
 #include <stop_token>
 #include <string>
+#include <string_view>
+#include <vector>
 
+#include <nlohmann/json.hpp>
+
+#include <ember/launcher.hpp>
 #include <ember/result.hpp>
 
 #include "cell/cell.hpp"
@@ -76,6 +83,30 @@ void record_process(const std::filesystem::path& file, long pid);
 /// pid is left alone): SIGTERM to the group, up to 5 s, then SIGKILL. Removes the record. Returns what it
 /// found ("process group 1234, ended" or "..., already gone"), or nullopt when there is no record.
 std::optional<std::string> reap_recorded(const std::filesystem::path& file);
+
+/// Replies and headers of the daemons' handlers.
+cell::Reply text_reply(std::string_view text);
+cell::Reply json_reply(const nlohmann::json& value);
+/// An ok reply whose headers carry `error` (put_error): the answer of a request the handler refused.
+cell::Reply error_reply(const Error& error);
+/// The header's value, or "" when the message has none.
+const std::string& header_or_empty(const cell::Message& m, std::string_view key);
+/// A JSON payload, or null when it is not JSON.
+nlohmann::json parse_payload(std::span<const std::byte> payload);
+
+/// Logs a daemon's link events: children joining and leaving (admins, who come and go with each command,
+/// are not logged), the parent link going up and down, refusals.
+cell::LinkObserver link_logger(std::shared_ptr<Logger> log);
+
+/// The command line of a job process (`ember --site KIT ... run-job ROLE ...`): `exe` with the daemon's kit
+/// and plugin search path, then `role` and `args`.
+std::vector<std::string> job_process_argv(const std::filesystem::path& exe, const std::filesystem::path& kit,
+                                          const std::vector<std::filesystem::path>& search_paths,
+                                          const std::string& role, const std::vector<std::string>& args);
+
+/// Waits for what `handle` launched to end, polling every 200 ms; once `stop` is requested it stops it
+/// (`grace`, then kill). A handle that cannot say is reported as exit code 1 (internal).
+ExitStatus wait_launched(LaunchHandle& handle, std::chrono::milliseconds grace, std::stop_token stop);
 
 /// Sleeps `d`, or less when `stop` is requested; false when stopped.
 bool sleep_for(std::chrono::milliseconds d, std::stop_token stop);

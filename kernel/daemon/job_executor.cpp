@@ -194,14 +194,10 @@ Result<void> JobExecutor::deploy(const std::string& job_id, const std::string& t
 
   LaunchSpec spec;
   spec.name = site_.name + "." + job_id;
-  spec.argv = {exe_.string(), "--site", site_.file.string(), "--no-env-plugin-path"};
-  for (const auto& p : kernel_.search_paths()) {
-    spec.argv.insert(spec.argv.end(), {"--plugin-path", p.string()});
-  }
-  spec.argv.insert(spec.argv.end(),
-                   {"run-job", "client", "--job-dir", (run->dir / "job").string(), "--job-id", job_id,
-                    "--workspace", (run->dir / site_.name).string(), "--parent", cell_.listen_address(),
-                    "--token-file", token_file.string()});
+  spec.argv = job_process_argv(exe_, site_.file, kernel_.search_paths(), "client",
+                               {"--job-dir", (run->dir / "job").string(), "--job-id", job_id, "--workspace",
+                                (run->dir / site_.name).string(), "--parent", cell_.listen_address(),
+                                "--token-file", token_file.string()});
   spec.cwd = run->dir;
   auto handle = run->component->launch(spec);
   if (!handle) {
@@ -220,20 +216,7 @@ Result<void> JobExecutor::deploy(const std::string& job_id, const std::string& t
 }
 
 void JobExecutor::watch(const std::shared_ptr<Run>& run, std::stop_token stop) {
-  std::optional<ExitStatus> exit;
-  while (!exit) {
-    auto waited = run->handle->wait(stop.stop_requested() ? 0ms : 200ms);
-    if (!waited) {
-      log_->error("job " + run->job_id + ": " + waited.error().message);
-      exit = ExitStatus{ExitStatus::How::exited, exit_code::internal};
-      break;
-    }
-    exit = *waited;
-    if (!exit && stop.stop_requested()) {
-      auto stopped = run->handle->stop(run->timeouts.shutdown_grace);
-      exit = stopped ? *stopped : ExitStatus{ExitStatus::How::signaled, SIGKILL};
-    }
-  }
+  std::optional<ExitStatus> exit = wait_launched(*run->handle, run->timeouts.shutdown_grace, stop);
   {
     std::lock_guard lock(run->mutex);
     run->exit = exit;

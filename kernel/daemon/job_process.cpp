@@ -34,14 +34,6 @@ std::span<const std::byte> bytes_of(const std::string& text) {
   return std::as_bytes(std::span(text.data(), text.size()));
 }
 
-cell::Reply json_reply(const json& value) {
-  cell::Reply reply;
-  const std::string text = value.dump();
-  reply.message.payload.resize(text.size());
-  std::memcpy(reply.message.payload.data(), text.data(), text.size());
-  return reply;
-}
-
 // What both job processes do first: the kit, the token, the umask and the cell joined to the daemon.
 struct Joined {
   SiteConfig site;

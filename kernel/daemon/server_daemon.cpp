@@ -50,31 +50,6 @@ std::string iso_time(SysClock::time_point t) {
   return text;
 }
 
-cell::Reply json_reply(const json& value) {
-  cell::Reply reply;
-  const std::string text = value.dump();
-  reply.message.payload.resize(text.size());
-  std::memcpy(reply.message.payload.data(), text.data(), text.size());
-  return reply;
-}
-
-cell::Reply error_reply(Error error) {
-  cell::Reply reply;
-  put_error(reply.message.headers, error);
-  return reply;
-}
-
-const std::string& header_or_empty(const cell::Message& m, std::string_view key) {
-  static const std::string empty;
-  const std::string* value = m.header(key);
-  return value != nullptr ? *value : empty;
-}
-
-json parse_payload(const std::vector<std::byte>& payload) {
-  auto parsed = json::parse(payload.begin(), payload.end(), nullptr, false);
-  return parsed.is_discarded() ? json(nullptr) : parsed;
-}
-
 // "0.0.0.0:8002" is where the server listens; its own job processes reach it on loopback.
 std::string loopback_of(const std::string& address) {
   auto colon = address.rfind(':');
@@ -489,19 +464,7 @@ class Server {
       return;
     }
     set_state(*job, "running");
-    std::optional<ExitStatus> exit;
-    while (!exit) {
-      auto waited = job->handle->wait(200ms);
-      if (!waited) {
-        exit = ExitStatus{ExitStatus::How::exited, exit_code::internal};
-        break;
-      }
-      exit = *waited;
-      if (!exit && stop.stop_requested()) {
-        auto stopped = job->handle->stop(job->timeouts.shutdown_grace);
-        exit = stopped ? *stopped : ExitStatus{ExitStatus::How::signaled, SIGKILL};
-      }
-    }
+    std::optional<ExitStatus> exit = wait_launched(*job->handle, job->timeouts.shutdown_grace, stop);
     {
       std::lock_guard lock(mutex_);
       job->server_exit = exit;
@@ -537,14 +500,11 @@ class Server {
     }
     LaunchSpec spec;
     spec.name = site_.name + "." + job.id;
-    spec.argv = {exe_.string(), "--site", site_.file.string(), "--no-env-plugin-path"};
-    for (const auto& p : kernel_.search_paths()) {
-      spec.argv.insert(spec.argv.end(), {"--plugin-path", p.string()});
-    }
-    spec.argv.insert(spec.argv.end(), {"run-job", "server", "--job-dir", (job.dir / "job").string(),
-                                       "--job-id", job.id, "--workspace", (job.dir / site_.name).string(),
-                                       "--parent", loopback_of(cell_->listen_address()), "--token-file",
-                                       token_file.string(), "--sites", site_list});
+    spec.argv =
+        job_process_argv(exe_, site_.file, kernel_.search_paths(), "server",
+                         {"--job-dir", (job.dir / "job").string(), "--job-id", job.id, "--workspace",
+                          (job.dir / site_.name).string(), "--parent", loopback_of(cell_->listen_address()),
+                          "--token-file", token_file.string(), "--sites", site_list});
     spec.cwd = job.dir;
     auto handle = (*launcher)->launch(spec);
     if (!handle) {
@@ -849,26 +809,7 @@ int run_server(Kernel& kernel, const DaemonOptions& o, std::ostream& out, std::o
   Server server(kernel, site, setup->workspace, fs::read_symlink("/proc/self/exe", ec), log);
   // What an earlier server left is known (and its processes reaped) before anyone can ask.
   auto unfinished = server.load();
-  auto cell =
-      cell::Cell::start(std::move(*config), kernel.logs().get("cell"), [log](const cell::LinkEvent& e) {
-        switch (e.kind) {
-          case cell::LinkEvent::Kind::child_joined:
-            if (!e.peer.starts_with("admin-")) {
-              log->info(e.peer + " joined");
-            }
-            break;
-          case cell::LinkEvent::Kind::child_left:
-            if (!e.peer.starts_with("admin-")) {  // admins come and go with each command
-              log->warn(e.peer + " left: " + e.detail);
-            }
-            break;
-          case cell::LinkEvent::Kind::refused:
-            log->warn(e.peer + " refused: " + e.detail);
-            break;
-          default:
-            break;
-        }
-      });
+  auto cell = cell::Cell::start(std::move(*config), kernel.logs().get("cell"), link_logger(log));
   if (!cell) {
     err << "ember server: " << cell.error().message << "\n";
     return exit_code_for(cell.error());
