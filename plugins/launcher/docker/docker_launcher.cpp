@@ -237,9 +237,10 @@ class DockerLauncher final : public Launcher {
     }
     s.output =
         OutputPolicy{context.logger_ptr(), *stdout_level, *stderr_level, static_cast<std::size_t>(max_line)};
-    s.workspace = context.workspace();
+    // Absolute: bind mounts need absolute paths, and the container sees them where the host has them.
+    s.workspace = fs::absolute(context.workspace()).lexically_normal();
     if (const JobInfo* job = context.registry().job()) {
-      s.job_dir = job->job_dir;
+      s.job_dir = job->job_dir.empty() ? fs::path() : fs::absolute(job->job_dir).lexically_normal();
       s.site = job->site.empty() ? s.site : job->site;
       s.job_id = job->job_id.empty() ? s.job_id : job->job_id;
     }
@@ -397,7 +398,8 @@ class DockerLauncher final : public Launcher {
     if (!api_at_least(api)) {
       return fail(Errc::unsupported, where + ": the container engine at '" + settings_.socket +
                                          "' speaks API version '" + api + "'; launcher.docker needs " +
-                                         std::string(api_version) + " or newer");
+                                         std::string(api_version) + " or newer" +
+                                         (api.empty() ? " (its answer: " + version->body + ")" : ""));
     }
     if (auto reaped = reap(where); !reaped) {
       return fail(std::move(reaped.error()));

@@ -45,7 +45,7 @@ class Exchange {
       return fail(Errc::invalid_option, "the engine socket path '" + path_ + "' cannot be used: " + e.what());
     }
     error_code ec;
-    socket_.async_connect(endpoint, [&](error_code got) { ec = got; });
+    socket_.async_connect(endpoint, [&](error_code got) { complete(ec, got); });
     if (auto done = drive(what); !done) {
       return fail(std::move(done.error()));
     }
@@ -63,7 +63,7 @@ class Exchange {
       request.body() = std::string(body);
     }
     request.prepare_payload();
-    http::async_write(socket_, request, [&](error_code got, std::size_t) { ec = got; });
+    http::async_write(socket_, request, [&](error_code got, std::size_t) { complete(ec, got); });
     if (auto done = drive(what); !done) {
       return fail(std::move(done.error()));
     }
@@ -75,7 +75,7 @@ class Exchange {
     beast::flat_buffer buffer;
     http::response_parser<http::buffer_body> parser;
     parser.body_limit(std::numeric_limits<std::uint64_t>::max());
-    http::async_read_header(socket_, buffer, parser, [&](error_code got, std::size_t) { ec = got; });
+    http::async_read_header(socket_, buffer, parser, [&](error_code got, std::size_t) { complete(ec, got); });
     if (auto done = drive(what); !done) {
       return fail(std::move(done.error()));
     }
@@ -90,7 +90,7 @@ class Exchange {
     while (!parser.is_done()) {
       parser.get().body().data = chunk.data();
       parser.get().body().size = chunk.size();
-      http::async_read(socket_, buffer, parser, [&](error_code got, std::size_t) { ec = got; });
+      http::async_read(socket_, buffer, parser, [&](error_code got, std::size_t) { complete(ec, got); });
       if (auto done = drive(what); !done) {
         return fail(std::move(done.error()));
       }
@@ -114,15 +114,22 @@ class Exchange {
   }
 
  private:
-  // Runs the io_context until the one outstanding operation's handler has run (it stores the operation's
-  // error code), or ends the operation at the deadline or on a cancel.
+  // The completion handler of every step: keeps the step's error code and marks it done.
+  void complete(error_code& into, error_code got) {
+    into = got;
+    done_ = true;
+  }
+
+  // Runs the io_context until the outstanding step has completed (a composed operation such as a read runs
+  // several handlers of its own first), or ends the step at the deadline or on a cancel.
   Result<void> drive(const std::string& what) {
     while (true) {
       if (ioc_.stopped()) {
         ioc_.restart();
       }
-      // A handler ran: the operation has completed (only one is ever outstanding).
-      if (ioc_.poll_one() > 0) {
+      ioc_.poll();
+      if (done_) {
+        done_ = false;
         return ok();
       }
       if (cancelled_ && cancelled_()) {
@@ -136,10 +143,8 @@ class Exchange {
                     "the container engine at '" + path_ + "' did not answer '" + what + "' in time");
       }
       auto wait = std::min<Clock::duration>(deadline_ - now, slice);
-      if (ioc_.run_one_for(std::chrono::duration_cast<std::chrono::milliseconds>(wait) +
-                           std::chrono::milliseconds(1)) > 0) {
-        return ok();
-      }
+      ioc_.run_one_for(std::chrono::duration_cast<std::chrono::milliseconds>(wait) +
+                       std::chrono::milliseconds(1));
     }
   }
 
@@ -152,6 +157,7 @@ class Exchange {
       ioc_.restart();
     }
     ioc_.run();
+    done_ = false;
   }
 
   const std::string& path_;
@@ -159,6 +165,7 @@ class Exchange {
   const EngineClient::Cancelled& cancelled_;
   asio::io_context ioc_{1};
   Local::socket socket_{ioc_};
+  bool done_ = false;
 };
 
 }  // namespace
