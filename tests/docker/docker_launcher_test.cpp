@@ -353,14 +353,15 @@ TEST_F(DockerLauncherTest, ASecondLauncherReapsTheContainersADeadOneLeft) {
   // Another process launches a container and is killed with SIGKILL: its container runs on, orphaned.
   int fds[2];
   ASSERT_EQ(::pipe(fds), 0);
+  // Built before the fork: the child of a threaded process only makes async-signal-safe calls.
+  std::string socket = engine->socket().string();
+  std::string workspace = workspace_.path().string();
   pid_t child = ::fork();
   ASSERT_GE(child, 0);
   if (child == 0) {
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlives the test
     ::close(fds[0]);
     ::dup2(fds[1], 1);
-    std::string socket = engine->socket().string();
-    std::string workspace = workspace_.path().string();
     ::execl(self_path, self_path, "--leave-container", socket.c_str(), workspace.c_str(),
             static_cast<char*>(nullptr));
     ::_exit(127);
