@@ -166,6 +166,12 @@ void DockerHandle::monitor() {
   if (!status && status.error().code == Errc::cancelled) {
     return;  // the destructor cut the wait; it removes the container
   }
+  // Logged before it is published, so whoever sees the end finds its log line already written.
+  if (status) {
+    log_end(*status);
+  } else {
+    output_.logger->error(status.error().message);
+  }
   {
     std::lock_guard lock(mutex_);
     if (status) {
@@ -174,11 +180,6 @@ void DockerHandle::monitor() {
       lost_ = status.error();
     }
     changed_.notify_all();
-  }
-  if (status) {
-    log_end(*status);
-  } else {
-    output_.logger->error(status.error().message);
   }
   remove();
 }
