@@ -254,9 +254,11 @@ class DockerLauncher final : public Launcher {
       if (!body) {
         return fail(std::move(body.error()));
       }
+      auto t0 = Clock::now();
       if (auto ready = prepare(where); !ready) {
         return fail(std::move(ready.error()));
       }
+      debug_took("checking the engine and reaping", t0);
       return run(spec, *body, where);
     } catch (const std::exception& e) {
       return fail(Errc::internal, where + ": " + e.what());
@@ -272,6 +274,14 @@ class DockerLauncher final : public Launcher {
                std::to_string(++instances)) {}
 
   Clock::time_point request_deadline() const { return Clock::now() + settings_.request_timeout; }
+
+  // At debug level, how long a step took: where a launch spends its time is the engine's business mostly.
+  void debug_took(std::string_view step, Clock::time_point since) const {
+    if (settings_.output.logger->enabled(LogLevel::debug)) {
+      auto ms = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - since).count() / 1000.0;
+      settings_.output.logger->debug(std::string(step) + ": " + std::to_string(ms) + " ms");
+    }
+  }
   EngineClient::Cancelled cancelled() const {
     return [this] { return stop_.stop_requested(); };
   }
@@ -381,7 +391,9 @@ class DockerLauncher final : public Launcher {
     if (prepared_) {
       return ok();
     }
-    auto version = engine_.call("GET", "/version", "", request_deadline(), cancelled());
+    // /_ping, not /version: podman gathers its whole system information for /version (about a second here);
+    // every answer carries the API version in a header.
+    auto version = engine_.call("GET", "/_ping", "", request_deadline(), cancelled());
     if (!version) {
       return fail(version.error().code,
                   where + " (image '" + settings_.image + "'): " + version.error().message);
@@ -391,15 +403,11 @@ class DockerLauncher final : public Launcher {
                                          "' refused API version " + std::string(api_version) + ": " +
                                          version->message());
     }
-    auto info = json::parse(version->body, nullptr, false);
-    std::string api = info.is_object() && info.contains("ApiVersion") && info["ApiVersion"].is_string()
-                          ? info["ApiVersion"].get<std::string>()
-                          : std::string();
+    const std::string& api = version->api_version;
     if (!api_at_least(api)) {
       return fail(Errc::unsupported, where + ": the container engine at '" + settings_.socket +
                                          "' speaks API version '" + api + "'; launcher.docker needs " +
-                                         std::string(api_version) + " or newer" +
-                                         (api.empty() ? " (its answer: " + version->body + ")" : ""));
+                                         std::string(api_version) + " or newer");
     }
     if (auto reaped = reap(where); !reaped) {
       return fail(std::move(reaped.error()));
@@ -480,8 +488,10 @@ class DockerLauncher final : public Launcher {
     std::string image_where = where + " (image '" + settings_.image + "')";
     std::string name = "ember-" + sanitize_name(settings_.site + "-" + settings_.job_id + "-" + spec.name) +
                        "-" + std::to_string(++launches_);
+    auto t0 = Clock::now();
     auto created = engine_.call("POST", "/containers/create?name=" + url_encode(name), body.dump(),
                                 request_deadline(), cancelled());
+    debug_took("creating the container", t0);
     if (!created) {
       return fail(created.error().code, image_where + ": " + created.error().message);
     }
@@ -495,7 +505,9 @@ class DockerLauncher final : public Launcher {
                   image_where + ": the engine's answer to create has no Id: " + created->body);
     }
     std::string id = answer["Id"].get<std::string>();
+    t0 = Clock::now();
     auto started = engine_.call("POST", "/containers/" + id + "/start", "", request_deadline(), cancelled());
+    debug_took("starting the container", t0);
     if (!started || !started->ok()) {
       // Never started, so never seen by a handle: removed here.
       engine_.call("DELETE", "/containers/" + id + "?force=1&v=1", "", request_deadline());

@@ -85,6 +85,9 @@ class Exchange {
     }
     EngineReply reply;
     reply.status = parser.get().result_int();
+    if (auto header = parser.get().find("Api-Version"); header != parser.get().end()) {
+      reply.api_version = std::string(header->value());
+    }
     const bool streamed = on_data != nullptr && reply.ok();
     std::array<char, 16 * 1024> chunk{};
     while (!parser.is_done()) {

@@ -20,6 +20,7 @@ inline constexpr std::string_view api_version = "1.41";
 struct EngineReply {
   unsigned status = 0;
   std::string body;
+  std::string api_version;  ///< the Api-Version header, which every answer of the engine carries
 
   bool ok() const noexcept { return status >= 200 && status < 300; }
   /// The engine's own message ("no such image: ..."), from the JSON body of an error answer, or the body.
