@@ -6,6 +6,8 @@
 
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -105,7 +107,7 @@ class DockerLauncherTest : public ::testing::Test {
   }
 
   // Creates the launcher the way the registry does, but with a logger the test can read.
-  std::unique_ptr<Launcher> make(const Options& given, std::shared_ptr<CapturingLogger> logger = nullptr) {
+  std::unique_ptr<Launcher> make(const Options& given, std::stop_token stop = {}) {
     auto& registry = kernel_->registry();
     const auto* info = registry.find("launcher.docker");
     EXPECT_NE(info, nullptr);
@@ -117,8 +119,8 @@ class DockerLauncherTest : public ::testing::Test {
     if (!options) {
       return nullptr;
     }
-    ComponentContext context("launcher.docker", "test", logger ? logger : logger_, *options,
-                             workspace_.path(), kernel_->events(), registry, std::stop_token());
+    ComponentContext context("launcher.docker", "test", logger_, *options, workspace_.path(),
+                             kernel_->events(), registry, std::move(stop));
     auto made = info->factory(context);
     EXPECT_TRUE(made) << made.error().message;
     if (!made) {
@@ -311,6 +313,77 @@ TEST_F(DockerLauncherTest, AMissingEngineIsAClearError) {
   EXPECT_THAT(handle.error().message,
               AllOf(HasSubstr("job 'job', 'job-a'"), HasSubstr("cannot reach the container engine at '"),
                     HasSubstr("no-engine.sock")));
+}
+
+// An engine that takes connections and never answers.
+class SilentEngine {
+ public:
+  explicit SilentEngine(const fs::path& path) {
+    fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+    EXPECT_EQ(::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0) << std::strerror(errno);
+    EXPECT_EQ(::listen(fd_, 8), 0);
+  }
+  ~SilentEngine() { ::close(fd_); }
+
+ private:
+  int fd_ = -1;  // connections wait in the backlog, their requests unread
+};
+
+TEST_F(DockerLauncherTest, ARequestTheEngineNeverAnswersEndsAtTheRequestTimeout) {
+  SilentEngine silent(elsewhere_.path() / "silent.sock");
+  auto options = base_options();
+  options.set("socket", (elsewhere_.path() / "silent.sock").string());
+  options.set("request_timeout", std::chrono::milliseconds(300));
+  auto launcher = make(options);
+  ASSERT_TRUE(launcher);
+  auto handle = launcher->launch(shell("exit 0"));
+  ASSERT_FALSE(handle);
+  EXPECT_EQ(handle.error().code, Errc::timeout);
+  EXPECT_THAT(handle.error().message, AllOf(HasSubstr("job 'job', 'job-a'"), HasSubstr("did not answer")));
+}
+
+TEST_F(DockerLauncherTest, AStopCutsAWaitOnTheEngine) {
+  SilentEngine silent(elsewhere_.path() / "silent.sock");
+  auto options = base_options();
+  options.set("socket", (elsewhere_.path() / "silent.sock").string());
+  options.set("request_timeout", std::chrono::milliseconds(600000));  // far beyond the test's own timeout
+  std::stop_source stop;
+  auto launcher = make(options, stop.get_token());
+  ASSERT_TRUE(launcher);
+  std::thread stopper([&] {
+    std::this_thread::sleep_for(200ms);
+    stop.request_stop();
+  });
+  auto handle = launcher->launch(shell("exit 0"));
+  stopper.join();
+  ASSERT_FALSE(handle);
+  EXPECT_EQ(handle.error().code, Errc::cancelled);
+  EXPECT_THAT(handle.error().message, HasSubstr("cut by a stop"));
+}
+
+TEST_F(DockerLauncherTest, LimitsEnvironmentAndNetworkReachTheEngine) {
+  auto options = base_options();
+  options.set("cpus", 0.5);
+  options.set("memory_bytes", std::int64_t{256} << 20);
+  options.set("env", std::vector<std::string>{"SITE_SETTING=from-the-site", "SHARED=site"});
+  auto launcher = make(options);
+  ASSERT_TRUE(launcher);
+  auto handle = launcher->launch(LaunchSpec{
+      "limited", {"sh", "-c", "echo \"$SITE_SETTING $SHARED\"; sleep 600"}, {{"SHARED", "launch"}}, {}, {}});
+  ASSERT_TRUE(handle) << handle.error().message;
+  auto inspected =
+      engine->podman({"inspect", "--format",
+                      "{{.HostConfig.NanoCpus}} {{.HostConfig.Memory}} {{.HostConfig.NetworkMode}} "
+                      "{{index .Config.Labels \"ember.site\"}}",
+                      (*handle)->id()});
+  EXPECT_EQ(inspected.exit_code, 0) << inspected.out;
+  EXPECT_EQ(inspected.out, "500000000 268435456 none local\n");
+  auto stopped = (*handle)->stop(200ms);
+  ASSERT_TRUE(stopped) << stopped.error().message;
+  EXPECT_TRUE(logger_->has(LogLevel::info, "] from-the-site launch")) << logger_->all();
 }
 
 TEST_F(DockerLauncherTest, DockerHostIsHonouredWhenTheSocketOptionIsEmpty) {
