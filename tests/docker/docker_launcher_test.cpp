@@ -481,15 +481,20 @@ TEST_F(DockerLauncherTest, ALiveLaunchersContainersAreNotReaped) {
 
 class ContainerJob : public ::testing::Test {
  protected:
-  fs::path write_job(const std::string& mode, const std::string& bad_site, int min_clients) {
-    auto build = test::build_root().string();
+  // The sanitizers' settings of this run, for the trainers in containers (which get no host environment).
+  static std::string sanitizer_env() {
     std::string env = "env = [";
     for (const char* name : {"ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS"}) {
       if (const char* value = std::getenv(name)) {
         env += std::string("\"") + name + "=" + value + "\", ";
       }
     }
-    env += "]\n";
+    return env + "]\n";
+  }
+
+  fs::path write_job(const std::string& mode, const std::string& bad_site, int min_clients) {
+    auto build = test::build_root().string();
+    std::string env = sanitizer_env();
     std::ostringstream toml;
     toml << "schema_version = 1\n[job]\nname = \"docker-e2e\"\n"
          << "[timeouts]\nlaunch = \"60s\"\nheartbeat_interval = \"500ms\"\nheartbeat_timeout = \"10s\"\n"
@@ -540,6 +545,39 @@ TEST_F(ContainerJob, ATrainersExitCodeReachesTheJobExactly) {
   EXPECT_THAT(run.out + run.err + read_text(dir_.path() / "ws" / "site-1" / "log.txt"),
               HasSubstr("exited with code 3"));
 }
+
+#ifdef EMBER_TEST_HELLO_TRAINER
+// The shipped hello-fedavg job with its LibTorch trainers in containers
+// (configs/jobs/hello-fedavg/docker.toml), its launcher pointed at the test engine and image, and the build
+// tree added to the mounts it allows and asks for, since the trainer and plugins are the build tree's.
+TEST_F(ContainerJob, TheHelloJobRunsWithItsTrainersInContainers) {
+  std::ifstream in(test::source_root() / "configs" / "jobs" / "hello-fedavg" / "docker.toml");
+  std::ostringstream toml;
+  std::string line;
+  const std::string build = "\"" + test::build_root().string() + "\", ";
+  while (std::getline(in, line)) {
+    if (line.starts_with("image = ")) {
+      line = "image = \"" + std::string(test::PodmanEngine::image) + "\"";
+    } else if (line.starts_with("allowed_images = ")) {
+      line = "allowed_images = [\"" + std::string(test::PodmanEngine::image) + "\"]";
+    } else if (line.starts_with("allowed_mounts = [") || line.starts_with("mounts = [")) {
+      line.insert(line.find('[') + 1, build);
+    } else if (line == "type = \"launcher.docker\"") {
+      line += "\nsocket = \"" + engine->socket().string() + "\"\n" + sanitizer_env();
+    }
+    toml << line << "\n";
+  }
+  auto job = dir_.write("hello/job.toml", toml.str());
+  auto run = test::run_program(
+      {(test::build_root() / "kernel" / "ember").string(), "simulate", job.string(), "--clients", "2",
+       "--workspace", (dir_.path() / "ws").string(), "--job-id", "docker-e2e", "--quiet"},
+      600);
+  ASSERT_EQ(run.exit_code, kernel::exit_code::ok) << run.out << run.err;
+  EXPECT_THAT(run.out, HasSubstr("val_accuracy"));
+  EXPECT_TRUE(fs::exists(dir_.path() / "ws" / "server" / "model.safetensors"));
+  EXPECT_THAT(read_text(dir_.path() / "ws" / "site-2" / "log.txt"), HasSubstr("as container ")) << run.out;
+}
+#endif
 
 }  // namespace
 
