@@ -127,10 +127,16 @@ Result<ExitStatus> DockerHandle::stop(std::chrono::milliseconds grace) {
     lock.unlock();
     // An error here (the container ended meanwhile, the engine went away) shows in what the waits see.
     auto termed = signal("SIGTERM");
+    if (!termed && termed.error().code == Errc::peer_gone) {
+      return fail(std::move(termed.error()));  // no engine to ask: waiting would only add the grace
+    }
     lock.lock();
     if (!changed_.wait_until(lock, deadline_after(grace), [this] { return status_ || lost_; })) {
       lock.unlock();
       auto killed = signal("SIGKILL");
+      if (!killed && killed.error().code == Errc::peer_gone) {
+        return fail(std::move(killed.error()));
+      }
       lock.lock();
       if (!changed_.wait_until(lock, deadline_after(kill_bound), [this] { return status_ || lost_; })) {
         std::string cause = !killed ? killed.error().message : !termed ? termed.error().message : "";

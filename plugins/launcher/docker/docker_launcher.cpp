@@ -270,8 +270,9 @@ class DockerLauncher final : public Launcher {
       : settings_(std::move(settings)),
         engine_(settings_.socket),
         stop_(std::move(stop)),
+        instance_(++instances),
         owner_(host_name() + "/" + std::to_string(getpid()) + "/" + start_time_of(getpid()) + "/" +
-               std::to_string(++instances)) {}
+               std::to_string(instance_)) {}
 
   Clock::time_point request_deadline() const { return Clock::now() + settings_.request_timeout; }
 
@@ -486,8 +487,9 @@ class DockerLauncher final : public Launcher {
   Result<std::unique_ptr<LaunchHandle>> run(const LaunchSpec& spec, const json& body,
                                             const std::string& where) {
     std::string image_where = where + " (image '" + settings_.image + "')";
+    // Unique among this process's launchers (two jobs of a site may give their trainers the same name).
     std::string name = "ember-" + sanitize_name(settings_.site + "-" + settings_.job_id + "-" + spec.name) +
-                       "-" + std::to_string(++launches_);
+                       "-" + std::to_string(instance_) + "-" + std::to_string(++launches_);
     auto t0 = Clock::now();
     auto created = engine_.call("POST", "/containers/create?name=" + url_encode(name), body.dump(),
                                 request_deadline(), cancelled());
@@ -537,7 +539,8 @@ class DockerLauncher final : public Launcher {
   Settings settings_;
   const EngineClient engine_;
   std::stop_token stop_;
-  const std::string owner_;  // "<host>/<pid>/<pid's start time>/<instance>", the ember.launcher label
+  const std::uint64_t instance_;  // this launcher's number in this process
+  const std::string owner_;       // "<host>/<pid>/<pid's start time>/<instance>", the ember.launcher label
   std::mutex mutex_;
   bool prepared_ = false;
   std::atomic<std::uint64_t> launches_{0};
