@@ -522,7 +522,23 @@ class ContainerJob : public ::testing::Test {
         300);
   }
 
-  void TearDown() override { EXPECT_THAT(engine->containers_with_label("ember.job=docker-e2e"), IsEmpty()); }
+  // The suite sets EMBER_LOG=warn; the sites' logs are checked for the launcher's info lines, so ember runs
+  // with the job's own levels.
+  void SetUp() override {
+    if (const char* level = std::getenv("EMBER_LOG")) {
+      saved_log_ = level;
+    }
+    ::unsetenv("EMBER_LOG");
+  }
+
+  void TearDown() override {
+    if (saved_log_) {
+      ::setenv("EMBER_LOG", saved_log_->c_str(), 1);
+    }
+    EXPECT_THAT(engine->containers_with_label("ember.job=docker-e2e"), IsEmpty());
+  }
+
+  std::optional<std::string> saved_log_;
 
   test::TempDir dir_;
 };
