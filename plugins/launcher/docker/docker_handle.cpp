@@ -17,6 +17,8 @@ using Clock = std::chrono::steady_clock;
 
 // How long the destructor lets a container end on SIGTERM before it kills it.
 constexpr auto destroy_grace = 1s;
+// How long the followed log may outlive the container before it is cut (it normally ends with it).
+constexpr auto log_drain = 2s;
 // How long stop() waits for the end after SIGKILL: the engine needs a moment to notice and record it.
 constexpr auto kill_bound = 10s;
 // A bound on the log-follow and wait requests, which last as long as the container runs; the monitor's
@@ -80,7 +82,9 @@ DockerHandle::DockerHandle(EngineClient engine, std::string container_id, std::s
       where_(std::move(where)),
       prefix_("[" + name_ + " container " + id_.substr(0, 12) + "] "),
       output_(std::move(output)),
-      request_timeout_(request_timeout) {
+      request_timeout_(request_timeout),
+      out_lines_(output_.max_line_bytes),
+      err_lines_(output_.max_line_bytes) {
   monitor_ = std::thread([this] { monitor(); });
 }
 
@@ -167,11 +171,30 @@ Result<void> DockerHandle::signal(const char* name) {
 }
 
 void DockerHandle::monitor() {
-  follow_log();
+  std::thread log_thread([this] {
+    pump_log(true);
+    std::lock_guard lock(log_mutex_);
+    log_done_ = true;
+    log_changed_.notify_all();
+  });
   auto status = collect_exit();
+  {
+    // The followed log ends with the container. Podman may keep it open when the container ended just as the
+    // request came: then it is cut after a bound and what is left is read without following.
+    std::unique_lock lock(log_mutex_);
+    if (!log_changed_.wait_for(lock, log_drain, [this] { return log_done_ || quit_.load(); })) {
+      log_cut_ = true;
+    }
+  }
+  log_thread.join();
   if (!status && status.error().code == Errc::cancelled) {
     return;  // the destructor cut the wait; it removes the container
   }
+  if (log_cut_ && status) {
+    pump_log(false);
+  }
+  out_lines_.finish([&](std::string_view line) { log_line(output_.stdout_level, line); });
+  err_lines_.finish([&](std::string_view line) { log_line(output_.stderr_level, line); });
   // Logged before it is published, so whoever sees the end finds its log line already written.
   if (status) {
     log_end(*status);
@@ -190,30 +213,40 @@ void DockerHandle::monitor() {
   remove();
 }
 
-void DockerHandle::follow_log() {
-  base::LineSplitter out_lines(output_.max_line_bytes);
-  base::LineSplitter err_lines(output_.max_line_bytes);
+void DockerHandle::log_line(LogLevel level, std::string_view line) {
+  if (output_.logger->enabled(level)) {
+    std::string message = prefix_;
+    message += line;
+    output_.logger->log(level, message);
+  }
+}
+
+void DockerHandle::pump_log(bool follow) {
   Demuxer demuxer;
-  auto log_line = [this](LogLevel level, std::string_view line) {
-    if (output_.logger->enabled(level)) {
-      std::string message = prefix_;
-      message += line;
-      output_.logger->log(level, message);
-    }
-  };
+  std::uint64_t out_seen = 0;
+  std::uint64_t err_seen = 0;
   auto on_data = [&](std::string_view data) {
     demuxer.feed(data, [&](unsigned char stream, std::string_view payload) {
-      bool is_err = stream == 2;
-      (is_err ? err_lines : out_lines).feed(payload, [&](std::string_view line) {
+      const bool is_err = stream == 2;
+      std::uint64_t& seen = is_err ? err_seen : out_seen;
+      std::uint64_t& logged = is_err ? err_logged_ : out_logged_;
+      // A second read of the log (after a cut) starts from the beginning: skip what is logged already.
+      if (seen < logged) {
+        auto skip = std::min<std::uint64_t>(logged - seen, payload.size());
+        seen += skip;
+        payload.remove_prefix(static_cast<std::size_t>(skip));
+      }
+      seen += payload.size();
+      logged += payload.size();
+      (is_err ? err_lines_ : out_lines_).feed(payload, [&](std::string_view line) {
         log_line(is_err ? output_.stderr_level : output_.stdout_level, line);
       });
     });
   };
-  // The followed log ends when the container does, with every line it wrote from its start.
-  auto reply = engine_.stream("GET", "/containers/" + id_ + "/logs?follow=1&stdout=1&stderr=1", "", on_data,
-                              Clock::now() + forever, [this] { return quit_.load(); });
-  out_lines.finish([&](std::string_view line) { log_line(output_.stdout_level, line); });
-  err_lines.finish([&](std::string_view line) { log_line(output_.stderr_level, line); });
+  std::string target = "/containers/" + id_ + "/logs?stdout=1&stderr=1" + (follow ? "&follow=1" : "");
+  auto reply = engine_.stream("GET", target, "", on_data,
+                              follow ? Clock::now() + forever : deadline_after(request_timeout_),
+                              [this, follow] { return quit_.load() || (follow && log_cut_.load()); });
   if (!reply && reply.error().code != Errc::cancelled) {
     output_.logger->warn(where_ + ": the container's log stopped: " + reply.error().message);
   } else if (reply && !reply->ok()) {

@@ -1,12 +1,14 @@
 #pragma once
-// The handle on one container started by launcher.docker: a monitor thread follows the container's log
-// (stdout and stderr frames, line by line into the job log), then collects its exit status and removes it;
-// stop() signals it through the engine (SIGTERM, a grace, SIGKILL).
+// The handle on one container started by launcher.docker: a monitor thread waits for the container's end
+// while a thread of its own follows the container's log (stdout and stderr frames, line by line into the job
+// log); then it keeps the exit status and removes the container. stop() signals it through the engine
+// (SIGTERM, a grace, SIGKILL).
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -16,6 +18,8 @@
 
 #include <ember/launcher.hpp>
 #include <ember/logger.hpp>
+
+#include <base/line_splitter.hpp>
 
 #include "engine_client.hpp"
 
@@ -53,7 +57,8 @@ class DockerHandle final : public LaunchHandle {
   using Lock = std::unique_lock<std::mutex>;
 
   void monitor();
-  void follow_log();
+  void pump_log(bool follow);
+  void log_line(LogLevel level, std::string_view line);
   Result<ExitStatus> collect_exit();
   Result<void> signal(const char* name);
   void remove();
@@ -67,6 +72,17 @@ class DockerHandle final : public LaunchHandle {
   const OutputPolicy output_;
   const std::chrono::milliseconds request_timeout_;
   std::atomic<bool> quit_{false};  // set by the destructor: the monitor's waits end within a slice
+
+  // The log: followed by a thread of the monitor's while the monitor waits for the end. Touched by that
+  // thread, then by the monitor once it has joined it.
+  base::LineSplitter out_lines_;
+  base::LineSplitter err_lines_;
+  std::uint64_t out_logged_ = 0;  // payload bytes of each stream logged so far
+  std::uint64_t err_logged_ = 0;
+  std::atomic<bool> log_cut_{false};  // the followed log outlived the container: end it
+  std::mutex log_mutex_;
+  std::condition_variable log_changed_;
+  bool log_done_ = false;
 
   std::mutex stop_mutex_;  // one stop() at a time; later ones return the first one's result
   std::mutex mutex_;
