@@ -3,7 +3,11 @@
 # and writes docs/BENCHMARKS.md.
 #
 #   bench/run_benchmarks.sh [--build-dir DIR] [--runs N] [--pipe-runs M] [--cell-runs K] [--no-profile]
-#                           [--output FILE] [--cell-only] [--federation-only]
+#                           [--output FILE] [--cell-only] [--docker-only] [--docker-runs D] [--federation-only]
+#
+# --docker-only runs only launcher.docker's benchmark (docker_bench: launch to SESSION_READY in a container
+# beside `podman run` of the same image through the same engine, D samples each, default 10) and replaces the
+# "Docker launcher" section of the output. It needs podman, runc and busybox-static (scripts/deps.sh).
 #
 # --federation-only runs only bench/federation_bench.py (ember server, 8 client daemons and their jobs on this
 # machine, beside `ember simulate` of the same job) and replaces the "Federation" section of the output.
@@ -28,6 +32,8 @@ profile=yes
 cell_runs=3
 cell_only=no
 federation_only=no
+docker_only=no
+docker_runs=10
 output="$source_root/docs/BENCHMARKS.md"
 invocation="bench/run_benchmarks.sh${*:+ $*}"
 
@@ -39,9 +45,11 @@ while [ $# -gt 0 ]; do
     --cell-runs) cell_runs=$2; shift 2 ;;
     --cell-only) cell_only=yes; shift ;;
     --federation-only) federation_only=yes; shift ;;
+    --docker-only) docker_only=yes; shift ;;
+    --docker-runs) docker_runs=$2; shift 2 ;;
     --no-profile) profile=no; shift ;;
     --output) output=$2; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "run_benchmarks.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -74,6 +82,9 @@ if [ "$cell_only" = yes ]; then
   fi
   # shellcheck disable=SC2086
   ninja -C "$build_dir" -j2 $targets
+elif [ "$docker_only" = yes ]; then
+  ninja -C "$build_dir" -j2 bench/docker_bench bench/ember-bench-trainer plugins/ember-launcher-docker.so \
+    plugins/ember-launcher-process.so plugins/ember-pipe-socket.so plugins/ember-executor-external-trainer.so
 else
   ninja -C "$build_dir" -j2
 fi
@@ -148,6 +159,49 @@ write_cell() {
       --meta "command=$invocation"
   fi
 }
+
+# launcher.docker beside podman run through the same engine (bench/docker_bench.cpp); exits 77 without podman.
+docker_json=""
+run_docker() {
+  if [ ! -x "$build_dir/bench/docker_bench" ]; then
+    echo "run_benchmarks.sh: no $build_dir/bench/docker_bench: no Docker launcher benchmark"
+    return 0
+  fi
+  docker_load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+  echo "run_benchmarks.sh: launcher.docker beside podman run, $docker_runs samples per case"
+  status=0
+  "$build_dir/bench/docker_bench" --ember-build "$build_dir" --trainer "$build_dir/bench/ember-bench-trainer" \
+    --runs "$docker_runs" --json "$work/docker.json" >/dev/null || status=$?
+  if [ "$status" -eq 77 ]; then
+    echo "run_benchmarks.sh: podman cannot run here: no Docker launcher benchmark"
+    return 0
+  elif [ "$status" -ne 0 ]; then
+    echo "run_benchmarks.sh: docker_bench failed ($status)" >&2
+    exit 1
+  fi
+  docker_load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+  docker_json="$work/docker.json"
+}
+
+write_docker() {
+  if [ -n "$docker_json" ]; then
+    python3 "$here/write_docker_section.py" --docker "$docker_json" --output "$output" \
+      --meta "date=$(date -u '+%Y-%m-%d %H:%M UTC')" \
+      --meta "nproc=$(nproc)" \
+      --meta "load=$docker_load_before (before), $docker_load_after (after)" \
+      --meta "build=release (-O3, NDEBUG), build dir $(basename "$build_dir")" \
+      --meta "commit=$commit" \
+      --meta "command=$invocation"
+  fi
+}
+
+if [ "$docker_only" = yes ]; then
+  run_docker
+  mkdir -p "$(dirname "$output")"
+  write_docker
+  echo "run_benchmarks.sh: wrote the Docker launcher section of $output"
+  exit 0
+fi
 
 if [ "$cell_only" = yes ]; then
   run_cell
@@ -284,4 +338,6 @@ python3 "$here/write_benchmarks_md.py" \
   --meta "commit=$commit" \
   --meta "command=$invocation"
 write_cell
+run_docker
+write_docker
 echo "run_benchmarks.sh: wrote $output"

@@ -10,6 +10,7 @@ EMBER_PACKAGES=(
   pybind11-dev python3-dev python3-numpy python3-torch libdlpack-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang clang-format libclang-rt-14-dev
+  podman runc busybox-static
 )
 
 ember_install_deps() {

@@ -159,6 +159,10 @@ INSTANTIATE_TEST_SUITE_P(All, PipeConformance, ::testing::ValuesIn(types_of(Kind
 class LauncherConformance : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(LauncherConformance, LaunchesWaitsAndStopsIdempotently) {
+  if (GetParam() == "launcher.docker") {
+    // It needs a container engine and an image: tests/docker runs these checks against a real podman service.
+    GTEST_SKIP() << "launcher.docker needs a container engine: covered by the docker_launcher test";
+  }
   auto launcher = create<Launcher>(GetParam());
   ASSERT_TRUE(launcher);
   auto handle = launcher->launch(LaunchSpec{"conformance", {"/bin/sh", "-c", "exit 0"}, {}, {}, {}});

@@ -22,9 +22,9 @@
 namespace ember::kernel {
 namespace {
 
-// The plugin files the build tree holds: the reference plugins, the job plugins, LibTorch's converter and
-// the cell pipe (where their libraries were found).
-constexpr std::size_t reference_plugin_count = 9
+// The plugin files the build tree holds: the reference plugins, the job plugins (launcher.docker among
+// them), LibTorch's converter and the cell pipe (where their libraries were found).
+constexpr std::size_t reference_plugin_count = 10
 #ifdef EMBER_TEST_HAVE_TORCH
                                                + 1
 #endif

@@ -169,9 +169,10 @@ TEST(Loader, FixtureFolderScanRefusesEachBrokenFileInSortedOrder) {
 TEST(Loader, ReferencePluginsLoadFromTheBuildTree) {
   auto kernel = test::kernel_with_paths({test::build_root() / "plugins"});
   EXPECT_TRUE(kernel->refusals().empty()) << kernel->refusals().front().error.message;
-  std::vector<std::string> expected{"applet.echo",   "converter.identity", "executor.external-trainer",
-                                    "launcher.fake", "launcher.process",   "pipe.file",
-                                    "pipe.memory",   "pipe.socket",        "workflow.fedavg"};
+  std::vector<std::string> expected{"applet.echo",     "converter.identity", "executor.external-trainer",
+                                    "launcher.docker", "launcher.fake",      "launcher.process",
+                                    "pipe.file",       "pipe.memory",        "pipe.socket",
+                                    "workflow.fedavg"};
 #ifdef EMBER_TEST_HAVE_TORCH
   expected.push_back("converter.torch");
 #endif

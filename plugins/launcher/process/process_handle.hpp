@@ -19,12 +19,13 @@
 #include <ember/launcher.hpp>
 #include <ember/logger.hpp>
 
+#include <base/line_splitter.hpp>
 #include <base/unique_fd.hpp>
-#include "line_splitter.hpp"
 #include "spawner.hpp"
 
 namespace ember::process_launcher {
 
+using base::LineSplitter;
 using base::UniqueFd;
 
 /// Where a child's output lines go.

@@ -7,7 +7,7 @@
 #include <string>
 #include <string_view>
 
-namespace ember::process_launcher {
+namespace ember::base {
 
 class LineSplitter {
  public:
@@ -50,4 +50,4 @@ class LineSplitter {
   std::string pending_;
 };
 
-}  // namespace ember::process_launcher
+}  // namespace ember::base
