@@ -99,6 +99,20 @@ std::span<const std::byte> bytes_of(const std::string& s) {
   return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
 }
 
+// Set while a link's reader thread runs application code (an inline handler, a sink): request() and
+// broadcast() refuse there, as their reply may have to come in on this very thread.
+thread_local bool in_inline = false;
+
+struct InlineScope {
+  InlineScope() : was_(in_inline) { in_inline = true; }
+  ~InlineScope() { in_inline = was_; }
+  InlineScope(const InlineScope&) = delete;
+  InlineScope& operator=(const InlineScope&) = delete;
+
+ private:
+  bool was_;
+};
+
 // Packet buffers reused between senders, readers and writers: a 4 MiB buffer allocated afresh for every
 // packet costs a page fault per page each time, which dominated a large transfer's profile.
 class PacketPool {
@@ -133,6 +147,33 @@ class PacketPool {
 
 // ---------------------------------------------------------------------------------------------------------
 
+// What a topic is routed to: a handler or a sink factory, and the thread that runs it.
+struct Topic {
+  Handler handler;
+  SinkFactory sink;
+  Dispatch dispatch = Dispatch::workers;
+};
+
+// A message being streamed into its sink. The mutex orders the reader's write() before a cancel() from the
+// housekeeper or a closing link.
+struct Inbound {
+  std::mutex mutex;
+  std::unique_ptr<MessageSink> sink;  // null once cancelled or finished
+  std::shared_ptr<const Topic> topic;
+  std::uint64_t total = 0;
+  Op op = Op::cell_notify;
+  std::string from;  // the sender, who hears of a failed sink
+  std::string topic_name;
+
+  void cancel(const std::string& why) noexcept {
+    std::lock_guard lock(mutex);
+    if (sink) {
+      sink->cancel(why);
+      sink.reset();
+    }
+  }
+};
+
 // One link to a peer: the outbound queues and their writer thread, the peer's partial messages, and the
 // messages being relayed from it.
 struct Link {
@@ -164,6 +205,7 @@ struct Link {
     Clock::time_point touched;
   };
   std::unordered_map<std::uint64_t, Forward> forwards;
+  std::unordered_map<std::uint64_t, std::shared_ptr<Inbound>> inbound;  // messages streamed to sinks
   int malformed_in_row = 0;
 };
 
@@ -171,6 +213,7 @@ struct Pending {
   std::mutex mutex;
   std::condition_variable_any done_cv;
   std::optional<Reply> reply;
+  std::atomic<bool> ready{false};  // reply is set: a caller spinning before it sleeps needs no lock
   std::weak_ptr<Link> via;
   std::string target;
 };
@@ -306,15 +349,35 @@ class CellImpl {
 
   // --- handlers ---
 
-  void handle(const std::string& topic, Handler handler) {
+  void handle(const std::string& topic, Handler handler, Dispatch dispatch) {
+    auto entry = std::make_shared<Topic>();
+    entry->handler = std::move(handler);
+    entry->dispatch = dispatch;
     std::lock_guard lock(mutex_);
-    handlers_[topic] = std::move(handler);
+    handlers_[topic] = std::move(entry);
+  }
+
+  void handle_stream(const std::string& topic, SinkFactory factory, Dispatch dispatch) {
+    auto entry = std::make_shared<Topic>();
+    entry->sink = std::move(factory);
+    entry->dispatch = dispatch;
+    std::lock_guard lock(mutex_);
+    handlers_[topic] = std::move(entry);
+  }
+
+  std::shared_ptr<const Topic> topic_of(std::string_view topic) {
+    std::lock_guard lock(mutex_);
+    auto it = handlers_.find(topic);
+    return it != handlers_.end() ? it->second : nullptr;
   }
 
   // --- sending ---
 
   Reply request(const std::string& to, const std::string& topic, const wire::Headers& headers,
                 std::span<const std::byte> payload, milliseconds timeout, std::stop_token stop) {
+    if (in_inline) {
+      return inline_refusal("request()");
+    }
     auto deadline = Clock::now() + timeout;
     auto pending = std::make_shared<Pending>();
     pending->target = to;
@@ -334,6 +397,7 @@ class CellImpl {
       forget(id);
       return sent;
     }
+    spin_until_ready(*pending, deadline);
     std::unique_lock lock(pending->mutex);
     bool done = pending->done_cv.wait_until(lock, stop, deadline, [&] { return pending->reply.has_value(); });
     if (done) {
@@ -360,6 +424,13 @@ class CellImpl {
   std::vector<TargetReply> broadcast(const std::vector<std::string>& targets, const std::string& topic,
                                      const wire::Headers& headers, std::span<const std::byte> payload,
                                      milliseconds timeout, std::stop_token stop) {
+    if (in_inline) {
+      std::vector<TargetReply> results;
+      for (const auto& target : targets) {
+        results.push_back(TargetReply{target, inline_refusal("broadcast()")});
+      }
+      return results;
+    }
     // One thread per target, at most 16 at a time, so a slow link does not hold back the others' sends.
     std::vector<TargetReply> results(targets.size());
     auto deadline = Clock::now() + timeout;
@@ -479,6 +550,17 @@ class CellImpl {
         w.join();
       }
     }
+    std::deque<Work> left;
+    {
+      std::lock_guard lock(work_mutex_);
+      left.swap(work_);
+      work_bytes_ = 0;
+    }
+    for (auto& item : left) {
+      if (item.sink) {
+        item.sink->cancel("cell '" + config_.fqcn + "' is stopping");
+      }
+    }
   }
 
  private:
@@ -507,8 +589,35 @@ class CellImpl {
         return;
       }
       pending.reply = std::move(reply);
+      pending.ready.store(true, std::memory_order_release);
     }
     pending.done_cv.notify_all();
+  }
+
+  // A small request's reply often comes within tens of microseconds: the caller watches for it that long
+  // before it sleeps, sparing the wake-up (a futex call and a context switch on each side, as much again
+  // as the round trip itself on a virtual machine). Bounded by the deadline and by spin_bound.
+  static void spin_until_ready(const Pending& pending, Clock::time_point deadline) {
+    constexpr auto spin_bound = std::chrono::microseconds(60);
+    auto until = std::min(deadline, Clock::now() + spin_bound);
+    for (int i = 0;; ++i) {
+      if (pending.ready.load(std::memory_order_acquire)) {
+        return;
+      }
+      if ((i & 63) == 63 && Clock::now() >= until) {
+        return;
+      }
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    }
+  }
+
+  Reply inline_refusal(std::string_view call) const {
+    return Reply::error(Rc::handler_error, "cell '" + config_.fqcn + "': " + std::string(call) +
+                                               " from an inline handler or a sink would wait on the "
+                                               "thread that reads its answer; register the topic with "
+                                               "Dispatch::workers");
   }
 
   void forget(std::uint64_t id) {
@@ -696,8 +805,12 @@ class CellImpl {
 
   // --- receiving ---
 
-  // A complete message addressed to this cell (from a link, or sent by this cell to itself).
-  void deliver(Op op, std::uint64_t msg_id, std::uint64_t req_id, Message message) {
+  // A complete message addressed to this cell (from a link, or sent by this cell to itself): a reply
+  // completes its request; anything else goes to the handler threads (with its sink when it was streamed,
+  // `streamed` bytes long).
+  void deliver(Op op, std::uint64_t msg_id, std::uint64_t req_id, Message message,
+               std::shared_ptr<const Topic> topic = nullptr, std::unique_ptr<MessageSink> sink = nullptr,
+               std::uint64_t streamed = 0) {
     if (op == Op::cell_reply) {
       std::shared_ptr<Pending> pending;
       {
@@ -727,18 +840,27 @@ class CellImpl {
       return;
     }
     // Bounded: a reader waits (at most stall_timeout) while handlers are behind, so a peer that sends
-    // faster than this cell handles is held back by the transport's flow control, not by memory.
-    std::size_t size = message.payload.size() + 256;
+    // faster than this cell handles is held back by the transport's flow control, not by memory. A streamed
+    // message counts with the bytes its sink holds.
+    std::size_t size = message.payload.size() + streamed + 256;
     {
       std::unique_lock lock(work_mutex_);
       bool room = work_space_cv_.wait_for(lock, config_.stall_timeout, [&] {
         return stopping_.load() || work_bytes_ == 0 || work_bytes_ + size <= work_limit();
       });
       if (stopping_) {
+        lock.unlock();
+        if (sink) {
+          sink->cancel("cell '" + config_.fqcn + "' is stopping");
+        }
         return;
       }
       if (!room) {
         lock.unlock();
+        if (sink) {
+          sink->cancel("the handlers of '" + config_.fqcn + "' were busy for " +
+                       ms_text(config_.stall_timeout));
+        }
         logger_->warn("cell '" + config_.fqcn + "': handlers did not take a message from '" + message.from +
                       "' within " + ms_text(config_.stall_timeout) + "; dropped");
         if (op == Op::cell_request) {
@@ -750,18 +872,22 @@ class CellImpl {
         return;
       }
       work_bytes_ += size;
-      work_.push_back(Work{op, msg_id, std::move(message), size});
+      work_.push_back(Work{op, msg_id, std::move(message), size, std::move(topic), std::move(sink)});
     }
     work_cv_.notify_one();
   }
 
-  std::uint64_t work_limit() const { return std::max<std::uint64_t>(4 * config_.queue_bytes, 64u << 20); }
+  std::uint64_t work_limit() const {
+    return std::max<std::uint64_t>(4 * config_.queue_bytes, 64u << 20);
+  }
 
   struct Work {
     Op op;
     std::uint64_t msg_id;
     Message message;
     std::size_t size = 0;
+    std::shared_ptr<const Topic> topic;  // null: looked up by the message's topic
+    std::unique_ptr<MessageSink> sink;   // set: the payload was streamed into it
   };
 
   void work() {
@@ -778,44 +904,68 @@ class CellImpl {
         work_bytes_ -= item.size;
       }
       work_space_cv_.notify_all();
-      milliseconds ttl = config_.stall_timeout;
-      if (const auto* t = item.message.header(h_ttl)) {
-        try {
-          ttl = milliseconds(std::clamp<long long>(std::stoll(*t), 1, 24LL * 3600 * 1000));
-        } catch (...) {
-        }
+      serve(item);
+    }
+  }
+
+  // Runs an application call, turning an exception into rc handler_error.
+  template <class Call>
+  Reply guarded(const std::string& topic, Call&& call) {
+    try {
+      return call();
+    } catch (const std::exception& e) {
+      return Reply::error(Rc::handler_error,
+                          "'" + config_.fqcn + "': handler for '" + topic + "' threw: " + e.what());
+    } catch (...) {
+      return Reply::error(Rc::handler_error, "'" + config_.fqcn + "': handler for '" + topic + "' threw");
+    }
+  }
+
+  // A whole message given to a sink topic (one this cell sent itself): streamed in one write.
+  Reply through_sink(const Topic& topic, Message& message) {
+    auto made = topic.sink(message, message.payload.size());
+    if (!made || !*made) {
+      return Reply::error(Rc::handler_error, "'" + config_.fqcn + "': no sink for '" + message.topic + "'" +
+                                                 (made ? std::string() : ": " + made.error().message));
+    }
+    auto sink = std::move(*made);
+    if (auto written = sink->write(message.payload); !written) {
+      return Reply::error(Rc::handler_error, "'" + config_.fqcn + "': " + written.error().message);
+    }
+    message.payload = {};
+    return sink->finish(message);
+  }
+
+  // Runs a message's handler, or its sink's finish(), and answers a request. On a handler thread, or on a
+  // link's reader for an inline topic.
+  void serve(Work& item) {
+    milliseconds ttl = config_.stall_timeout;
+    if (const auto* t = item.message.header(h_ttl)) {
+      try {
+        ttl = milliseconds(std::clamp<long long>(std::stoll(*t), 1, 24LL * 3600 * 1000));
+      } catch (...) {
       }
-      auto deadline = Clock::now() + ttl;
-      std::erase_if(item.message.headers, [](const auto& h) { return h.first.rfind("cell.", 0) == 0; });
-      Handler handler;
-      {
-        std::lock_guard lock(mutex_);
-        auto it = handlers_.find(item.message.topic);
-        if (it != handlers_.end()) {
-          handler = it->second;
-        }
+    }
+    auto deadline = Clock::now() + ttl;
+    std::erase_if(item.message.headers, [](const auto& h) { return h.first.rfind("cell.", 0) == 0; });
+    auto topic = item.topic ? item.topic : topic_of(item.message.topic);
+    Reply reply;
+    if (item.sink) {
+      reply = guarded(item.message.topic, [&] { return item.sink->finish(item.message); });
+      item.sink.reset();
+    } else if (!topic) {
+      reply = Reply::error(Rc::no_handler,
+                           "'" + config_.fqcn + "' has no handler for topic '" + item.message.topic + "'");
+    } else if (topic->sink) {
+      reply = guarded(item.message.topic, [&] { return through_sink(*topic, item.message); });
+    } else {
+      reply = guarded(item.message.topic, [&] { return topic->handler(item.message); });
+    }
+    if (item.op == Op::cell_request) {
+      if (reply.message.topic.empty()) {
+        reply.message.topic = item.message.topic;
       }
-      Reply reply;
-      if (!handler) {
-        reply = Reply::error(Rc::no_handler,
-                             "'" + config_.fqcn + "' has no handler for topic '" + item.message.topic + "'");
-      } else {
-        try {
-          reply = handler(item.message);
-        } catch (const std::exception& e) {
-          reply = Reply::error(Rc::handler_error, "'" + config_.fqcn + "': handler for '" +
-                                                      item.message.topic + "' threw: " + e.what());
-        } catch (...) {
-          reply = Reply::error(Rc::handler_error,
-                               "'" + config_.fqcn + "': handler for '" + item.message.topic + "' threw");
-        }
-      }
-      if (item.op == Op::cell_request) {
-        if (reply.message.topic.empty()) {
-          reply.message.topic = item.message.topic;
-        }
-        reply_to(item.message.from, item.msg_id, reply, deadline);
-      }
+      reply_to(item.message.from, item.msg_id, reply, deadline);
     }
   }
 
@@ -980,13 +1130,22 @@ class CellImpl {
     }
   }
 
-  // A frame of a message addressed to this cell: assembled, and delivered once complete.
+  // A frame of a message addressed to this cell: assembled and delivered once complete, or streamed into
+  // its topic's sink as it comes.
   void assemble(const std::shared_ptr<Link>& link, const Packet& packet, Clock::time_point now) {
     const auto& fh = packet.frame.header;
+    std::shared_ptr<const Topic> topic;
+    if (packet.first() && fh.op != Op::cell_reply) {
+      topic = topic_of(packet.frame.topic);
+    }
     std::unique_lock lock(link->mutex);
-    auto outcome = link->assembler.add(packet, now);
+    auto outcome = link->assembler.add(packet, now, topic && topic->sink);
     if (!outcome) {
+      auto in = take_inbound(*link, fh.msg_id);
       lock.unlock();
+      if (in) {
+        in->cancel(outcome.error().message);
+      }
       malformed(*link, outcome.error().message);
       return;
     }
@@ -1001,12 +1160,161 @@ class CellImpl {
       }
       return;
     }
-    if (*outcome != Assembler::Outcome::done) {
+    if (*outcome == Assembler::Outcome::dropped) {
       return;
     }
-    auto done = link->assembler.take();
+    bool done = *outcome == Assembler::Outcome::done;
+    std::optional<Assembled> whole;
+    if (done) {
+      whole = link->assembler.take();
+    }
+    bool opening = topic && topic->sink;
+    std::shared_ptr<Inbound> in;
+    if (!opening && !packet.first()) {
+      in = done ? take_inbound(*link, fh.msg_id) : find_inbound(*link, fh.msg_id);
+    }
     lock.unlock();
-    deliver(done.op, done.msg_id, done.req_id, std::move(done.message));
+    // A sink runs without the link's lock: the link's writer (and a reply on this link) go on meanwhile.
+    if (opening) {
+      in = open_sink(link, packet, topic);
+      if (!done) {
+        lock.lock();
+        if (in) {
+          link->inbound[fh.msg_id] = in;
+        } else {
+          link->assembler.discard(fh.msg_id);
+        }
+        lock.unlock();
+      }
+      if (!in) {
+        return;
+      }
+    }
+    if (in) {
+      std::string why;
+      if (!stream_into(*in, packet, why)) {
+        if (!done) {
+          lock.lock();
+          link->assembler.discard(fh.msg_id);
+          link->inbound.erase(fh.msg_id);
+          lock.unlock();
+        }
+        if (!why.empty() && in->op == Op::cell_request) {
+          reply_to(
+              in->from, fh.msg_id,
+              Reply::error(Rc::handler_error, "'" + config_.fqcn + "': '" + in->topic_name + "': " + why),
+              Clock::now() + config_.stall_timeout);
+        }
+        return;
+      }
+    }
+    if (!done) {
+      return;
+    }
+    std::unique_ptr<MessageSink> sink;
+    if (in) {
+      std::lock_guard guard(in->mutex);
+      sink = std::move(in->sink);
+      topic = in->topic;
+      if (!sink) {
+        return;  // cancelled meanwhile
+      }
+    } else if (whole->op != Op::cell_reply && !topic) {
+      topic = topic_of(whole->message.topic);
+    }
+    if (topic && topic->dispatch == Dispatch::inline_reader && whole->op != Op::cell_reply) {
+      Work item{whole->op, whole->msg_id, std::move(whole->message), 0, std::move(topic), std::move(sink)};
+      InlineScope scope;
+      serve(item);
+      return;
+    }
+    deliver(whole->op, whole->msg_id, whole->req_id, std::move(whole->message), std::move(topic),
+            std::move(sink), in ? in->total : 0);
+  }
+
+  static std::shared_ptr<Inbound> find_inbound(Link& link, std::uint64_t msg_id) {
+    auto it = link.inbound.find(msg_id);
+    return it != link.inbound.end() ? it->second : nullptr;
+  }
+  static std::shared_ptr<Inbound> take_inbound(Link& link, std::uint64_t msg_id) {
+    auto it = link.inbound.find(msg_id);
+    if (it == link.inbound.end()) {
+      return nullptr;
+    }
+    auto in = std::move(it->second);
+    link.inbound.erase(it);
+    return in;
+  }
+
+  // Opens the sink of a streamed message from its first frame; null (and a request answered) if the
+  // factory refused it.
+  std::shared_ptr<Inbound> open_sink(const std::shared_ptr<Link>& link, const Packet& packet,
+                                     const std::shared_ptr<const Topic>& topic) {
+    const auto& fh = packet.frame.header;
+    Message head;
+    head.from = *packet.from;
+    head.to = *packet.to;
+    head.topic = std::string(packet.frame.topic);
+    head.headers.reserve(packet.frame.headers.size());
+    for (const auto& h : packet.frame.headers) {
+      if (h.first.rfind("cell.", 0) != 0) {
+        head.headers.push_back(h);
+      }
+    }
+    std::string why;
+    auto in = std::make_shared<Inbound>();
+    in->topic = topic;
+    in->total = fh.total_len;
+    in->op = fh.op;
+    in->from = head.from;
+    in->topic_name = head.topic;
+    try {
+      InlineScope scope;
+      auto made = topic->sink(head, fh.total_len);
+      if (made && *made) {
+        in->sink = std::move(*made);
+        return in;
+      }
+      why = made ? std::string("no sink") : made.error().message;
+    } catch (const std::exception& e) {
+      why = std::string("its sink factory threw: ") + e.what();
+    } catch (...) {
+      why = "its sink factory threw";
+    }
+    logger_->debug("cell '" + config_.fqcn + "': '" + head.topic + "' from '" + link->peer +
+                   "' refused: " + why);
+    if (fh.op == Op::cell_request) {
+      reply_to(head.from, fh.msg_id,
+               Reply::error(Rc::handler_error, "'" + config_.fqcn + "': '" + head.topic + "': " + why),
+               Clock::now() + config_.stall_timeout);
+    }
+    return nullptr;
+  }
+
+  // Writes a frame's payload into its message's sink; false if the sink failed (`why` says how) or was
+  // cancelled meanwhile (`why` empty).
+  static bool stream_into(Inbound& in, const Packet& packet, std::string& why) {
+    std::lock_guard guard(in.mutex);
+    if (!in.sink) {
+      return false;
+    }
+    try {
+      InlineScope scope;
+      auto written = in.sink->write(packet.frame.payload);
+      if (written) {
+        return true;
+      }
+      why = written.error().message;
+    } catch (const std::exception& e) {
+      why = std::string("its sink threw: ") + e.what();
+    } catch (...) {
+      why = "its sink threw";
+    }
+    if (why.empty()) {
+      why = "its sink failed";
+    }
+    in.sink.reset();  // after a failed write, neither finish() nor cancel()
+    return false;
   }
 
   // --- links ---
@@ -1078,6 +1386,7 @@ class CellImpl {
     if (link->writer.joinable()) {
       link->writer.join();
     }
+    std::vector<std::shared_ptr<Inbound>> cut;
     {
       // A sender writing on its own thread (enqueue) is inside the stream until its write returns, which
       // the cancel above makes prompt: the stream outlives it.
@@ -1086,6 +1395,13 @@ class CellImpl {
       link->stream = nullptr;
       link->assembler.clear();
       link->forwards.clear();
+      for (auto& [id, in] : link->inbound) {
+        cut.push_back(std::move(in));
+      }
+      link->inbound.clear();
+    }
+    for (auto& in : cut) {
+      in->cancel("the link to '" + link->peer + "' broke: " + reason);
     }
     std::vector<std::shared_ptr<Pending>> broken;
     std::vector<std::pair<std::uint64_t, std::string>> relayed;
@@ -1462,10 +1778,20 @@ class CellImpl {
         }
       }
       for (auto& link : links) {
-        std::lock_guard lock(link->mutex);
-        link->assembler.prune(now - config_.stall_timeout);
-        std::erase_if(link->forwards,
-                      [&](const auto& p) { return now - p.second.touched > config_.stall_timeout; });
+        std::vector<std::shared_ptr<Inbound>> stale;
+        {
+          std::lock_guard lock(link->mutex);
+          for (auto id : link->assembler.prune(now - config_.stall_timeout)) {
+            if (auto in = take_inbound(*link, id)) {
+              stale.push_back(std::move(in));
+            }
+          }
+          std::erase_if(link->forwards,
+                        [&](const auto& p) { return now - p.second.touched > config_.stall_timeout; });
+        }
+        for (auto& in : stale) {
+          in->cancel("no frame of it from '" + link->peer + "' for " + ms_text(config_.stall_timeout));
+        }
       }
     }
   }
@@ -1491,7 +1817,7 @@ class CellImpl {
   bool parent_refused_ = false;  // the parent's last answer was CELL_REFUSED
   std::map<std::string, std::shared_ptr<Link>> children_;
   std::map<std::string, PeerInfo> seen_children_;
-  std::map<std::string, Handler> handlers_;
+  std::map<std::string, std::shared_ptr<const Topic>, std::less<>> handlers_;
   std::unordered_map<std::uint64_t, std::shared_ptr<Pending>> pending_;
   std::unordered_map<std::uint64_t, RelayEntry> relays_;
   Admission admission_;
@@ -1540,8 +1866,11 @@ void Cell::admit_job(const std::string& job_id, const std::string& token) {
 void Cell::revoke_job(const std::string& job_id) {
   impl_->revoke_job(job_id);
 }
-void Cell::handle(const std::string& topic, Handler handler) {
-  impl_->handle(topic, std::move(handler));
+void Cell::handle(const std::string& topic, Handler handler, Dispatch dispatch) {
+  impl_->handle(topic, std::move(handler), dispatch);
+}
+void Cell::handle_stream(const std::string& topic, SinkFactory factory, Dispatch dispatch) {
+  impl_->handle_stream(topic, std::move(factory), dispatch);
 }
 Reply Cell::request(const std::string& to, const std::string& topic, const wire::Headers& headers,
                     std::span<const std::byte> payload, std::chrono::milliseconds timeout,
