@@ -1,6 +1,7 @@
 // cell_bench: the cell network (kernel/cell) beside raw gRPC doing the same work in the same run (issue #14).
 //
-//   cell_bench --cell-node PATH [--runs N] [--json FILE] [--no-tls] [--no-rss] [--quick] [--side cell|raw]
+//   cell_bench --cell-node PATH [--runs N] [--json FILE] [--no-tls] [--no-rss] [--quick] [--small-only]
+//   [--side cell|raw]
 //
 // In this process, for clear text and for mutual TLS (a CA and certificates written with kernel/provision
 // into a temporary folder):
@@ -363,6 +364,26 @@ class RawStream {
 // --- The cell: a server, site-1 and the job site-1.J, in this process
 // ---------------------------------------
 
+using ember::cell::MessageSink;
+
+// Counts the bytes of a message as they arrive and answers with the count.
+class CountingSink final : public MessageSink {
+ public:
+  ember::Result<void> write(std::span<const std::byte> bytes) override {
+    bytes_ += bytes.size();
+    return ember::ok();
+  }
+  ember::cell::Reply finish(ember::cell::Message&) override {
+    ember::cell::Reply r;
+    r.message.headers = {{"bytes", std::to_string(bytes_)}};
+    return r;
+  }
+  void cancel(const std::string&) noexcept override {}
+
+ private:
+  std::uint64_t bytes_ = 0;
+};
+
 struct Tree {
   std::unique_ptr<Cell> server, site, job;
   std::atomic<std::uint64_t> counted{0};
@@ -395,24 +416,39 @@ struct Tree {
       die("the cell tree did not link: " + site->parent_error() + " " + job->parent_error());
     }
     for (auto* c : {site.get(), job.get()}) {
-      c->handle("sink", [](const ember::cell::Message& m) {
+      // What a receiver that moves a payload on does (pipe.cell into reused buffers, a daemon to a file):
+      // each frame's bytes as they arrive, counted like the raw sink's; the answer from the reader.
+      c->handle_stream(
+          "sink",
+          [](const ember::cell::Message&, std::uint64_t) -> ember::Result<std::unique_ptr<MessageSink>> {
+            return std::unique_ptr<MessageSink>(new CountingSink);
+          },
+          ember::cell::Dispatch::inline_reader);
+      // A handler given the whole payload, as a gathering raw sink: not a target, shown beside it.
+      c->handle("gather", [](const ember::cell::Message& m) {
         ember::cell::Reply r;
         r.message.headers = {{"bytes", std::to_string(m.payload.size())}};
         return r;
       });
-      c->handle("echo", [](const ember::cell::Message& m) {
-        ember::cell::Reply r;
-        r.message.payload = m.payload;
-        return r;
-      });
+      c->handle(
+          "echo",
+          [](ember::cell::Message& m) {
+            ember::cell::Reply r;
+            r.message.payload = std::move(m.payload);
+            return r;
+          },
+          ember::cell::Dispatch::inline_reader);
     }
-    site->handle("count", [this](const ember::cell::Message&) {
-      if (counted.fetch_add(1) + 1 >= target.load()) {
-        std::lock_guard lock(mutex);
-        counted_cv.notify_all();
-      }
-      return ember::cell::Reply();
-    });
+    site->handle(
+        "count",
+        [this](const ember::cell::Message&) {
+          if (counted.fetch_add(1) + 1 >= target.load()) {
+            std::lock_guard lock(mutex);
+            counted_cv.notify_all();
+          }
+          return ember::cell::Reply();
+        },
+        ember::cell::Dispatch::inline_reader);
   }
   ~Tree() {
     for (auto* c : {job.get(), site.get(), server.get()}) {
@@ -429,8 +465,8 @@ struct Tree {
     }
     return std::move(*started);
   }
-  void send(const std::string& to, std::span<const std::byte> bytes) {
-    auto r = server->request(to, "sink", {}, bytes,
+  void send(const std::string& to, std::span<const std::byte> bytes, const char* topic = "sink") {
+    auto r = server->request(to, topic, {}, bytes,
                              std::chrono::duration_cast<std::chrono::milliseconds>(big_timeout));
     const auto* got = r.message.header("bytes");
     if (!r.ok() || got == nullptr || *got != std::to_string(bytes.size())) {
@@ -451,14 +487,16 @@ struct Options {
   bool tls = true;
   bool rss = true;
   bool quick = false;
-  bool cell = true;  // --side cell: only the cell's cases (for `perf record`)
-  bool raw = true;   // --side raw: only the raw baselines
+  bool small_only = false;  // --small-only: only the round trip and the rate (for `perf record`)
+  bool cell = true;         // --side cell: only the cell's cases (for `perf record`)
+  bool raw = true;          // --side raw: only the raw baselines
 };
 
 struct Series {
-  std::vector<double> cell, raw, gather;
-  double cell_cpu = 0, raw_cpu = 0, gather_cpu = 0;  // CPU seconds of this process, all threads
-  std::uint64_t cell_bytes = 0, raw_bytes = 0, gather_bytes = 0;
+  std::vector<double> cell, raw, gather, whole;  // whole: the cell with a whole-message handler
+  double cell_cpu = 0, raw_cpu = 0, gather_cpu = 0,
+         whole_cpu = 0;  // CPU seconds of this process, all threads
+  std::uint64_t cell_bytes = 0, raw_bytes = 0, gather_bytes = 0, whole_bytes = 0;
 };
 
 double cpu_seconds() {
@@ -476,11 +514,12 @@ json throughput_case(bool tls, int hops, std::uint64_t size, const Series& s) {
   double c = median(s.cell), r = median(s.raw);
   double cell_mb = static_cast<double>(size) / c / 1e6, raw_mb = static_cast<double>(size) / r / 1e6;
   std::printf(
-      "%-5s %d hop%s %8s   cell %8.1f MB/s   raw %8.1f MB/s   cell/raw %5.1f %%   (gathering raw %8.1f MB/s; "
-      "CPU s/GiB cell %.2f raw %.2f gathering %.2f)\n",
+      "%-5s %d hop%s %8s   cell %8.1f MB/s   raw %8.1f MB/s   cell/raw %5.1f %%   (whole-message cell %8.1f "
+      "MB/s, gathering raw %8.1f MB/s; CPU s/GiB cell %.2f raw %.2f whole %.2f gathering %.2f)\n",
       tls ? "TLS" : "clear", hops, hops == 1 ? " " : "s", size_name(size).c_str(), cell_mb, raw_mb,
-      100.0 * cell_mb / raw_mb, static_cast<double>(size) / median(s.gather) / 1e6,
-      per_gib(s.cell_cpu, s.cell_bytes), per_gib(s.raw_cpu, s.raw_bytes),
+      100.0 * cell_mb / raw_mb, static_cast<double>(size) / median(s.whole) / 1e6,
+      static_cast<double>(size) / median(s.gather) / 1e6, per_gib(s.cell_cpu, s.cell_bytes),
+      per_gib(s.raw_cpu, s.raw_bytes), per_gib(s.whole_cpu, s.whole_bytes),
       per_gib(s.gather_cpu, s.gather_bytes));
   std::fflush(stdout);
   return {{"tls", tls},
@@ -492,6 +531,10 @@ json throughput_case(bool tls, int hops, std::uint64_t size, const Series& s) {
           {"raw_mb_per_s", raw_mb},
           {"share", cell_mb / raw_mb},
           {"gather_s", median(s.gather)},
+          {"whole_s", median(s.whole)},
+          {"whole_mb_per_s", static_cast<double>(size) / median(s.whole) / 1e6},
+          {"whole_cpu_s_per_gib", per_gib(s.whole_cpu, s.whole_bytes)},
+          {"whole_samples", s.whole},
           {"gather_mb_per_s", static_cast<double>(size) / median(s.gather) / 1e6},
           {"cell_cpu_s_per_gib", per_gib(s.cell_cpu, s.cell_bytes)},
           {"raw_cpu_s_per_gib", per_gib(s.raw_cpu, s.raw_bytes)},
@@ -517,23 +560,31 @@ void measure_mode(bool tls, Kits& kits, const Options& o, const std::vector<std:
   if (o.quick) {
     sizes = {{MiB, 2, 10}, {100 * MiB, 0, 1}};
   }
+  if (o.small_only) {
+    sizes.clear();
+  }
   for (const auto& size : sizes) {
     for (int hops : {1, 2}) {
       Series s;
       std::span<const std::byte> payload(buffer.data(), size.bytes);
       for (int run = 0; run < o.runs; ++run) {
         const auto n = static_cast<std::uint64_t>(size.warmup + size.iterations);
-        auto cell_run = [&] {
+        auto cell_series = [&](const char* topic, std::vector<double>& samples, double& cpu_total,
+                               std::uint64_t& bytes) {
           double cpu = cpu_seconds();
           for (int i = 0; i < size.warmup + size.iterations; ++i) {
             auto t = Clock::now();
-            tree.send(hops == 1 ? "site-1" : "site-1.J", payload);
+            tree.send(hops == 1 ? "site-1" : "site-1.J", payload, topic);
             if (i >= size.warmup) {
-              s.cell.push_back(seconds_since(t));
+              samples.push_back(seconds_since(t));
             }
           }
-          s.cell_cpu += cpu_seconds() - cpu;
-          s.cell_bytes += n * size.bytes;
+          cpu_total += cpu_seconds() - cpu;
+          bytes += n * size.bytes;
+        };
+        auto cell_run = [&] {
+          cell_series("sink", s.cell, s.cell_cpu, s.cell_bytes);
+          cell_series("gather", s.whole, s.whole_cpu, s.whole_bytes);
         };
         auto raw_series = [&](char mode, std::vector<double>& samples, double& cpu_total,
                               std::uint64_t& bytes) {
@@ -813,7 +864,7 @@ json measure_rss(bool tls, const Kits& kits, const Options& o, std::uint64_t siz
 
 int usage() {
   std::cerr << "usage: cell_bench --cell-node PATH [--runs N] [--json FILE] [--no-tls] [--no-rss] [--quick] "
-               "[--side cell|raw]\n";
+               "[--small-only] [--side cell|raw]\n";
   return 2;
 }
 
@@ -830,6 +881,8 @@ int main(int argc, char** argv) {
       o.rss = false;
     } else if (a == "--quick") {
       o.quick = true;
+    } else if (a == "--small-only") {
+      o.small_only = true;
     } else if (i + 1 < args.size() && a == "--cell-node") {
       o.cell_node = args[++i];
     } else if (i + 1 < args.size() && a == "--side") {
