@@ -42,6 +42,8 @@ constexpr std::string_view cell_version = "1";
 constexpr std::size_t control_bytes = 64 * 1024;
 // Messages one link may have in progress (partly received) at once.
 constexpr std::size_t max_partials = 64;
+// An inline handler that holds its link's reader longer than this is logged (it should not block).
+constexpr auto slow_inline = std::chrono::milliseconds(100);
 // Malformed frames in a row after which a link is closed.
 constexpr int max_malformed_in_row = 8;
 
@@ -1237,8 +1239,19 @@ class CellImpl {
     }
     if (topic && topic->dispatch == Dispatch::inline_reader && whole->op != Op::cell_reply) {
       Work item{whole->op, whole->msg_id, std::move(whole->message), 0, std::move(topic), std::move(sink)};
-      InlineScope scope;
-      serve(item);
+      std::string name = item.message.topic;  // the handler may move the message's fields out
+      auto began = Clock::now();
+      {
+        InlineScope scope;
+        serve(item);
+      }
+      if (auto held = Clock::now() - began; held > slow_inline) {
+        // The contract (cell.hpp, Dispatch::inline_reader) is broken: said, so that it is found.
+        logger_->warn("cell '" + config_.fqcn + "': the inline handler of '" + name +
+                      "' held the reader of the link to '" + link->peer + "' for " +
+                      ms_text(std::chrono::duration_cast<milliseconds>(held)) +
+                      "; a handler that blocks belongs on Dispatch::workers");
+      }
       return;
     }
     deliver(whole->op, whole->msg_id, whole->req_id, std::move(whole->message), std::move(topic),

@@ -275,6 +275,8 @@ TEST(CellDispatch, StopStillWorksWhileAnInlineHandlerRuns) {
   caller.join();
   EXPECT_FALSE(result.ok());
   EXPECT_TRUE(result.rc == Rc::unreachable || result.rc == Rc::shutting_down) << result.reason;
+  // A handler that blocks on the reader breaks the inline contract: the log says so, naming it.
+  EXPECT_TRUE(t.log->contains("the inline handler of 'nap' held the reader of the link to 'server'"));
   // A stopped cell's inline topics answer nothing more, and its peers see it gone.
   auto r = t.server->request("site-1", "nap", {}, {}, 2s);
   EXPECT_EQ(r.rc, Rc::unreachable) << r.reason;

@@ -107,8 +107,9 @@ enum class Dispatch {
 /// touches fresh memory for it. write() runs on the reader thread of the link the message arrives on,
 /// with the contract of Dispatch::inline_reader (never wait on the network; a slow write holds up the link,
 /// which the transport's flow control passes back to the sender). finish() runs as the topic's Dispatch
-/// says. A sink sees either finish() or cancel(), never both, and never a call after either; cancel() may
-/// come from another thread than write(), but never while a write() runs.
+/// says. A sink sees either finish() or cancel(), never both, and never a call after either (nor after a
+/// write() that failed); cancel() may come from another thread than write(), but never while a write()
+/// runs. The cell destroys the sink after its last call.
 class MessageSink {
  public:
   virtual ~MessageSink() = default;
