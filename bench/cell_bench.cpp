@@ -8,8 +8,10 @@
 //   throughput  1 MiB, 100 MiB and 1 GiB messages, server -> site (one hop: a request to the site's "sink"
 //               handler, timed until its small reply) and server -> job through the site (two hops); beside
 //               a raw gRPC bidi stream of the cell's own proto (Cell.Connect, Packet{bytes frame}) carrying
-//               the same bytes in 4 MiB packets to a sink that acknowledges each whole message, directly
-//               (one hop) and through a relay service that forwards packets as they come (two hops);
+//               the same bytes in 4 MiB packets the same way, from the stream's server to its client (as a
+//               site dials the server), each message asked for by one small packet, directly (one hop) and
+//               through a relay service that forwards packets as they come (two hops); and, shown beside,
+//               the other way (client to server, to a sink that acknowledges each whole message);
 //   round trip  a 16-byte request answered with 16 bytes, server <-> site, beside a raw ping-pong of one
 //               16-byte packet each way on a bidi stream;
 //   rate        16-byte notifies server -> site back to back, timed until the site's handler has seen the
@@ -173,9 +175,12 @@ struct Kits {
 // The first packet of a stream says what the stream is: "S<bytes>" a sink of messages of that many bytes
 // (each acknowledged by a one-byte packet once whole), "G<bytes>" the same but gathering each message into
 // one buffer reserved whole and freed after it (what a cell's receiver does, so that the cell's extra cost
-// beyond that shows), "E" an echo of every packet, "C<n>" a counter acknowledging every n-th packet.
+// beyond that shows), "E" an echo of every packet, "C<n>" a counter acknowledging every n-th packet,
+// "R<bytes>" the other way round: each packet the client sends asks for a message of that many bytes, which
+// the server writes in 4 MiB packets (from the same buffer the cell sends from) for the client to count.
 class RawSink final : public v1::Cell::Service {
  public:
+  explicit RawSink(std::span<const std::byte> source) : source_(source) {}
   grpc::Status Connect(grpc::ServerContext*,
                        grpc::ServerReaderWriter<v1::Packet, v1::Packet>* stream) override {
     v1::Packet in;
@@ -184,6 +189,19 @@ class RawSink final : public v1::Cell::Service {
     }
     const char kind = in.frame()[0];
     const std::uint64_t arg = in.frame().size() > 1 ? std::stoull(in.frame().substr(1)) : 0;
+    if (kind == 'R') {
+      v1::Packet out;
+      while (stream->Read(&in)) {
+        for (std::uint64_t at = 0; at < arg; at += raw_packet) {
+          auto n = std::min<std::uint64_t>(raw_packet, arg - at);
+          out.set_frame(reinterpret_cast<const char*>(source_.data() + at), n);
+          if (!stream->Write(out)) {
+            return grpc::Status::OK;
+          }
+        }
+      }
+      return grpc::Status::OK;
+    }
     v1::Packet ack;
     ack.set_frame("A");
     std::uint64_t got = 0;
@@ -212,6 +230,9 @@ class RawSink final : public v1::Cell::Service {
     }
     return grpc::Status::OK;
   }
+
+ private:
+  std::span<const std::byte> source_;
 };
 
 struct RawSettings {
@@ -351,6 +372,15 @@ class RawStream {
   void await() {
     if (!stream_->Read(&reply_)) {
       die("raw gRPC: no acknowledgement");
+    }
+  }
+  // On an "R" stream: asks for a message of `bytes` and counts its packets until it is all here.
+  void fetch(std::uint64_t bytes) {
+    write_small("G");
+    for (std::uint64_t got = 0; got < bytes; got += reply_.frame().size()) {
+      if (!stream_->Read(&reply_)) {
+        die("raw gRPC: the message did not come");
+      }
     }
   }
 
@@ -493,9 +523,13 @@ struct Options {
 };
 
 struct Series {
-  std::vector<double> cell, raw, gather, whole;  // whole: the cell with a whole-message handler
-  double cell_cpu = 0, raw_cpu = 0, gather_cpu = 0,
-         whole_cpu = 0;  // CPU seconds of this process, all threads
+  // raw: the stream's server writes to its client, as the cell's server writes to a site that dialed it;
+  // up: the client writes to the server (the baseline of runs before 2026-12-07 16:50, shown beside it);
+  // gather: up, into one buffer per message; whole: the cell with a whole-message handler.
+  std::vector<double> cell, raw, gather, whole, up;
+  // CPU seconds of this process, all threads.
+  double cell_cpu = 0, raw_cpu = 0, gather_cpu = 0, whole_cpu = 0, up_cpu = 0;
+  std::uint64_t up_bytes = 0;
   std::uint64_t cell_bytes = 0, raw_bytes = 0, gather_bytes = 0, whole_bytes = 0;
 };
 
@@ -514,12 +548,13 @@ json throughput_case(bool tls, int hops, std::uint64_t size, const Series& s) {
   double c = median(s.cell), r = median(s.raw);
   double cell_mb = static_cast<double>(size) / c / 1e6, raw_mb = static_cast<double>(size) / r / 1e6;
   std::printf(
-      "%-5s %d hop%s %8s   cell %8.1f MB/s   raw %8.1f MB/s   cell/raw %5.1f %%   (whole-message cell %8.1f "
+      "%-5s %d hop%s %8s   cell %8.1f MB/s   raw %8.1f MB/s   cell/raw %5.1f %%   (raw client->server %8.1f "
+      "MB/s, whole-message cell %8.1f "
       "MB/s, gathering raw %8.1f MB/s; CPU s/GiB cell %.2f raw %.2f whole %.2f gathering %.2f)\n",
       tls ? "TLS" : "clear", hops, hops == 1 ? " " : "s", size_name(size).c_str(), cell_mb, raw_mb,
-      100.0 * cell_mb / raw_mb, static_cast<double>(size) / median(s.whole) / 1e6,
-      static_cast<double>(size) / median(s.gather) / 1e6, per_gib(s.cell_cpu, s.cell_bytes),
-      per_gib(s.raw_cpu, s.raw_bytes), per_gib(s.whole_cpu, s.whole_bytes),
+      100.0 * cell_mb / raw_mb, static_cast<double>(size) / median(s.up) / 1e6,
+      static_cast<double>(size) / median(s.whole) / 1e6, static_cast<double>(size) / median(s.gather) / 1e6,
+      per_gib(s.cell_cpu, s.cell_bytes), per_gib(s.raw_cpu, s.raw_bytes), per_gib(s.whole_cpu, s.whole_bytes),
       per_gib(s.gather_cpu, s.gather_bytes));
   std::fflush(stdout);
   return {{"tls", tls},
@@ -531,6 +566,10 @@ json throughput_case(bool tls, int hops, std::uint64_t size, const Series& s) {
           {"raw_mb_per_s", raw_mb},
           {"share", cell_mb / raw_mb},
           {"gather_s", median(s.gather)},
+          {"up_s", median(s.up)},
+          {"up_mb_per_s", static_cast<double>(size) / median(s.up) / 1e6},
+          {"up_cpu_s_per_gib", per_gib(s.up_cpu, s.up_bytes)},
+          {"up_samples", s.up},
           {"whole_s", median(s.whole)},
           {"whole_mb_per_s", static_cast<double>(size) / median(s.whole) / 1e6},
           {"whole_cpu_s_per_gib", per_gib(s.whole_cpu, s.whole_bytes)},
@@ -547,7 +586,7 @@ json throughput_case(bool tls, int hops, std::uint64_t size, const Series& s) {
 void measure_mode(bool tls, Kits& kits, const Options& o, const std::vector<std::byte>& buffer, json& out) {
   Tree tree(tls, kits);
   RawSettings rs{tls, &kits};
-  RawServer sink(std::make_unique<RawSink>(), rs);
+  RawServer sink(std::make_unique<RawSink>(buffer), rs);
   RawServer relay(std::make_unique<RawRelay>(raw_channel(sink.address(), rs)), rs);
   auto direct = raw_channel(sink.address(), rs);
   auto relayed = raw_channel(relay.address(), rs);
@@ -582,9 +621,15 @@ void measure_mode(bool tls, Kits& kits, const Options& o, const std::vector<std:
           cpu_total += cpu_seconds() - cpu;
           bytes += n * size.bytes;
         };
+        // Within a side too, the order turns from run to run.
         auto cell_run = [&] {
-          cell_series("sink", s.cell, s.cell_cpu, s.cell_bytes);
+          if (run % 2 == 0) {
+            cell_series("sink", s.cell, s.cell_cpu, s.cell_bytes);
+          }
           cell_series("gather", s.whole, s.whole_cpu, s.whole_bytes);
+          if (run % 2 == 1) {
+            cell_series("sink", s.cell, s.cell_cpu, s.cell_bytes);
+          }
         };
         auto raw_series = [&](char mode, std::vector<double>& samples, double& cpu_total,
                               std::uint64_t& bytes) {
@@ -592,8 +637,12 @@ void measure_mode(bool tls, Kits& kits, const Options& o, const std::vector<std:
           RawStream stream(hops == 1 ? direct : relayed, mode + std::to_string(size.bytes));
           for (int i = 0; i < size.warmup + size.iterations; ++i) {
             auto t = Clock::now();
-            stream.send(payload);
-            stream.await();
+            if (mode == 'R') {
+              stream.fetch(size.bytes);
+            } else {
+              stream.send(payload);
+              stream.await();
+            }
             if (i >= size.warmup) {
               samples.push_back(seconds_since(t));
             }
@@ -602,8 +651,14 @@ void measure_mode(bool tls, Kits& kits, const Options& o, const std::vector<std:
           bytes += n * size.bytes;
         };
         auto raw_run = [&] {
-          raw_series('S', s.raw, s.raw_cpu, s.raw_bytes);
+          if (run % 2 == 1) {
+            raw_series('R', s.raw, s.raw_cpu, s.raw_bytes);
+          }
+          raw_series('S', s.up, s.up_cpu, s.up_bytes);
           raw_series('G', s.gather, s.gather_cpu, s.gather_bytes);
+          if (run % 2 == 0) {
+            raw_series('R', s.raw, s.raw_cpu, s.raw_bytes);
+          }
         };
         // Alternate which goes first, so neither always follows the other's garbage.
         if (run % 2 == 0) {

@@ -89,13 +89,15 @@ def profile_table(add, profiles):
 
 
 def throughput_table(add, rows):
-    add("| Security | Path | Size | cell MB/s | raw gRPC MB/s | cell / raw | cell, whole-message MB/s | "
-        "raw, gathering MB/s | cell ms | raw ms | CPU s/GiB cell | raw | cell, whole | raw, gathering |")
-    add("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    add("| Security | Path | Size | cell MB/s | raw gRPC MB/s | cell / raw | raw, client → server MB/s | "
+        "cell, whole-message MB/s | raw, gathering MB/s | cell ms | raw ms | CPU s/GiB cell | raw | cell, whole | "
+        "raw, gathering |")
+    add("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for t in rows:
         path = "server → site (1 hop)" if t["hops"] == 1 else "server → site → job (2 hops)"
         add(f"| {security(t['tls'])} | {path} | {size_label(t['size'])} | {t['cell_mb_per_s']:.1f} | "
-            f"{t['raw_mb_per_s']:.1f} | {t['share']:.0%} | {t.get('whole_mb_per_s', 0):.1f} | "
+            f"{t['raw_mb_per_s']:.1f} | {t['share']:.0%} | {t.get('up_mb_per_s', 0):.1f} | "
+            f"{t.get('whole_mb_per_s', 0):.1f} | "
             f"{t.get('gather_mb_per_s', 0):.1f} | "
             f"{t['cell_s'] * 1e3:.1f} | {t['raw_s'] * 1e3:.1f} | {t.get('cell_cpu_s_per_gib', 0):.2f} | "
             f"{t.get('raw_cpu_s_per_gib', 0):.2f} | {t.get('whole_cpu_s_per_gib', 0):.2f} | "
@@ -112,9 +114,12 @@ def section(cell, pipes, meta, profile, profiles, thp=None):
         "`site-1.J` under it, linked over gRPC on 127.0.0.1 — beside raw gRPC doing the same work in the same run: "
         "the cell's own proto (`Cell.Connect`, a bidi stream of `Packet{bytes frame}`), the sync API, the cell's "
         "channel arguments (4 MiB + 4 KiB message cap, keepalive, a local subchannel pool) and the same "
-        "credentials (kits written with kernel/provision into a temporary folder). Raw throughput writes 4 MiB "
-        "packets to a sink that acknowledges each whole message with one byte; its two-hop path goes through a "
-        "relay service that forwards packets as they come. The cell's is a `request()` to a `sink` topic whose "
+        "credentials (kits written with kernel/provision into a temporary folder). Raw throughput goes the cell's "
+        "way: the client (as a site, which dials the server) asks with one small packet and the stream's server "
+        "writes the message in 4 MiB packets, which the client counts until the last has come; its two-hop path "
+        "goes through a relay service that forwards packets as they come. (Runs before 2026-12-07 16:50 measured "
+        "raw gRPC the other way, client to server, to a sink acknowledging each whole message; that direction "
+        "is shown beside, not judged.) The cell's is a `request()` to a `sink` topic whose "
         "payloads stream into a sink (`Cell::handle_stream`) that counts each frame's bytes as it arrives, as the "
         "raw sink does, and answers with the count from the reader thread (`Dispatch::inline_reader`), timed "
         "until the reply. A streaming sink is what a receiver that moves a payload on uses: pipe.cell (frames "
@@ -169,8 +174,8 @@ def section(cell, pipes, meta, profile, profiles, thp=None):
         "after 1; 1 GiB: 1 per run).")
     add("")
     add("\"cell, whole-message\" sends the same messages to a handler given the whole payload (`Cell::handle`), "
-        "and \"raw, gathering\" is a raw sink that copies each message into one buffer reserved whole and freed "
-        "after it: neither is a target, the pair shows what gathering a message whole costs on either side. CPU "
+        "and \"raw, gathering\" is a raw sink (client to server) that copies each message into one buffer "
+        "reserved whole and freed after it: neither is a target, the pair shows what gathering a message whole costs on either side. CPU "
         "is the user + system time of the whole process (all three ends are in it) per GiB moved, warm-up "
         "included.")
     add("")
