@@ -6,12 +6,14 @@
 // In this process, for clear text and for mutual TLS (a CA and certificates written with kernel/provision
 // into a temporary folder):
 //   throughput  1 MiB, 100 MiB and 1 GiB messages, server -> site (one hop: a request to the site's "sink"
-//               handler, timed until its small reply) and server -> job through the site (two hops); beside
-//               a raw gRPC bidi stream of the cell's own proto (Cell.Connect, Packet{bytes frame}) carrying
-//               the same bytes in 4 MiB packets the same way, from the stream's server to its client (as a
-//               site dials the server), each message asked for by one small packet, directly (one hop) and
-//               through a relay service that forwards packets as they come (two hops); and, shown beside,
-//               the other way (client to server, to a sink that acknowledges each whole message);
+//               topic, whose payload streams into a sink that counts it, timed until its small reply; and
+//               the same to "gather", a handler given the whole payload) and server -> job through the
+//               site (two hops); beside a raw gRPC bidi stream of the cell's own proto (Cell.Connect,
+//               Packet{bytes frame}) carrying the same bytes in 4 MiB packets the same way, from the stream's
+//               server to its client (as a site dials the server), each message asked for by one small
+//               packet, directly (one hop) and through a relay service that forwards packets as they come
+//               (two hops); and, shown beside, the other way (client to server, to a sink that acknowledges
+//               each whole message);
 //   round trip  a 16-byte request answered with 16 bytes, server <-> site, beside a raw ping-pong of one
 //               16-byte packet each way on a bidi stream;
 //   rate        16-byte notifies server -> site back to back, timed until the site's handler has seen the
