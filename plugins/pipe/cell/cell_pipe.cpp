@@ -228,7 +228,9 @@ class CellEndpoint final : public PipeEndpoint {
     if (!stranger) {
       buffer = take_spare();
       buffer.clear();
-      buffer.reserve(static_cast<std::size_t>(size));
+      // Whole up to 1 GiB (address space, touched as it fills), so a large frame is not copied again each
+      // time its buffer doubles.
+      buffer.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(size, 1u << 30)));
     }
     return std::unique_ptr<cell::MessageSink>(new FrameSink(*this, std::move(buffer), stranger));
   }
