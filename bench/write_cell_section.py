@@ -125,7 +125,8 @@ def section(cell, pipes, meta, profile, profiles, thp=None):
         "until the reply. A streaming sink is what a receiver that moves a payload on uses: pipe.cell (frames "
         "into buffers the session hands back), `cell_node`'s sink (size and CRC), and the daemons of issue 15 "
         "(models to and from disk and jobs). The same messages also go to a `gather` topic whose handler gets "
-        "the whole payload (\"cell, whole-message\", not a target). The runs alternate cell and raw. Then three "
+        "the whole payload (\"cell, whole-message\", not a target). The runs alternate cell and raw, and the order "
+        "of the series within each side turns from run to run. Then three "
         "`cell_node` processes (server, site, job) relay 1 GiB from the server to the job, and the peak "
         "resident memory (VmHWM) of each is read while they still run.")
     add("")
@@ -168,7 +169,8 @@ def section(cell, pipes, meta, profile, profiles, thp=None):
         add(f"| {target} | {measured} | {met(ok)} |")
     add("")
 
-    add("### Throughput: one message, from `request()` (raw: the first write) until the receiver's answer")
+    add("### Throughput: one message, from `request()` until the receiver's answer (raw: from the small packet "
+        "asking for it until its last packet has come)")
     add("")
     add("Median over every timed message of every run (1 MiB: 30 per run after 5 warm-up; 100 MiB: 3 per run "
         "after 1; 1 GiB: 1 per run).")
