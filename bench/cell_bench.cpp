@@ -1,14 +1,19 @@
 // cell_bench: the cell network (kernel/cell) beside raw gRPC doing the same work in the same run (issue #14).
 //
-//   cell_bench --cell-node PATH [--runs N] [--json FILE] [--no-tls] [--no-rss] [--quick] [--side cell|raw]
+//   cell_bench --cell-node PATH [--runs N] [--json FILE] [--no-tls] [--no-rss] [--quick] [--small-only]
+//   [--side cell|raw]
 //
 // In this process, for clear text and for mutual TLS (a CA and certificates written with kernel/provision
 // into a temporary folder):
 //   throughput  1 MiB, 100 MiB and 1 GiB messages, server -> site (one hop: a request to the site's "sink"
-//               handler, timed until its small reply) and server -> job through the site (two hops); beside
-//               a raw gRPC bidi stream of the cell's own proto (Cell.Connect, Packet{bytes frame}) carrying
-//               the same bytes in 4 MiB packets to a sink that acknowledges each whole message, directly
-//               (one hop) and through a relay service that forwards packets as they come (two hops);
+//               topic, whose payload streams into a sink that counts it, timed until its small reply; and
+//               the same to "gather", a handler given the whole payload) and server -> job through the
+//               site (two hops); beside a raw gRPC bidi stream of the cell's own proto (Cell.Connect,
+//               Packet{bytes frame}) carrying the same bytes in 4 MiB packets the same way, from the stream's
+//               server to its client (as a site dials the server), each message asked for by one small
+//               packet, directly (one hop) and through a relay service that forwards packets as they come
+//               (two hops); and, shown beside, the other way (client to server, to a sink that acknowledges
+//               each whole message);
 //   round trip  a 16-byte request answered with 16 bytes, server <-> site, beside a raw ping-pong of one
 //               16-byte packet each way on a bidi stream;
 //   rate        16-byte notifies server -> site back to back, timed until the site's handler has seen the
@@ -172,9 +177,12 @@ struct Kits {
 // The first packet of a stream says what the stream is: "S<bytes>" a sink of messages of that many bytes
 // (each acknowledged by a one-byte packet once whole), "G<bytes>" the same but gathering each message into
 // one buffer reserved whole and freed after it (what a cell's receiver does, so that the cell's extra cost
-// beyond that shows), "E" an echo of every packet, "C<n>" a counter acknowledging every n-th packet.
+// beyond that shows), "E" an echo of every packet, "C<n>" a counter acknowledging every n-th packet,
+// "R<bytes>" the other way round: each packet the client sends asks for a message of that many bytes, which
+// the server writes in 4 MiB packets (from the same buffer the cell sends from) for the client to count.
 class RawSink final : public v1::Cell::Service {
  public:
+  explicit RawSink(std::span<const std::byte> source) : source_(source) {}
   grpc::Status Connect(grpc::ServerContext*,
                        grpc::ServerReaderWriter<v1::Packet, v1::Packet>* stream) override {
     v1::Packet in;
@@ -183,6 +191,19 @@ class RawSink final : public v1::Cell::Service {
     }
     const char kind = in.frame()[0];
     const std::uint64_t arg = in.frame().size() > 1 ? std::stoull(in.frame().substr(1)) : 0;
+    if (kind == 'R') {
+      v1::Packet out;
+      while (stream->Read(&in)) {
+        for (std::uint64_t at = 0; at < arg; at += raw_packet) {
+          auto n = std::min<std::uint64_t>(raw_packet, arg - at);
+          out.set_frame(reinterpret_cast<const char*>(source_.data() + at), n);
+          if (!stream->Write(out)) {
+            return grpc::Status::OK;
+          }
+        }
+      }
+      return grpc::Status::OK;
+    }
     v1::Packet ack;
     ack.set_frame("A");
     std::uint64_t got = 0;
@@ -211,6 +232,9 @@ class RawSink final : public v1::Cell::Service {
     }
     return grpc::Status::OK;
   }
+
+ private:
+  std::span<const std::byte> source_;
 };
 
 struct RawSettings {
@@ -352,6 +376,15 @@ class RawStream {
       die("raw gRPC: no acknowledgement");
     }
   }
+  // On an "R" stream: asks for a message of `bytes` and counts its packets until it is all here.
+  void fetch(std::uint64_t bytes) {
+    write_small("G");
+    for (std::uint64_t got = 0; got < bytes; got += reply_.frame().size()) {
+      if (!stream_->Read(&reply_)) {
+        die("raw gRPC: the message did not come");
+      }
+    }
+  }
 
  private:
   grpc::ClientContext context_;
@@ -362,6 +395,26 @@ class RawStream {
 
 // --- The cell: a server, site-1 and the job site-1.J, in this process
 // ---------------------------------------
+
+using ember::cell::MessageSink;
+
+// Counts the bytes of a message as they arrive and answers with the count.
+class CountingSink final : public MessageSink {
+ public:
+  ember::Result<void> write(std::span<const std::byte> bytes) override {
+    bytes_ += bytes.size();
+    return ember::ok();
+  }
+  ember::cell::Reply finish(ember::cell::Message&) override {
+    ember::cell::Reply r;
+    r.message.headers = {{"bytes", std::to_string(bytes_)}};
+    return r;
+  }
+  void cancel(const std::string&) noexcept override {}
+
+ private:
+  std::uint64_t bytes_ = 0;
+};
 
 struct Tree {
   std::unique_ptr<Cell> server, site, job;
@@ -395,24 +448,39 @@ struct Tree {
       die("the cell tree did not link: " + site->parent_error() + " " + job->parent_error());
     }
     for (auto* c : {site.get(), job.get()}) {
-      c->handle("sink", [](const ember::cell::Message& m) {
+      // What a receiver that moves a payload on does (pipe.cell into reused buffers, a daemon to a file):
+      // each frame's bytes as they arrive, counted like the raw sink's; the answer from the reader.
+      c->handle_stream(
+          "sink",
+          [](const ember::cell::Message&, std::uint64_t) -> ember::Result<std::unique_ptr<MessageSink>> {
+            return std::unique_ptr<MessageSink>(new CountingSink);
+          },
+          ember::cell::Dispatch::inline_reader);
+      // A handler given the whole payload, as a gathering raw sink: not a target, shown beside it.
+      c->handle("gather", [](const ember::cell::Message& m) {
         ember::cell::Reply r;
         r.message.headers = {{"bytes", std::to_string(m.payload.size())}};
         return r;
       });
-      c->handle("echo", [](const ember::cell::Message& m) {
-        ember::cell::Reply r;
-        r.message.payload = m.payload;
-        return r;
-      });
+      c->handle(
+          "echo",
+          [](ember::cell::Message& m) {
+            ember::cell::Reply r;
+            r.message.payload = std::move(m.payload);
+            return r;
+          },
+          ember::cell::Dispatch::inline_reader);
     }
-    site->handle("count", [this](const ember::cell::Message&) {
-      if (counted.fetch_add(1) + 1 >= target.load()) {
-        std::lock_guard lock(mutex);
-        counted_cv.notify_all();
-      }
-      return ember::cell::Reply();
-    });
+    site->handle(
+        "count",
+        [this](const ember::cell::Message&) {
+          if (counted.fetch_add(1) + 1 >= target.load()) {
+            std::lock_guard lock(mutex);
+            counted_cv.notify_all();
+          }
+          return ember::cell::Reply();
+        },
+        ember::cell::Dispatch::inline_reader);
   }
   ~Tree() {
     for (auto* c : {job.get(), site.get(), server.get()}) {
@@ -429,8 +497,8 @@ struct Tree {
     }
     return std::move(*started);
   }
-  void send(const std::string& to, std::span<const std::byte> bytes) {
-    auto r = server->request(to, "sink", {}, bytes,
+  void send(const std::string& to, std::span<const std::byte> bytes, const char* topic = "sink") {
+    auto r = server->request(to, topic, {}, bytes,
                              std::chrono::duration_cast<std::chrono::milliseconds>(big_timeout));
     const auto* got = r.message.header("bytes");
     if (!r.ok() || got == nullptr || *got != std::to_string(bytes.size())) {
@@ -451,14 +519,20 @@ struct Options {
   bool tls = true;
   bool rss = true;
   bool quick = false;
-  bool cell = true;  // --side cell: only the cell's cases (for `perf record`)
-  bool raw = true;   // --side raw: only the raw baselines
+  bool small_only = false;  // --small-only: only the round trip and the rate (for `perf record`)
+  bool cell = true;         // --side cell: only the cell's cases (for `perf record`)
+  bool raw = true;          // --side raw: only the raw baselines
 };
 
 struct Series {
-  std::vector<double> cell, raw, gather;
-  double cell_cpu = 0, raw_cpu = 0, gather_cpu = 0;  // CPU seconds of this process, all threads
-  std::uint64_t cell_bytes = 0, raw_bytes = 0, gather_bytes = 0;
+  // raw: the stream's server writes to its client, as the cell's server writes to a site that dialed it;
+  // up: the client writes to the server (the baseline of runs before 2026-12-07 16:50, shown beside it);
+  // gather: up, into one buffer per message; whole: the cell with a whole-message handler.
+  std::vector<double> cell, raw, gather, whole, up;
+  // CPU seconds of this process, all threads.
+  double cell_cpu = 0, raw_cpu = 0, gather_cpu = 0, whole_cpu = 0, up_cpu = 0;
+  std::uint64_t up_bytes = 0;
+  std::uint64_t cell_bytes = 0, raw_bytes = 0, gather_bytes = 0, whole_bytes = 0;
 };
 
 double cpu_seconds() {
@@ -476,11 +550,13 @@ json throughput_case(bool tls, int hops, std::uint64_t size, const Series& s) {
   double c = median(s.cell), r = median(s.raw);
   double cell_mb = static_cast<double>(size) / c / 1e6, raw_mb = static_cast<double>(size) / r / 1e6;
   std::printf(
-      "%-5s %d hop%s %8s   cell %8.1f MB/s   raw %8.1f MB/s   cell/raw %5.1f %%   (gathering raw %8.1f MB/s; "
-      "CPU s/GiB cell %.2f raw %.2f gathering %.2f)\n",
+      "%-5s %d hop%s %8s   cell %8.1f MB/s   raw %8.1f MB/s   cell/raw %5.1f %%   (raw client->server %8.1f "
+      "MB/s, whole-message cell %8.1f "
+      "MB/s, gathering raw %8.1f MB/s; CPU s/GiB cell %.2f raw %.2f whole %.2f gathering %.2f)\n",
       tls ? "TLS" : "clear", hops, hops == 1 ? " " : "s", size_name(size).c_str(), cell_mb, raw_mb,
-      100.0 * cell_mb / raw_mb, static_cast<double>(size) / median(s.gather) / 1e6,
-      per_gib(s.cell_cpu, s.cell_bytes), per_gib(s.raw_cpu, s.raw_bytes),
+      100.0 * cell_mb / raw_mb, static_cast<double>(size) / median(s.up) / 1e6,
+      static_cast<double>(size) / median(s.whole) / 1e6, static_cast<double>(size) / median(s.gather) / 1e6,
+      per_gib(s.cell_cpu, s.cell_bytes), per_gib(s.raw_cpu, s.raw_bytes), per_gib(s.whole_cpu, s.whole_bytes),
       per_gib(s.gather_cpu, s.gather_bytes));
   std::fflush(stdout);
   return {{"tls", tls},
@@ -492,6 +568,14 @@ json throughput_case(bool tls, int hops, std::uint64_t size, const Series& s) {
           {"raw_mb_per_s", raw_mb},
           {"share", cell_mb / raw_mb},
           {"gather_s", median(s.gather)},
+          {"up_s", median(s.up)},
+          {"up_mb_per_s", static_cast<double>(size) / median(s.up) / 1e6},
+          {"up_cpu_s_per_gib", per_gib(s.up_cpu, s.up_bytes)},
+          {"up_samples", s.up},
+          {"whole_s", median(s.whole)},
+          {"whole_mb_per_s", static_cast<double>(size) / median(s.whole) / 1e6},
+          {"whole_cpu_s_per_gib", per_gib(s.whole_cpu, s.whole_bytes)},
+          {"whole_samples", s.whole},
           {"gather_mb_per_s", static_cast<double>(size) / median(s.gather) / 1e6},
           {"cell_cpu_s_per_gib", per_gib(s.cell_cpu, s.cell_bytes)},
           {"raw_cpu_s_per_gib", per_gib(s.raw_cpu, s.raw_bytes)},
@@ -504,7 +588,7 @@ json throughput_case(bool tls, int hops, std::uint64_t size, const Series& s) {
 void measure_mode(bool tls, Kits& kits, const Options& o, const std::vector<std::byte>& buffer, json& out) {
   Tree tree(tls, kits);
   RawSettings rs{tls, &kits};
-  RawServer sink(std::make_unique<RawSink>(), rs);
+  RawServer sink(std::make_unique<RawSink>(buffer), rs);
   RawServer relay(std::make_unique<RawRelay>(raw_channel(sink.address(), rs)), rs);
   auto direct = raw_channel(sink.address(), rs);
   auto relayed = raw_channel(relay.address(), rs);
@@ -517,23 +601,37 @@ void measure_mode(bool tls, Kits& kits, const Options& o, const std::vector<std:
   if (o.quick) {
     sizes = {{MiB, 2, 10}, {100 * MiB, 0, 1}};
   }
+  if (o.small_only) {
+    sizes.clear();
+  }
   for (const auto& size : sizes) {
     for (int hops : {1, 2}) {
       Series s;
       std::span<const std::byte> payload(buffer.data(), size.bytes);
       for (int run = 0; run < o.runs; ++run) {
         const auto n = static_cast<std::uint64_t>(size.warmup + size.iterations);
-        auto cell_run = [&] {
+        auto cell_series = [&](const char* topic, std::vector<double>& samples, double& cpu_total,
+                               std::uint64_t& bytes) {
           double cpu = cpu_seconds();
           for (int i = 0; i < size.warmup + size.iterations; ++i) {
             auto t = Clock::now();
-            tree.send(hops == 1 ? "site-1" : "site-1.J", payload);
+            tree.send(hops == 1 ? "site-1" : "site-1.J", payload, topic);
             if (i >= size.warmup) {
-              s.cell.push_back(seconds_since(t));
+              samples.push_back(seconds_since(t));
             }
           }
-          s.cell_cpu += cpu_seconds() - cpu;
-          s.cell_bytes += n * size.bytes;
+          cpu_total += cpu_seconds() - cpu;
+          bytes += n * size.bytes;
+        };
+        // Within a side too, the order turns from run to run.
+        auto cell_run = [&] {
+          if (run % 2 == 0) {
+            cell_series("sink", s.cell, s.cell_cpu, s.cell_bytes);
+          }
+          cell_series("gather", s.whole, s.whole_cpu, s.whole_bytes);
+          if (run % 2 == 1) {
+            cell_series("sink", s.cell, s.cell_cpu, s.cell_bytes);
+          }
         };
         auto raw_series = [&](char mode, std::vector<double>& samples, double& cpu_total,
                               std::uint64_t& bytes) {
@@ -541,8 +639,12 @@ void measure_mode(bool tls, Kits& kits, const Options& o, const std::vector<std:
           RawStream stream(hops == 1 ? direct : relayed, mode + std::to_string(size.bytes));
           for (int i = 0; i < size.warmup + size.iterations; ++i) {
             auto t = Clock::now();
-            stream.send(payload);
-            stream.await();
+            if (mode == 'R') {
+              stream.fetch(size.bytes);
+            } else {
+              stream.send(payload);
+              stream.await();
+            }
             if (i >= size.warmup) {
               samples.push_back(seconds_since(t));
             }
@@ -551,8 +653,14 @@ void measure_mode(bool tls, Kits& kits, const Options& o, const std::vector<std:
           bytes += n * size.bytes;
         };
         auto raw_run = [&] {
-          raw_series('S', s.raw, s.raw_cpu, s.raw_bytes);
+          if (run % 2 == 1) {
+            raw_series('R', s.raw, s.raw_cpu, s.raw_bytes);
+          }
+          raw_series('S', s.up, s.up_cpu, s.up_bytes);
           raw_series('G', s.gather, s.gather_cpu, s.gather_bytes);
+          if (run % 2 == 0) {
+            raw_series('R', s.raw, s.raw_cpu, s.raw_bytes);
+          }
         };
         // Alternate which goes first, so neither always follows the other's garbage.
         if (run % 2 == 0) {
@@ -813,7 +921,7 @@ json measure_rss(bool tls, const Kits& kits, const Options& o, std::uint64_t siz
 
 int usage() {
   std::cerr << "usage: cell_bench --cell-node PATH [--runs N] [--json FILE] [--no-tls] [--no-rss] [--quick] "
-               "[--side cell|raw]\n";
+               "[--small-only] [--side cell|raw]\n";
   return 2;
 }
 
@@ -830,6 +938,8 @@ int main(int argc, char** argv) {
       o.rss = false;
     } else if (a == "--quick") {
       o.quick = true;
+    } else if (a == "--small-only") {
+      o.small_only = true;
     } else if (i + 1 < args.size() && a == "--cell-node") {
       o.cell_node = args[++i];
     } else if (i + 1 < args.size() && a == "--side") {

@@ -46,6 +46,7 @@ KEY_SYMBOLS = [
     ("ember::cell::CellImpl::on_frame", "cell: handle a received packet (checks, relay or reassembly)"),
     ("ember::cell::CellImpl::append", "cell: copy a received chunk into the whole message"),
     ("ember::wire::crc32c", "CRC32C of frames"),
+    ("ember::cell::CellImpl::stream_into", "cell: hand a received chunk to a streaming sink"),
     ("ember::cell::CellImpl::work", "cell: handler threads"),
 ]
 
@@ -88,15 +89,19 @@ def profile_table(add, profiles):
 
 
 def throughput_table(add, rows):
-    add("| Security | Path | Size | cell MB/s | raw gRPC MB/s | cell / raw | raw, gathering MB/s | cell ms | raw ms | "
-        "CPU s/GiB cell | raw | raw, gathering |")
-    add("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    add("| Security | Path | Size | cell MB/s | raw gRPC MB/s | cell / raw | raw, client → server MB/s | "
+        "cell, whole-message MB/s | raw, gathering MB/s | cell ms | raw ms | CPU s/GiB cell | raw | cell, whole | "
+        "raw, gathering |")
+    add("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for t in rows:
         path = "server → site (1 hop)" if t["hops"] == 1 else "server → site → job (2 hops)"
         add(f"| {security(t['tls'])} | {path} | {size_label(t['size'])} | {t['cell_mb_per_s']:.1f} | "
-            f"{t['raw_mb_per_s']:.1f} | {t['share']:.0%} | {t.get('gather_mb_per_s', 0):.1f} | "
+            f"{t['raw_mb_per_s']:.1f} | {t['share']:.0%} | {t.get('up_mb_per_s', 0):.1f} | "
+            f"{t.get('whole_mb_per_s', 0):.1f} | "
+            f"{t.get('gather_mb_per_s', 0):.1f} | "
             f"{t['cell_s'] * 1e3:.1f} | {t['raw_s'] * 1e3:.1f} | {t.get('cell_cpu_s_per_gib', 0):.2f} | "
-            f"{t.get('raw_cpu_s_per_gib', 0):.2f} | {t.get('gather_cpu_s_per_gib', 0):.2f} |")
+            f"{t.get('raw_cpu_s_per_gib', 0):.2f} | {t.get('whole_cpu_s_per_gib', 0):.2f} | "
+            f"{t.get('gather_cpu_s_per_gib', 0):.2f} |")
     add("")
 
 
@@ -109,11 +114,19 @@ def section(cell, pipes, meta, profile, profiles, thp=None):
         "`site-1.J` under it, linked over gRPC on 127.0.0.1 — beside raw gRPC doing the same work in the same run: "
         "the cell's own proto (`Cell.Connect`, a bidi stream of `Packet{bytes frame}`), the sync API, the cell's "
         "channel arguments (4 MiB + 4 KiB message cap, keepalive, a local subchannel pool) and the same "
-        "credentials (kits written with kernel/provision into a temporary folder). Raw throughput writes 4 MiB "
-        "packets to a sink that acknowledges each whole message with one byte; its two-hop path goes through a "
-        "relay service that forwards packets as they come. The cell's is a `request()` to a `sink` handler that "
-        "answers with the byte count, timed until the reply, so a message is whole in the receiver's memory "
-        "before the clock stops (the raw sink only counts). The runs alternate cell and raw. Then three "
+        "credentials (kits written with kernel/provision into a temporary folder). Raw throughput goes the cell's "
+        "way: the client (as a site, which dials the server) asks with one small packet and the stream's server "
+        "writes the message in 4 MiB packets, which the client counts until the last has come; its two-hop path "
+        "goes through a relay service that forwards packets as they come. (Runs before 2026-12-07 16:50 measured "
+        "raw gRPC the other way, client to server, to a sink acknowledging each whole message; that direction "
+        "is shown beside, not judged.) The cell's is a `request()` to a `sink` topic whose "
+        "payloads stream into a sink (`Cell::handle_stream`) that counts each frame's bytes as it arrives, as the "
+        "raw sink does, and answers with the count from the reader thread (`Dispatch::inline_reader`), timed "
+        "until the reply. A streaming sink is what a receiver that moves a payload on uses: pipe.cell (frames "
+        "into buffers the session hands back), `cell_node`'s sink (size and CRC), and the daemons of issue 15 "
+        "(models to and from disk and jobs). The same messages also go to a `gather` topic whose handler gets "
+        "the whole payload (\"cell, whole-message\", not a target). The runs alternate cell and raw, and the order "
+        "of the series within each side turns from run to run. Then three "
         "`cell_node` processes (server, site, job) relay 1 GiB from the server to the job, and the peak "
         "resident memory (VmHWM) of each is read while they still run.")
     add("")
@@ -156,32 +169,31 @@ def section(cell, pipes, meta, profile, profiles, thp=None):
         add(f"| {target} | {measured} | {met(ok)} |")
     add("")
 
-    add("### Throughput: one message, from `request()` (raw: the first write) until the receiver's answer")
+    add("### Throughput: one message, from `request()` until the receiver's answer (raw: from the small packet "
+        "asking for it until its last packet has come)")
     add("")
     add("Median over every timed message of every run (1 MiB: 30 per run after 5 warm-up; 100 MiB: 3 per run "
         "after 1; 1 GiB: 1 per run).")
     add("")
-    add("\"raw, gathering\" is a second raw baseline whose sink copies each message into one buffer reserved "
-        "whole and freed after it, as a cell hands a whole message to its handler; it is not a target, it shows "
-        "how much of the gap is whole-message delivery rather than the cell. CPU is the user + system time of "
-        "the whole process (all three ends are in it) per GiB moved, warm-up included.")
+    add("\"cell, whole-message\" sends the same messages to a handler given the whole payload (`Cell::handle`), "
+        "and \"raw, gathering\" is a raw sink (client to server) that copies each message into one buffer "
+        "reserved whole and freed after it: neither is a target, the pair shows what gathering a message whole costs on either side. CPU "
+        "is the user + system time of the whole process (all three ends are in it) per GiB moved, warm-up "
+        "included.")
     add("")
     throughput_table(add, cell.get("throughput", []))
-    big = [t for t in cell.get("throughput", []) if t["size"] >= 100 * MIB and t.get("gather_cpu_s_per_gib")]
+    big = [t for t in cell.get("throughput", []) if t["size"] >= 100 * MIB and t.get("gather_cpu_s_per_gib")
+           and t.get("whole_cpu_s_per_gib")]
     if big:
-        ratios = sorted(t["cell_cpu_s_per_gib"] / t["gather_cpu_s_per_gib"] for t in big)
         raw_ratios = sorted(t["cell_cpu_s_per_gib"] / t["raw_cpu_s_per_gib"] for t in big)
-        gather_mid, raw_mid = statistics.median(ratios), statistics.median(raw_ratios)
-        add(f"At 100 MiB and 1 GiB the cell spends {raw_mid:.2f}x the CPU per GiB of raw gRPC (median of "
-            f"the {len(big)} cases, {raw_ratios[0]:.2f}x to {raw_ratios[-1]:.2f}x) but {gather_mid:.2f}x that of "
-            f"the gathering raw sink ({ratios[0]:.2f}x to {ratios[-1]:.2f}x): "
-            + ("beyond raw gRPC, the cost is mostly that of receiving a message whole into fresh memory, which "
-               "the cell's API (a handler gets the whole payload) requires, rather than the cell's chunking, "
-               "checksums or relaying. " if gather_mid <= 1.25 else
-               "the cell's own work (chunking, copies, checksums, thread hand-offs) adds to what receiving a "
-               "message whole costs. ")
-            + "On two shared cores the wall-clock figures follow the CPU figures, with much noise (one 1 GiB "
-            "message per run).")
+        whole_ratios = sorted(t["whole_cpu_s_per_gib"] / t["gather_cpu_s_per_gib"] for t in big)
+        raw_mid, whole_mid = statistics.median(raw_ratios), statistics.median(whole_ratios)
+        add(f"At 100 MiB and 1 GiB the streaming cell spends {raw_mid:.2f}x the CPU per GiB of raw gRPC (median "
+            f"of the {len(big)} cases, {raw_ratios[0]:.2f}x to {raw_ratios[-1]:.2f}x), and the whole-message cell "
+            f"{whole_mid:.2f}x that of the gathering raw sink ({whole_ratios[0]:.2f}x to {whole_ratios[-1]:.2f}x): "
+            "what is left beyond raw gRPC is the cell's own work (framing, a CRC32C per frame, the sender's copy "
+            "into a pooled packet, a writer thread per link). On two shared cores the wall-clock figures follow "
+            "the CPU figures, with much noise (one 1 GiB message per run).")
         add("")
     if thp:
         add("Diagnosis, not a figure: the same cases (`cell_bench --quick --no-tls`, 100 MiB messages: 1 per run) "
@@ -198,11 +210,13 @@ def section(cell, pipes, meta, profile, profiles, thp=None):
         "back, timed until the site's handler has counted the last one, beside raw writes of 16-byte packets "
         "timed until the sink acknowledges the last (median of the runs).")
     add("")
-    add("A cell's request crosses four thread hand-offs that raw gRPC's ping-pong does not (kernel/cell/cell.cpp): "
-        "the caller queues the packet for the link's writer thread; the site's reader thread queues the message "
-        "for a handler thread; the handler's reply is queued for the site's writer thread; the server's reader "
-        "thread wakes the waiting caller. Each is a futex wake and a context switch, tens of microseconds on this "
-        "virtual machine when both cores are busy.")
+    add("The `echo` and counting handlers are inline (`Dispatch::inline_reader`): they run on the site's reader "
+        "thread, which writes the reply itself, and a caller writes its own small packet when its link has "
+        "nothing queued. One thread hand-off is left that raw gRPC's ping-pong does not have: the server's "
+        "reader thread receives the reply and hands it to the waiting caller, who watches for it for up to "
+        "200 µs before sleeping on a condition variable (kernel/cell/cell.cpp, spin_until_ready; one spinning "
+        "caller per two cores), since a futex wake and a context switch take tens of microseconds on this "
+        "virtual machine.")
     add("")
     add("| Security | cell round trip µs (p99) | raw µs (p99) | cell / raw | cell notifies/s | raw writes/s |")
     add("|---|---:|---:|---:|---:|---:|")
@@ -218,8 +232,8 @@ def section(cell, pipes, meta, profile, profiles, thp=None):
         add("### Peak resident memory of cell_node processes relaying one message server → site → job")
         add("")
         add("VmHWM from /proc/<pid>/status, read after the job's reply while all three still run. The server "
-            "holds the message it sends and the job the message it receives (a handler gets a whole payload); "
-            "the site forwards packets as they come.")
+            "holds the message it sends; the site forwards packets as they come; the job streams what it "
+            "receives into a sink that keeps only its size and CRC (`cell_node`'s `sink` topic).")
         add("")
         add("| Security | Size | site MiB | site before the transfer MiB | server MiB | job MiB | seconds |")
         add("|---|---|---:|---:|---:|---:|---:|")

@@ -137,7 +137,8 @@ Result<Packet> decode_packet(std::span<const std::byte> bytes, const wire::Limit
   return packet;
 }
 
-Result<Assembler::Outcome> Assembler::add(const Packet& packet, std::chrono::steady_clock::time_point now) {
+Result<Assembler::Outcome> Assembler::add(const Packet& packet, std::chrono::steady_clock::time_point now,
+                                          bool stream) {
   const auto& h = packet.frame.header;
   if (packet.first()) {
     if (partials_.count(h.msg_id) != 0) {
@@ -160,9 +161,10 @@ Result<Assembler::Outcome> Assembler::add(const Packet& packet, std::chrono::ste
     m.topic = std::string(packet.frame.topic);
     m.headers = packet.frame.headers;
     std::erase_if(m.headers, [](const auto& kv) { return kv.first == header_from || kv.first == header_to; });
+    partial.stream = stream;
     if (h.total_len > max_message_) {
       partial.discard = true;
-    } else {
+    } else if (!stream) {
       // Reserved whole up to 1 GiB (address space, touched as it fills), so a large message is not copied
       // again each time its buffer doubles.
       try {
@@ -199,21 +201,24 @@ Result<Assembler::Outcome> Assembler::add(const Packet& packet, std::chrono::ste
     }
     return Outcome::dropped;
   }
-  auto& payload = partial.assembled.message.payload;
-  if (payload.size() + h.payload_len > partial.total) {
+  if (partial.received + h.payload_len > partial.total) {
     partials_.erase(it);
     return fail(Errc::malformed, where(h.msg_id) + "more payload than its total_len");
   }
-  try {
-    payload.insert(payload.end(), packet.frame.payload.begin(), packet.frame.payload.end());
-  } catch (const std::bad_alloc&) {
-    partials_.erase(it);
-    return fail(Errc::io_error, where(h.msg_id) + "out of memory while assembling it");
+  partial.received += h.payload_len;
+  if (!partial.stream) {
+    auto& payload = partial.assembled.message.payload;
+    try {
+      payload.insert(payload.end(), packet.frame.payload.begin(), packet.frame.payload.end());
+    } catch (const std::bad_alloc&) {
+      partials_.erase(it);
+      return fail(Errc::io_error, where(h.msg_id) + "out of memory while assembling it");
+    }
   }
   if (!packet.last()) {
     return Outcome::more;
   }
-  if (payload.size() != partial.total) {
+  if (partial.received != partial.total) {
     partials_.erase(it);
     return fail(Errc::malformed, where(h.msg_id) + "ended short of its total_len");
   }
@@ -228,8 +233,24 @@ Assembled Assembler::take() {
   return out;
 }
 
-std::size_t Assembler::prune(std::chrono::steady_clock::time_point before) {
-  return std::erase_if(partials_, [&](const auto& p) { return p.second.touched < before; });
+void Assembler::discard(std::uint64_t msg_id) {
+  auto it = partials_.find(msg_id);
+  if (it != partials_.end()) {
+    it->second.discard = true;
+    it->second.assembled.message.payload = {};
+  }
+}
+
+std::vector<std::uint64_t> Assembler::prune(std::chrono::steady_clock::time_point before) {
+  std::vector<std::uint64_t> pruned;
+  std::erase_if(partials_, [&](const auto& p) {
+    if (p.second.touched < before) {
+      pruned.push_back(p.first);
+      return true;
+    }
+    return false;
+  });
+  return pruned;
 }
 
 }  // namespace ember::cell

@@ -5,7 +5,8 @@
 //   notify TO TOPIC BYTES                -> "NOTIFIED rc=<rc>"
 //   children                             -> "CHILD <fqcn> connected=<0|1> last_contact_ms=<age>" ..., "END"
 //   parent                               -> "PARENT up|down <error>"
-// It answers topic "echo" (the payload back) and "sink" (its size and CRC only). It ends at EOF on stdin,
+// It answers topic "echo" (the payload back) and "sink" (its size and CRC only, taken as the frames
+// arrive: the node never holds a message it sinks). It ends at EOF on stdin,
 // or on SIGTERM/SIGINT.
 //
 // cell_node --fqcn NAME [--listen HOST:PORT] [--parent HOST:PORT] [--parent-name NAME] [--kit DIR]
@@ -27,6 +28,26 @@
 #include "wire/crc32c.hpp"
 
 namespace {
+
+// The size and CRC32C of a payload, as its frames arrive.
+class CrcSink final : public ember::cell::MessageSink {
+ public:
+  ember::Result<void> write(std::span<const std::byte> bytes) override {
+    bytes_ += bytes.size();
+    crc_ = ember::wire::crc32c(crc_, bytes);
+    return ember::ok();
+  }
+  ember::cell::Reply finish(ember::cell::Message&) override {
+    ember::cell::Reply r;
+    r.message.headers = {{"bytes", std::to_string(bytes_)}, {"crc", std::to_string(crc_)}};
+    return r;
+  }
+  void cancel(const std::string&) noexcept override {}
+
+ private:
+  std::uint64_t bytes_ = 0;
+  std::uint32_t crc_ = 0;
+};
 
 using namespace ember;
 using namespace std::chrono_literals;
@@ -147,12 +168,10 @@ int main(int argc, char** argv) {
     r.message.payload = m.payload;
     return r;
   });
-  node->handle("sink", [](const cell::Message& m) {
-    cell::Reply r;
-    r.message.headers = {{"bytes", std::to_string(m.payload.size())},
-                         {"crc", std::to_string(wire::crc32c(0, m.payload))}};
-    return r;
-  });
+  node->handle_stream(
+      "sink", [](const cell::Message&, std::uint64_t) -> ember::Result<std::unique_ptr<cell::MessageSink>> {
+        return std::unique_ptr<cell::MessageSink>(new CrcSink);
+      });
   if (!config.listen.empty()) {
     say("LISTEN " + node->listen_address());
   }

@@ -7,6 +7,9 @@
 //   - self-hosted (no site_address): the job end listens itself (listen, loopback unless TLS files are
 //     given) and admits only the one trainer name, whose first frame the session screens (its HELLO token).
 // Frames travel as cell messages on the ordered lane, so they arrive whole, in order, or not at all.
+// A frame is streamed as it arrives (Cell::handle_stream) into a buffer the session handed back with its
+// previous frame (receive_into), so a busy pipe reuses the same memory instead of gathering every frame
+// into fresh pages.
 
 #include <algorithm>
 #include <condition_variable>
@@ -32,6 +35,8 @@ constexpr const char* frame_topic = "pipe.frame";
 constexpr const char* close_topic = "pipe.close";
 constexpr const char* attach_topic = "pipe.attach";  // the trainer end joined (sent once, first)
 constexpr std::uint64_t inbox_bytes = 64u << 20;  // frames received but not yet read, before the sender waits
+constexpr std::size_t spare_buffers = 2;          // frame buffers kept for reuse
+constexpr std::size_t spare_max = 64u << 20;      // the largest buffer kept
 
 struct Settings {
   std::string site;
@@ -79,7 +84,9 @@ class CellEndpoint final : public PipeEndpoint {
 
   cell::Cell& attach(std::unique_ptr<cell::Cell> cell) {
     cell_ = std::move(cell);
-    cell_->handle(frame_topic, [this](cell::Message& m) { return on_frame(m); });
+    cell_->handle_stream(frame_topic, [this](const cell::Message& head, std::uint64_t size) {
+      return open_frame(head, size);
+    });
     cell_->handle(attach_topic, [this](const cell::Message& m) {
       // Without a screen, the trainer is there once it joined; with one, once its first frame passed.
       if (m.from == peer_ && !admit_) {
@@ -132,6 +139,19 @@ class CellEndpoint final : public PipeEndpoint {
     return fail(Errc::closed, "pipe.cell: " + sent.reason);
   }
 
+  Result<bool> receive_into(std::vector<std::byte>& frame, milliseconds timeout) override {
+    auto got = receive(timeout);
+    if (!got) {
+      return fail(std::move(got.error()));
+    }
+    if (!*got) {
+      return false;
+    }
+    give_spare(std::move(frame));  // the caller's last frame: the next one arriving fills it
+    frame = std::move(**got);
+    return true;
+  }
+
   Result<std::optional<std::vector<std::byte>>> receive(milliseconds timeout) override {
     std::unique_lock lock(mutex_);
     changed_.wait_for(lock, timeout, [&] { return !inbox_.empty() || closed_ || peer_closed_; });
@@ -175,14 +195,69 @@ class CellEndpoint final : public PipeEndpoint {
   }
 
  private:
-  cell::Reply on_frame(cell::Message& m) {
-    if (m.from != peer_) {
-      return cell::Reply::error(cell::Rc::unauthenticated,
-                                "pipe.cell: frames are taken from '" + peer_ + "' only");
+  // Takes a frame's bytes as they arrive (on the cell's reader thread), and hands the frame over once
+  // whole (on its handler thread: one, so frames keep their order).
+  class FrameSink final : public cell::MessageSink {
+   public:
+    FrameSink(CellEndpoint& end, std::vector<std::byte> buffer, bool stranger)
+        : end_(end), buffer_(std::move(buffer)), stranger_(stranger) {}
+    Result<void> write(std::span<const std::byte> bytes) override {
+      if (!stranger_) {
+        buffer_.insert(buffer_.end(), bytes.begin(), bytes.end());
+      }
+      return ok();
     }
+    cell::Reply finish(cell::Message&) override {
+      if (stranger_) {
+        return cell::Reply::error(cell::Rc::unauthenticated,
+                                  "pipe.cell: frames are taken from '" + end_.peer_ + "' only");
+      }
+      return end_.on_frame(std::move(buffer_));
+    }
+    void cancel(const std::string&) noexcept override { end_.give_spare(std::move(buffer_)); }
+
+   private:
+    CellEndpoint& end_;
+    std::vector<std::byte> buffer_;
+    bool stranger_;
+  };
+
+  Result<std::unique_ptr<cell::MessageSink>> open_frame(const cell::Message& head, std::uint64_t size) {
+    bool stranger = head.from != peer_;  // its bytes are dropped; finish() says why
+    std::vector<std::byte> buffer;
+    if (!stranger) {
+      buffer = take_spare();
+      buffer.clear();
+      // Whole up to 1 GiB (address space, touched as it fills), so a large frame is not copied again each
+      // time its buffer doubles.
+      buffer.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(size, 1u << 30)));
+    }
+    return std::unique_ptr<cell::MessageSink>(new FrameSink(*this, std::move(buffer), stranger));
+  }
+
+  std::vector<std::byte> take_spare() {
+    std::lock_guard lock(spare_mutex_);
+    if (spares_.empty()) {
+      return {};
+    }
+    auto buffer = std::move(spares_.back());
+    spares_.pop_back();
+    return buffer;
+  }
+  void give_spare(std::vector<std::byte>&& buffer) noexcept {
+    if (buffer.capacity() < 64 * 1024 || buffer.capacity() > spare_max) {
+      return;
+    }
+    std::lock_guard lock(spare_mutex_);
+    if (spares_.size() < spare_buffers) {
+      spares_.push_back(std::move(buffer));
+    }
+  }
+
+  cell::Reply on_frame(std::vector<std::byte> payload) {
     std::unique_lock lock(mutex_);
     if (side_ == PipeSide::job && !attached_) {
-      if (admit_ && !admit_(as_span(m.payload))) {
+      if (admit_ && !admit_(as_span(payload))) {
         // As a socket drops a connection it does not admit: the would-be peer is told the pipe is closed
         // to it, so it gives up at once instead of waiting for an answer.
         lock.unlock();
@@ -192,12 +267,12 @@ class CellEndpoint final : public PipeEndpoint {
       attached_ = true;
     }
     // Held back while the reader is behind (the cell's handler waits, and the transport pushes back).
-    changed_.wait(lock, [&] { return closed_ || queued_ == 0 || queued_ + m.payload.size() <= inbox_bytes; });
+    changed_.wait(lock, [&] { return closed_ || queued_ == 0 || queued_ + payload.size() <= inbox_bytes; });
     if (closed_) {
       return cell::Reply{};
     }
-    queued_ += m.payload.size();
-    inbox_.push_back(std::move(m.payload));
+    queued_ += payload.size();
+    inbox_.push_back(std::move(payload));
     changed_.notify_all();
     return cell::Reply{};
   }
@@ -210,6 +285,8 @@ class CellEndpoint final : public PipeEndpoint {
   std::mutex mutex_;
   std::condition_variable changed_;
   std::deque<std::vector<std::byte>> inbox_;
+  std::mutex spare_mutex_;
+  std::vector<std::vector<std::byte>> spares_;
   std::uint64_t queued_ = 0;
   bool attached_ = false;
   bool closed_ = false;

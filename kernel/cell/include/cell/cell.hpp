@@ -81,11 +81,54 @@ struct TargetReply {
   Reply reply;
 };
 
-/// Answers a request: runs on one of the cell's handler threads; its Reply goes back to the sender (a
-/// non-ok rc as an error with its reason). For a notify the return value is dropped. An exception becomes
-/// rc handler_error.
+/// Answers a request: its Reply goes back to the sender (a non-ok rc as an error with its reason). For a
+/// notify the return value is dropped. An exception becomes rc handler_error.
 /// The handler may take the request's payload (move it out): the message is its own.
 using Handler = std::function<Reply(Message& request)>;
+
+/// Which thread runs a topic's handler (or its sink's finish()).
+enum class Dispatch {
+  /// One of the cell's handler threads (Config::handler_threads): the handler may block, wait, or send
+  /// requests of its own. The reader hands the message over (a thread wake per message).
+  workers,
+  /// The reader thread of the link the message came on, and its reply is written from there: no hand-off,
+  /// for small, quick answers (an echo, a status, a counter). The contract: such a handler returns promptly
+  /// and never waits on the network. While it runs nothing else is read from that link, so
+  ///   - request() and broadcast() called from it fail at once with rc handler_error (their reply may
+  ///     have to come in on this very reader: a deadlock), and
+  ///   - a notify() or a large reply may wait for room on a link's queue (bounded by its timeout, or by
+  ///     Config::stall_timeout), holding up the link meanwhile; keep replies small.
+  /// stop() waits for a running inline handler to return.
+  inline_reader,
+};
+
+/// Takes a message's payload chunk by chunk as its frames arrive, instead of whole: nothing is gathered,
+/// so a receiver that moves a payload on (to a file, a pooled buffer, a job) never holds it whole nor
+/// touches fresh memory for it. write() runs on the reader thread of the link the message arrives on,
+/// with the contract of Dispatch::inline_reader (never wait on the network; a slow write holds up the link,
+/// which the transport's flow control passes back to the sender). finish() runs as the topic's Dispatch
+/// says. A sink sees either finish() or cancel(), never both, and never a call after either (nor after a
+/// write() that failed); cancel() may come from another thread than write(), but never while a write()
+/// runs. The cell destroys the sink after its last call.
+class MessageSink {
+ public:
+  virtual ~MessageSink() = default;
+  /// The next bytes of the payload, in order. An error drops the rest of the message; a request is
+  /// answered rc handler_error with the error's message.
+  virtual Result<void> write(std::span<const std::byte> bytes) = 0;
+  /// Every byte has arrived: the answer, as a Handler's. `message` has every field but the payload
+  /// (empty: the sink had it).
+  virtual Reply finish(Message& message) = 0;
+  /// The message will not complete: its link broke, a frame was malformed, no frame came for
+  /// Config::stall_timeout, or the cell is stopping. `why` says which.
+  virtual void cancel(const std::string& why) noexcept = 0;
+};
+
+/// Opens a sink for a message from its first frame: `head` has every field but the payload, whose size is
+/// `size`. Runs on the link's reader thread (the inline contract). An error refuses the message; a request
+/// is answered rc handler_error with the error's message.
+using SinkFactory =
+    std::function<Result<std::unique_ptr<MessageSink>>(const Message& head, std::uint64_t size)>;
 
 /// Where a certificate, key and CA come from (PEM files), for mutual TLS.
 struct TlsFiles {
@@ -177,8 +220,13 @@ class Cell {
   void admit_job(const std::string& job_id, const std::string& token);
   void revoke_job(const std::string& job_id);
 
-  /// Routes requests and notifies for `topic` to `handler` (replacing any earlier one).
-  void handle(const std::string& topic, Handler handler);
+  /// Routes requests and notifies for `topic` to `handler` (replacing any earlier handler or sink), on the
+  /// thread `dispatch` says (see Dispatch for the inline contract).
+  void handle(const std::string& topic, Handler handler, Dispatch dispatch = Dispatch::workers);
+  /// Routes requests and notifies for `topic` to sinks made by `factory` (replacing any earlier handler or
+  /// sink): each message's payload is streamed into its own sink as it arrives, and the sink's finish()
+  /// answers, on the thread `dispatch` says. Replies to this cell's own requests are always whole.
+  void handle_stream(const std::string& topic, SinkFactory factory, Dispatch dispatch = Dispatch::workers);
 
   /// Sends a request and waits at most `timeout` for its reply. Never throws; never waits longer than
   /// `timeout`, nor past `stop` (rc cancelled) or stop() (rc shutting_down).

@@ -9,6 +9,7 @@
 #include <span>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include <ember/result.hpp>
 
@@ -61,22 +62,28 @@ class Assembler {
   };
 
   /// Takes a frame of a message addressed to this cell. An error (a chunk out of order, more or less
-  /// payload than total_len, too many messages at once) drops that message and names it.
-  Result<Outcome> add(const Packet& packet, std::chrono::steady_clock::time_point now);
+  /// payload than total_len, too many messages at once) drops that message and names it. `stream`, read on
+  /// a first frame, checks the message's frames as ever but keeps no payload: the caller streams each
+  /// frame's payload on, and take() gives the message without it.
+  Result<Outcome> add(const Packet& packet, std::chrono::steady_clock::time_point now, bool stream = false);
   /// The message add() reported done.
   Assembled take();
   /// Whether a message with this msg_id is in progress (its later frames belong here, not to a relay).
   bool has(std::uint64_t msg_id) const { return partials_.count(msg_id) != 0; }
-  /// Drops messages that took no frame since `before`; returns how many.
-  std::size_t prune(std::chrono::steady_clock::time_point before);
+  /// Drops the rest of a message in progress: its later frames are taken and ignored (dropped).
+  void discard(std::uint64_t msg_id);
+  /// Drops messages that took no frame since `before`; returns their msg_ids.
+  std::vector<std::uint64_t> prune(std::chrono::steady_clock::time_point before);
   void clear() { partials_.clear(); }
 
  private:
   struct Partial {
     Assembled assembled;
     std::uint64_t total = 0;
+    std::uint64_t received = 0;
     std::uint32_t next_chunk = 0;
     bool discard = false;
+    bool stream = false;
     std::chrono::steady_clock::time_point touched;
   };
   std::uint64_t max_message_;
