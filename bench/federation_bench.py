@@ -177,6 +177,8 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--section")
     a = ap.parse_args()
+    # SIGTERM ends the run like Ctrl-C: the daemons it started are stopped and the folder removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     a.ember, a.trainer = os.path.abspath(a.ember), os.path.abspath(a.trainer)
     tmp = tempfile.mkdtemp(prefix="ember-fed-bench.")
     results = {}

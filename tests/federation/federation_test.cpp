@@ -412,5 +412,39 @@ TEST_F(Federation, ABadJobIsRefusedAtSubmitNamingTheKey) {
   EXPECT_THAT(none.err, HasSubstr("no job.toml"));
 }
 
+#ifdef EMBER_TEST_HELLO_TRAINER
+// The README's hello job (LibTorch trainers, non-IID data per site) through the federation: the same final
+// accuracy as `ember simulate` of the same job (FedAvg sums the sites' results in arrival order, so the
+// last digits may differ).
+TEST_F(Federation, TheHelloJobReachesTheAccuracyOfSimulation) {
+  const fs::path job = test::source_root() / "configs" / "jobs" / "hello-fedavg";
+  const std::string id = submit(job);
+  ASSERT_FALSE(id.empty());
+  json last = wait_job(id, over, 300s);
+  ASSERT_EQ(last.value("state", ""), "finished") << last.dump(2);
+  const json final_round = last.value("rounds", json::array()).back();
+  ASSERT_TRUE(final_round.value("final", false)) << last.dump(2);
+  const double federated = at(final_round, "metrics").value("val_accuracy", -1.0);
+
+  auto sim = test::run_program({EMBER_EXE, "simulate", job.string(), "--clients", "2", "--workspace",
+                                (dir_.path() / "sim").string(), "--job-id", "sim", "--quiet"},
+                               300);
+  ASSERT_EQ(sim.exit_code, 0) << sim.err;
+  double simulated = -1.0;
+  std::uint64_t last_round = 0;
+  std::ifstream metrics(dir_.path() / "sim" / "metrics.jsonl");
+  for (std::string line; std::getline(metrics, line);) {
+    auto m = json::parse(line, nullptr, false);
+    if (m.is_object() && m.value("source", "") == "server" && m.value("key", "") == "val_accuracy" &&
+        m.value("round", std::uint64_t{0}) >= last_round) {
+      last_round = m.value("round", std::uint64_t{0});
+      simulated = m.value("value", -1.0);
+    }
+  }
+  EXPECT_GT(federated, 0.5) << "the federated model did not learn";
+  EXPECT_NEAR(federated, simulated, 0.01) << "federation " << federated << ", simulation " << simulated;
+}
+#endif
+
 }  // namespace
 }  // namespace ember
