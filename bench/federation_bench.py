@@ -176,7 +176,13 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--section")
+    ap.add_argument("--how", default="`bench/run_benchmarks.sh --federation-only` (release tree)",
+                    help="how the figures were made, for the section's first line")
+    ap.add_argument("--from-json", help="write the section from an earlier run's JSON instead of running")
     a = ap.parse_args()
+    if a.from_json:
+        write_section(a.section, json.load(open(a.from_json)), a)
+        return 0
     # SIGTERM ends the run like Ctrl-C: the daemons it started are stopped and the folder removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     a.ember, a.trainer = os.path.abspath(a.ember), os.path.abspath(a.trainer)
@@ -233,13 +239,12 @@ def main():
 
 
 def write_section(path, r, a):
-    cmd = "bench/run_benchmarks.sh --federation-only"
     lines = [
         "## Federation",
         "",
-        f"`{cmd}` (bench/federation_bench.py, release tree): `ember server`, {a.sites} `ember client` daemons and",
-        "their job processes on this machine (2 cores), over mutual TLS on loopback, driven by the admin commands.",
-        "Each federation number is beside a baseline measured in the same run.",
+        f"{a.how}: `ember server`, {a.sites} `ember client` daemons and their job processes on this machine",
+        "(2 cores), over mutual TLS on loopback, driven by the admin commands (bench/federation_bench.py). Each",
+        "federation number is beside a baseline measured in the same run.",
         "",
         "| case | federation | baseline (same run) | ratio | target |",
         "|---|---|---|---|---|",

@@ -19,19 +19,14 @@
 #include <ember/launcher.hpp>
 #include <ember/logger.hpp>
 
+#include <base/launch_options.hpp>
 #include <base/line_splitter.hpp>
 
 #include "engine_client.hpp"
 
 namespace ember::docker_launcher {
 
-/// Where a container's output lines go.
-struct OutputPolicy {
-  std::shared_ptr<Logger> logger;
-  LogLevel stdout_level = LogLevel::info;
-  LogLevel stderr_level = LogLevel::warn;
-  std::size_t max_line_bytes = 65536;
-};
+using base::OutputPolicy;
 
 /// The engine reports a main process killed by signal n as exit code 128 + n (and cannot tell it from a
 /// program that exits with that code): such codes become the signal, as launcher.process reports it.

@@ -30,44 +30,19 @@
 #include "mount_policy.hpp"
 
 namespace ember::docker_launcher {
+using base::has_nul;
+using base::valid_env_name;
+
 namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
-constexpr std::int64_t max_line_limit = 64 * 1024 * 1024;
 constexpr std::string_view default_socket = "/var/run/docker.sock";
 
 // Launcher objects of this process, numbered: part of the label that says who launched a container.
 std::atomic<std::uint64_t> instances{0};
-
-bool valid_env_name(std::string_view name) {
-  if (name.empty() || (name.front() >= '0' && name.front() <= '9')) {
-    return false;
-  }
-  return std::all_of(name.begin(), name.end(), [](char c) {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
-  });
-}
-
-bool has_nul(std::string_view text) {
-  return text.find('\0') != std::string_view::npos;
-}
-
-Result<LogLevel> parse_level(std::string_view option, const std::string& text) {
-  static constexpr std::pair<std::string_view, LogLevel> levels[] = {
-      {"trace", LogLevel::trace}, {"debug", LogLevel::debug}, {"info", LogLevel::info},
-      {"warn", LogLevel::warn},   {"error", LogLevel::error}, {"critical", LogLevel::critical},
-      {"off", LogLevel::off},
-  };
-  for (const auto& [name, level] : levels) {
-    if (text == name) {
-      return level;
-    }
-  }
-  return fail(Errc::invalid_option, "option '" + std::string(option) + "': unknown level '" + text + "'");
-}
 
 // The socket from the option, else DOCKER_HOST when it is unix://, else Docker's default.
 Result<std::string> socket_path(const std::string& option) {
@@ -205,15 +180,11 @@ class DockerLauncher final : public Launcher {
       return fail(Errc::invalid_option,
                   "option 'startup_kit': '" + s.startup_kit.string() + "' is not an absolute path");
     }
-    for (const auto& entry : options.string_list("env")) {
-      auto eq = entry.find('=');
-      if (eq == std::string::npos || !valid_env_name(std::string_view(entry).substr(0, eq)) ||
-          has_nul(entry)) {
-        return fail(Errc::invalid_option, "option 'env': entry '" + entry +
-                                              "' is not NAME=VALUE with NAME made of letters, digits and _");
-      }
-      s.env.emplace_back(entry.substr(0, eq), entry.substr(eq + 1));
+    auto env = base::env_entries(options);
+    if (!env) {
+      return fail(std::move(env.error()));
     }
+    s.env = std::move(*env);
     s.network = options.string("network");
     s.cpus = options.number("cpus");
     s.memory_bytes = options.integer("memory_bytes");
@@ -222,21 +193,11 @@ class DockerLauncher final : public Launcher {
       s.user = std::to_string(getuid()) + ":" + std::to_string(getgid());
     }
     s.request_timeout = options.duration("request_timeout");
-    auto stdout_level = parse_level("stdout_level", options.string("stdout_level"));
-    if (!stdout_level) {
-      return fail(std::move(stdout_level.error()));
+    auto output = base::output_policy(options, context.logger_ptr());
+    if (!output) {
+      return fail(std::move(output.error()));
     }
-    auto stderr_level = parse_level("stderr_level", options.string("stderr_level"));
-    if (!stderr_level) {
-      return fail(std::move(stderr_level.error()));
-    }
-    auto max_line = options.integer("max_line_bytes");
-    if (max_line < 1 || max_line > max_line_limit) {
-      return fail(Errc::invalid_option,
-                  "option 'max_line_bytes' must be between 1 and " + std::to_string(max_line_limit));
-    }
-    s.output =
-        OutputPolicy{context.logger_ptr(), *stdout_level, *stderr_level, static_cast<std::size_t>(max_line)};
+    s.output = std::move(*output);
     // Absolute: bind mounts need absolute paths, and the container sees them where the host has them.
     s.workspace = fs::absolute(context.workspace()).lexically_normal();
     if (const JobInfo* job = context.registry().job()) {

@@ -19,6 +19,7 @@
 #include <ember/launcher.hpp>
 #include <ember/logger.hpp>
 
+#include <base/launch_options.hpp>
 #include <base/line_splitter.hpp>
 #include <base/unique_fd.hpp>
 #include "spawner.hpp"
@@ -28,13 +29,7 @@ namespace ember::process_launcher {
 using base::LineSplitter;
 using base::UniqueFd;
 
-/// Where a child's output lines go.
-struct OutputPolicy {
-  std::shared_ptr<Logger> logger;
-  LogLevel stdout_level = LogLevel::info;
-  LogLevel stderr_level = LogLevel::warn;
-  std::size_t max_line_bytes = 65536;
-};
+using base::OutputPolicy;
 
 /// RunState: started while the main child runs; stopped once it exited with code 0, or, after stop(), was
 /// ended by the SIGTERM or SIGKILL that stop() sent; failed for any other end (a non-zero code, another

@@ -27,41 +27,15 @@
 extern char** environ;
 
 namespace ember::process_launcher {
+using base::has_nul;
+using base::valid_env_name;
+
 namespace {
 
-constexpr std::int64_t max_line_limit = 64 * 1024 * 1024;
 // What inherit_env = false keeps of the launcher's environment.
 constexpr std::array<const char*, 5> minimal_env = {"PATH", "HOME", "LANG", "TMPDIR", "USER"};
 // The PATH a program is looked up in when its environment has none (that of execvp, with /usr/local).
 constexpr std::string_view default_path = "/usr/local/bin:/usr/bin:/bin";
-
-bool valid_env_name(std::string_view name) {
-  if (name.empty() || (name.front() >= '0' && name.front() <= '9')) {
-    return false;
-  }
-  return std::all_of(name.begin(), name.end(), [](char c) {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
-  });
-}
-
-bool has_nul(std::string_view text) {
-  return text.find('\0') != std::string_view::npos;
-}
-
-Result<LogLevel> parse_level(std::string_view option, const std::string& text) {
-  static constexpr std::pair<std::string_view, LogLevel> levels[] = {
-      {"trace", LogLevel::trace}, {"debug", LogLevel::debug}, {"info", LogLevel::info},
-      {"warn", LogLevel::warn},   {"error", LogLevel::error}, {"critical", LogLevel::critical},
-      {"off", LogLevel::off},
-  };
-  for (const auto& [name, level] : levels) {
-    if (text == name) {
-      return level;
-    }
-  }
-  return fail(Errc::invalid_option, "option '" + std::string(option) + "': unknown level '" + text +
-                                        "' (levels: trace, debug, info, warn, error, critical, off)");
-}
 
 class ProcessLauncher final : public Launcher {
  public:
@@ -76,31 +50,16 @@ class ProcessLauncher final : public Launcher {
     const Options& options = context.options();
     Settings settings;
     settings.inherit_env = options.boolean("inherit_env");
-    for (const auto& entry : options.string_list("env")) {
-      auto eq = entry.find('=');
-      if (eq == std::string::npos || !valid_env_name(std::string_view(entry).substr(0, eq)) ||
-          has_nul(entry)) {
-        return fail(Errc::invalid_option, "option 'env': entry '" + entry +
-                                              "' is not NAME=VALUE with NAME made of letters, digits and _");
-      }
-      settings.env.emplace_back(entry.substr(0, eq), entry.substr(eq + 1));
+    auto env = base::env_entries(options);
+    if (!env) {
+      return fail(std::move(env.error()));
     }
-    auto stdout_level = parse_level("stdout_level", options.string("stdout_level"));
-    if (!stdout_level) {
-      return fail(std::move(stdout_level.error()));
+    settings.env = std::move(*env);
+    auto output = base::output_policy(options, context.logger_ptr());
+    if (!output) {
+      return fail(std::move(output.error()));
     }
-    auto stderr_level = parse_level("stderr_level", options.string("stderr_level"));
-    if (!stderr_level) {
-      return fail(std::move(stderr_level.error()));
-    }
-    auto max_line = options.integer("max_line_bytes");
-    if (max_line < 1 || max_line > max_line_limit) {
-      return fail(Errc::invalid_option, "option 'max_line_bytes' must be between 1 and " +
-                                            std::to_string(max_line_limit) + ", not " +
-                                            std::to_string(max_line));
-    }
-    settings.output =
-        OutputPolicy{context.logger_ptr(), *stdout_level, *stderr_level, static_cast<std::size_t>(max_line)};
+    settings.output = std::move(*output);
     settings.workspace = context.workspace();
     return std::unique_ptr<ProcessLauncher>(new ProcessLauncher(std::move(settings)));
   }
