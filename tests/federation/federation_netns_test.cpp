@@ -23,14 +23,7 @@ using json = nlohmann::json;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-// The bound the issue sets for an abort (shutdown_grace + 1 s) is the product's; under the sanitizers every
-// process runs several times slower and checks its memory at exit, so the bound stretches as the suite's
-// timeouts do (--timeout-multiplier 3).
-#if defined(__SANITIZE_ADDRESS__)
-constexpr int slowdown = 3;
-#else
-constexpr int slowdown = 1;
-#endif
+using test::slowdown;
 
 class FederationAcrossNamespaces : public ::testing::Test {
  protected:

@@ -22,6 +22,15 @@
 
 namespace ember::test {
 
+/// How much longer a bound the product sets (an abort within shutdown_grace + 1 s) may take in a test:
+/// under the sanitizers every process runs several times slower and checks its memory at exit, so such a
+/// bound stretches as the suite's timeouts do (--timeout-multiplier 3).
+#if defined(__SANITIZE_ADDRESS__)
+inline constexpr int slowdown = 3;
+#else
+inline constexpr int slowdown = 1;
+#endif
+
 /// The pids of every process below `root` (children, grandchildren, ...), from /proc.
 inline std::vector<pid_t> descendants(pid_t root) {
   std::multimap<pid_t, pid_t> children;  // parent -> child

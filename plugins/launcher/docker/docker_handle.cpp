@@ -103,15 +103,7 @@ RunState DockerHandle::state() {
   if (lost_) {
     return RunState::failed;
   }
-  if (!status_) {
-    return RunState::started;
-  }
-  if (status_->success()) {
-    return RunState::stopped;
-  }
-  bool ended_by_stop = stop_requested_ && status_->how == ExitStatus::How::signaled &&
-                       (status_->value == SIGTERM || status_->value == SIGKILL);
-  return ended_by_stop ? RunState::stopped : RunState::failed;
+  return base::run_state(status_, stop_requested_);
 }
 
 Result<std::optional<ExitStatus>> DockerHandle::wait(std::chrono::milliseconds timeout) {

@@ -198,28 +198,10 @@ namespace {
 constexpr ember::OptionSpec process_options[] = {
     {"inherit_env", ember::OptionType::boolean, "true",
      "start from the launcher's environment; false keeps only PATH, HOME, LANG, TMPDIR and USER"},
-    {.name = "env",
-     .type = ember::OptionType::string_list,
-     .default_value = "[]",
-     .doc = "NAME=VALUE variables set on top of that (a launch's own variables are set after them)",
-     .choices = "<name>=<any>"},
-    {.name = "stdout_level",
-     .type = ember::OptionType::string,
-     .default_value = "info",
-     .doc = "log level of the program's stdout lines",
-     .choices = "trace|debug|info|warn|error|critical|off"},
-    {.name = "stderr_level",
-     .type = ember::OptionType::string,
-     .default_value = "warn",
-     .doc = "log level of the program's stderr lines",
-     .choices = "trace|debug|info|warn|error|critical|off"},
-    // The maximum is max_line_limit (64 MiB).
-    {.name = "max_line_bytes",
-     .type = ember::OptionType::integer,
-     .default_value = "65536",
-     .doc = "output lines longer than this are logged in pieces of this size",
-     .minimum = "1",
-     .maximum = "67108864"},
+    ember::base::env_option,
+    ember::base::stdout_level_option,
+    ember::base::stderr_level_option,
+    ember::base::max_line_bytes_option,
 };
 
 constexpr ember::ComponentDescriptor components[] = {

@@ -3,15 +3,19 @@
 // launched program's output lines go (stdout_level, stderr_level, max_line_bytes). Header-only; shared by
 // launcher.process and launcher.docker.
 
+#include <signal.h>
+
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
+#include <ember/launcher.hpp>
 #include <ember/logger.hpp>
 #include <ember/options.hpp>
 #include <ember/result.hpp>
@@ -28,6 +32,46 @@ struct OutputPolicy {
   LogLevel stderr_level = LogLevel::warn;
   std::size_t max_line_bytes = 65536;
 };
+
+/// The options every launcher declares the same way, for its OptionSpec array.
+inline constexpr OptionSpec env_option{.name = "env",
+                                       .type = OptionType::string_list,
+                                       .default_value = "[]",
+                                       .doc =
+                                           "NAME=VALUE variables set on top of that (a launch's own "
+                                           "variables are set after them)",
+                                       .choices = "<name>=<any>"};
+inline constexpr OptionSpec stdout_level_option{.name = "stdout_level",
+                                                .type = OptionType::string,
+                                                .default_value = "info",
+                                                .doc = "log level of the program's stdout lines",
+                                                .choices = "trace|debug|info|warn|error|critical|off"};
+inline constexpr OptionSpec stderr_level_option{.name = "stderr_level",
+                                                .type = OptionType::string,
+                                                .default_value = "warn",
+                                                .doc = "log level of the program's stderr lines",
+                                                .choices = "trace|debug|info|warn|error|critical|off"};
+inline constexpr OptionSpec max_line_bytes_option{
+    .name = "max_line_bytes",
+    .type = OptionType::integer,
+    .default_value = "65536",
+    .doc = "output lines longer than this are logged in pieces of this size",
+    .minimum = "1",
+    .maximum = "67108864"};  // max_line_limit
+
+/// A launch handle's RunState from how its program ended (nullopt: still running) and whether stop() was
+/// asked for: stopped after exit code 0, or after the SIGTERM or SIGKILL that stop() sent; failed otherwise.
+inline RunState run_state(const std::optional<ExitStatus>& status, bool stop_requested) {
+  if (!status) {
+    return RunState::started;
+  }
+  if (status->success()) {
+    return RunState::stopped;
+  }
+  const bool ended_by_stop = stop_requested && status->how == ExitStatus::How::signaled &&
+                             (status->value == SIGTERM || status->value == SIGKILL);
+  return ended_by_stop ? RunState::stopped : RunState::failed;
+}
 
 /// A POSIX environment variable name: letters, digits and _, not starting with a digit.
 inline bool valid_env_name(std::string_view name) {
